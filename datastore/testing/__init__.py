@@ -1,0 +1,1 @@
+"""Shared test doubles and process launchers used by tests/, e2e/ and benchmarks."""

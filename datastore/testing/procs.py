@@ -1,0 +1,164 @@
+"""Start real server processes on 127.0.0.1: datastore and, as the oracle, real etcd.
+
+Used by e2e tests, differential tests and the side-by-side benchmark. Readiness is a
+condition (a Status RPC answers), never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProc:
+    """One running server process and where to reach it."""
+
+    kind: str  # "etcd" or "datastore"
+    name: str
+    data_dir: Path
+    client_port: int
+    peer_port: int
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        env = {**os.environ, **self.env}
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        with grpc.insecure_channel(self.endpoint) as ch:
+            stub = rpc_pb2_grpc.MaintenanceStub(ch)
+            while time.monotonic() < deadline:
+                if self.popen is not None and self.popen.poll() is not None:
+                    code = self.popen.returncode
+                    raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+                try:
+                    stub.Status(rpc_pb2.StatusRequest(), timeout=1.0)
+                    return
+                except grpc.RpcError as e:
+                    last = e
+                    grpc.channel_ready_future(ch)  # keep the channel connecting
+                    time.sleep(0.05)  # poll interval while waiting on the condition above
+        raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        """kill -9, then reap."""
+        self.signal(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait()
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.resume()
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+def _cluster_flags(name: str, client_port: int, peer_port: int, initial_cluster: str | None,
+                   state: str) -> list[str]:
+    client = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    return [
+        "--name", name,
+        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", initial_cluster or f"{name}={peer}",
+        "--initial-cluster-state", state,
+    ]
+
+
+def etcd_proc(base: Path, name: str = "etcd0", extra: list[str] | None = None,
+              client_port: int | None = None, peer_port: int | None = None,
+              initial_cluster: str | None = None, state: str = "new") -> ServerProc:
+    """A real etcd process (not started yet)."""
+    cp, pp = client_port or free_port(), peer_port or free_port()
+    data = base / f"{name}.etcd"
+    flags = _cluster_flags(name, cp, pp, initial_cluster, state)
+    argv = [ETCD_BIN, "--data-dir", str(data), *flags,
+            "--log-level", "error", "--logger", "zap", *(extra or [])]
+    return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log",
+                      env={"ETCD_UNSUPPORTED_ARCH": ""})
+
+
+def datastore_proc(base: Path, name: str = "ds0", extra: list[str] | None = None,
+                   client_port: int | None = None, peer_port: int | None = None,
+                   initial_cluster: str | None = None, state: str = "new") -> ServerProc:
+    """A datastore process (not started yet), run from this interpreter."""
+    cp, pp = client_port or free_port(), peer_port or free_port()
+    data = base / f"{name}.datastore"
+    argv = [sys.executable, "-m", "datastore", "serve", "--data-dir", str(data),
+            *_cluster_flags(name, cp, pp, initial_cluster, state), *(extra or [])]
+    return ServerProc("datastore", name, data, cp, pp, argv, base / f"{name}.log")
+
+
+def etcdctl(endpoint: str, *args: str, timeout: float = 30.0, check: bool = True,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real etcdctl (API v3) against one endpoint."""
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    return subprocess.run([ETCDCTL_BIN, f"--endpoints={endpoint}", *args], env=env, input=stdin,
+                          capture_output=True, timeout=timeout, check=check)
