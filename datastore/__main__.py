@@ -1,0 +1,3 @@
+from datastore.cli import main
+
+raise SystemExit(main())

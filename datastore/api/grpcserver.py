@@ -1,0 +1,45 @@
+"""Build the client-facing gRPC server with every etcd service registered."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import grpc
+
+from datastore.api.auth import AuthService
+from datastore.api.cluster import ClusterService
+from datastore.api.etcdserverpb import rpc_pb2_grpc as g
+from datastore.api.kv import KVService
+from datastore.api.lease import LeaseService
+from datastore.api.maintenance import MaintenanceService
+from datastore.api.watch import WatchService
+from datastore.server.config import GRPC_OVERHEAD_BYTES
+from datastore.server.etcdserver import EtcdServer
+
+
+def listen_address(url: str) -> str:
+    p = urlparse(url)
+    if p.scheme not in ("http", "https"):
+        raise ValueError(f"unsupported listen URL {url!r}: use http://HOST:PORT")
+    return p.netloc
+
+
+def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
+    cfg = server.cfg
+    srv = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_concurrent_streams", 2**31 - 1),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.so_reuseport", 0),
+    ])
+    g.add_KVServicer_to_server(KVService(server), srv)
+    g.add_WatchServicer_to_server(WatchService(server), srv)
+    g.add_LeaseServicer_to_server(LeaseService(server), srv)
+    g.add_ClusterServicer_to_server(ClusterService(server), srv)
+    g.add_MaintenanceServicer_to_server(MaintenanceService(server), srv)
+    g.add_AuthServicer_to_server(AuthService(server), srv)
+    for url in cfg.listen_client_urls:
+        srv.add_insecure_port(listen_address(url))
+    return srv

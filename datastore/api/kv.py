@@ -1,0 +1,86 @@
+"""etcdserverpb.KV: thin adapter (validate -> server -> map errors -> fill header)."""
+
+from __future__ import annotations
+
+import grpc
+
+from datastore import errors, validation
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
+from datastore.api.status import abort
+from datastore.server.applier import is_txn_readonly, range_in
+from datastore.server.etcdserver import EtcdServer
+from datastore.server.quota import check_quota
+
+
+def _txn_serializable(rt: rpc.TxnRequest) -> bool:
+    for op in list(rt.success) + list(rt.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_range" and not op.request_range.serializable:
+            return False
+        if kind == "request_txn" and not _txn_serializable(op.request_txn):
+            return False
+    return True
+
+
+class KVService(rpc_pb2_grpc.KVServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Range(self, r: rpc.RangeRequest, ctx: grpc.aio.ServicerContext) -> rpc.RangeResponse:
+        try:
+            validation.check_range_request(r)
+            if not r.serializable:
+                await self.s.read_barrier()
+            resp = range_in(self.s.kv, r)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)
+        return resp
+
+    async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
+        try:
+            validation.check_put_request(r)
+            await check_quota(self.s, len(r.key) + len(r.value))
+            resp = await self.s.propose(InternalRaftRequest(put=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def DeleteRange(self, r: rpc.DeleteRangeRequest,
+                          ctx: grpc.aio.ServicerContext) -> rpc.DeleteRangeResponse:
+        try:
+            validation.check_delete_request(r)
+            resp = await self.s.propose(InternalRaftRequest(delete_range=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def Txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> rpc.TxnResponse:
+        try:
+            validation.check_txn_request(r, self.s.cfg.max_txn_ops)
+            if is_txn_readonly(r):
+                # like etcd: read-only txns skip the log and run on local state
+                if not _txn_serializable(r):
+                    await self.s.read_barrier()
+                wb, out = self.s.applier.begin()
+                resp = self.s.applier._txn(r, wb, out)
+            else:
+                await check_quota(self.s, r.ByteSize())
+                resp = await self.s.propose(InternalRaftRequest(txn=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def Compact(self, r: rpc.CompactionRequest,
+                      ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
+        try:
+            resp = await self.s.propose(InternalRaftRequest(compaction=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]

@@ -1,0 +1,77 @@
+"""etcdserverpb.Lease: grant/revoke go through the log; keep-alives renew on the leader."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import grpc
+
+from datastore import errors
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
+from datastore.api.status import abort
+from datastore.server.etcdserver import EtcdServer
+from datastore.server.quota import check_quota
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def LeaseGrant(self, r: rpc.LeaseGrantRequest,
+                         ctx: grpc.aio.ServicerContext) -> rpc.LeaseGrantResponse:
+        try:
+            await check_quota(self.s, 64)
+            req = rpc.LeaseGrantRequest(TTL=r.TTL, ID=r.ID or self.s.new_lease_id())
+            resp = await self.s.propose(InternalRaftRequest(lease_grant=req))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def LeaseRevoke(self, r: rpc.LeaseRevokeRequest,
+                          ctx: grpc.aio.ServicerContext) -> rpc.LeaseRevokeResponse:
+        try:
+            resp = await self.s.propose(InternalRaftRequest(lease_revoke=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def LeaseKeepAlive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
+                             ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
+        async for r in requests:
+            try:
+                ttl = self.s.lessor.renew(r.ID)
+            except errors.ErrLeaseNotFound:
+                ttl = 0  # etcd answers an unknown lease with TTL 0, not an error
+            yield rpc.LeaseKeepAliveResponse(header=self.s.header(), ID=r.ID, TTL=ttl)
+
+    async def LeaseTimeToLive(self, r: rpc.LeaseTimeToLiveRequest,
+                              ctx: grpc.aio.ServicerContext) -> rpc.LeaseTimeToLiveResponse:
+        try:
+            await self.s.read_barrier()
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        le = self.s.lessor.lookup(r.ID)
+        if le is None:
+            return rpc.LeaseTimeToLiveResponse(header=self.s.header(), ID=r.ID, TTL=-1)
+        remaining = max(0, math.floor(le.remaining(self.s.clock.now())))
+        resp = rpc.LeaseTimeToLiveResponse(header=self.s.header(), ID=r.ID, TTL=remaining,
+                                           grantedTTL=le.ttl)
+        if r.keys:
+            resp.keys.extend(sorted(le.keys))
+        return resp
+
+    async def LeaseLeases(self, r: rpc.LeaseLeasesRequest,
+                          ctx: grpc.aio.ServicerContext) -> rpc.LeaseLeasesResponse:
+        try:
+            await self.s.read_barrier()
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        resp = rpc.LeaseLeasesResponse(header=self.s.header())
+        for lid in sorted(self.s.lessor.leases):
+            resp.leases.add(ID=lid)
+        return resp

@@ -1,0 +1,112 @@
+"""etcdserverpb.Maintenance: status, alarms, defragment, hashes, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from datastore import errors
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
+from datastore.api.status import abort
+from datastore.mvcc.kvstore import crc32c
+from datastore.server.config import VERSION
+from datastore.server.etcdserver import EtcdServer
+
+SNAPSHOT_CHUNK = 32 * 1024
+
+
+def write_snapshot_archive(server: EtcdServer, dest: Path) -> None:
+    """A consistent checkpoint of the state database, as an uncompressed tar."""
+    with tempfile.TemporaryDirectory(dir=server.data_dir) as tmp:
+        cp = Path(tmp) / "state"
+        server.backend.checkpoint(cp)
+        with tarfile.open(dest, "w") as tar:
+            tar.add(cp, arcname="state")
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Status(self, r: rpc.StatusRequest, ctx: grpc.aio.ServicerContext) -> rpc.StatusResponse:
+        s = self.s
+        st = s.node.status()
+        return rpc.StatusResponse(
+            header=s.header(), version=VERSION, dbSize=s.backend.size() + s.wal.size(),
+            leader=s.leader_id, raftIndex=st.hard_state.commit, raftTerm=st.hard_state.term,
+            raftAppliedIndex=s.applier.applied_index, dbSizeInUse=s.backend.size_in_use(),
+            errors=[f"memberID:{a.memberID} alarm:{rpc.AlarmType.Name(a.alarm)} "
+                    for a in s.alarms.list()],
+            isLearner=s.member_id in s.storage.conf_state.learners)
+
+    async def Alarm(self, r: rpc.AlarmRequest, ctx: grpc.aio.ServicerContext) -> rpc.AlarmResponse:
+        if r.action == rpc.AlarmRequest.GET:
+            resp = rpc.AlarmResponse(header=self.s.header())
+            resp.alarms.extend(a for a in self.s.alarms.list()
+                               if r.alarm in (rpc.NONE, a.alarm) and r.memberID in (0, a.memberID))
+            return resp
+        try:
+            resp = await self.s.propose(InternalRaftRequest(alarm=r))
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        self.s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
+
+    async def Defragment(self, r: rpc.DefragmentRequest,
+                         ctx: grpc.aio.ServicerContext) -> rpc.DefragmentResponse:
+        await asyncio.get_running_loop().run_in_executor(None, self.s.backend.defragment)
+        return rpc.DefragmentResponse(header=self.s.header())
+
+    async def Hash(self, r: rpc.HashRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashResponse:
+        h = 0
+        for cf in ("key", "lease", "members"):
+            for k, v in self.s.backend.scan(cf, b""):
+                h = crc32c(v, crc32c(k, h))
+        return rpc.HashResponse(header=self.s.header(), hash=h)
+
+    async def HashKV(self, r: rpc.HashKVRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashKVResponse:
+        try:
+            h, compact_rev, hash_rev = self.s.kv.hash_kv(r.revision)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.HashKVResponse(header=self.s.header(), hash=h, compact_revision=compact_rev,
+                                  hash_revision=hash_rev)
+
+    async def Snapshot(self, r: rpc.SnapshotRequest,
+                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.SnapshotResponse]:
+        # Like etcd: the database image followed by its SHA-256, so restore can verify it.
+        with tempfile.TemporaryDirectory(dir=self.s.data_dir) as tmp:
+            path = Path(tmp) / "snapshot.tar"
+            header = self.s.header()
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_snapshot_archive, self.s, path)
+            total = path.stat().st_size
+            sha = hashlib.sha256()
+            sent = 0
+            with path.open("rb") as f:
+                while chunk := f.read(SNAPSHOT_CHUNK):
+                    sha.update(chunk)
+                    sent += len(chunk)
+                    yield rpc.SnapshotResponse(header=header, remaining_bytes=total - sent + 32,
+                                               blob=chunk)
+            yield rpc.SnapshotResponse(header=header, remaining_bytes=0, blob=sha.digest())
+
+    async def MoveLeader(self, r: rpc.MoveLeaderRequest,
+                         ctx: grpc.aio.ServicerContext) -> rpc.MoveLeaderResponse:
+        if not self.s.is_leader:
+            await abort(ctx, errors.ErrNotLeader())
+        if r.targetID == self.s.member_id:
+            return rpc.MoveLeaderResponse(header=self.s.header())
+        await abort(ctx, errors.ErrBadLeaderTransferee())
+
+    async def Downgrade(self, r: rpc.DowngradeRequest,
+                        ctx: grpc.aio.ServicerContext) -> rpc.DowngradeResponse:
+        await abort(ctx, errors.ErrNotCapable())

@@ -1,0 +1,151 @@
+"""etcdserverpb.Watch: one bidi stream carrying many watchers.
+
+A receive task handles create/cancel/progress requests; responses for every watcher of
+the stream go through one bounded queue that the handler drains to the client. The hub
+checks ``has_room`` before delivering, so a slow client parks its own watchers (they
+catch up from disk later) instead of growing memory or stalling apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+import grpc
+
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.mvccpb.kv_pb2 import Event
+from datastore.mvcc.watchable import Watcher
+from datastore.server.applier import range_end
+from datastore.server.etcdserver import EtcdServer
+
+QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
+_CLOSE = object()
+
+
+class WatchStream:
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.watchers: dict[int, Watcher] = {}
+        self._ids = itertools.count(0)
+
+    # ---- WatchSink ---------------------------------------------------------------------
+    def has_room(self) -> bool:
+        return self.queue.qsize() < QUEUE_LIMIT
+
+    def deliver(self, w: Watcher, header_rev: int, events: list[Event], compact_rev: int = 0) -> None:
+        if compact_rev:
+            self.watchers.pop(w.id, None)
+            self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id,
+                                        compact_revision=compact_rev, canceled=True))
+            return
+        limit = self.s.cfg.max_request_bytes
+        if w.fragment and sum(e.ByteSize() for e in events) > limit:
+            for chunk, last in _fragments(events, limit):
+                self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id,
+                                            events=chunk, fragment=not last))
+            return
+        self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id, events=events))
+
+    def _put(self, resp: object) -> None:
+        self.queue.put_nowait(resp)
+
+    # ---- requests ------------------------------------------------------------------------
+    def create(self, c: rpc.WatchCreateRequest) -> None:
+        key = c.key or b"\x00"
+        end = range_end(c.range_end)
+        wsrev = self.s.kv.current_rev
+        if c.watch_id:
+            wid = c.watch_id
+            error = "mvcc: duplicate watch ID provided on the WatchStream" if wid in self.watchers else ""
+        else:
+            wid = next(self._ids)
+            while wid in self.watchers:
+                wid = next(self._ids)
+            error = ""
+        if not error and end and key >= end:
+            error = "mvcc: watcher range is empty"
+        if error:
+            self._put(rpc.WatchResponse(header=self.s.header(wsrev), watch_id=-1, created=True,
+                                        canceled=True, cancel_reason=error))
+            return
+        filters = set(c.filters)
+        w = Watcher(id=wid, key=key, end=end, sink=self, prev_kv=c.prev_kv,
+                    no_put=rpc.WatchCreateRequest.NOPUT in filters,
+                    no_delete=rpc.WatchCreateRequest.NODELETE in filters,
+                    progress_notify=c.progress_notify, fragment=c.fragment)
+        self.watchers[wid] = w
+        self._put(rpc.WatchResponse(header=self.s.header(wsrev), watch_id=wid, created=True))
+        self.s.hub.watch(w, c.start_revision or wsrev + 1)
+
+    def cancel(self, wid: int) -> None:
+        w = self.watchers.pop(wid, None)
+        if w is None:
+            return
+        self.s.hub.cancel(w)
+        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=wid, canceled=True))
+
+    async def progress(self) -> None:
+        # A progress response promises every event up to its revision was sent, so wait
+        # until none of this stream's watchers is still catching up.
+        while any(w in self.s.hub.unsynced for w in self.watchers.values()):
+            await asyncio.sleep(0.01)
+        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=-1))
+
+    def close(self) -> None:
+        for w in self.watchers.values():
+            self.s.hub.cancel(w)
+        self.watchers.clear()
+
+
+def _fragments(events: list[Event], limit: int) -> list[tuple[list[Event], bool]]:
+    out: list[tuple[list[Event], bool]] = []
+    cur: list[Event] = []
+    size = 0
+    for e in events:
+        n = e.ByteSize()
+        if cur and size + n > limit:
+            out.append((cur, False))
+            cur, size = [], 0
+        cur.append(e)
+        size += n
+    out.append((cur, True))
+    return out
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Watch(self, requests: AsyncIterator[rpc.WatchRequest],
+                    ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.WatchResponse]:
+        stream = WatchStream(self.s)
+
+        async def recv() -> None:
+            try:
+                async for req in requests:
+                    kind = req.WhichOneof("request_union")
+                    if kind == "create_request":
+                        stream.create(req.create_request)
+                    elif kind == "cancel_request":
+                        stream.cancel(req.cancel_request.watch_id)
+                    elif kind == "progress_request":
+                        await stream.progress()
+            finally:
+                stream.queue.put_nowait(_CLOSE)
+
+        task = asyncio.get_running_loop().create_task(recv())
+        try:
+            while True:
+                resp = await stream.queue.get()
+                if resp is _CLOSE:
+                    return
+                yield resp  # type: ignore[misc]
+                if stream.queue.qsize() < QUEUE_LIMIT // 2 and self.s.hub.unsynced:
+                    self.s.hub._wake.set()  # room again: let parked watchers catch up
+        finally:
+            task.cancel()
+            stream.close()

@@ -1,0 +1,1 @@
+"""Leases: TTL-bound ownership of keys, expired by the leader through the log."""

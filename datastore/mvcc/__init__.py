@@ -1,0 +1,1 @@
+"""Multi-version key-value store with etcd's revision semantics."""

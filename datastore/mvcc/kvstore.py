@@ -1,0 +1,301 @@
+"""The MVCC key-value store: etcd's revision semantics over the RocksDB ``key`` family.
+
+Reads go through the in-memory ``TreeIndex`` to find revisions, then fetch the
+``mvccpb.KeyValue`` stored under that revision. Writes happen in a ``WriteTxn``: every
+change of one transaction shares a main revision (sub = 0, 1, 2, ...), the revision only
+advances if something changed, and all changes land in the caller's ``WriteBatch``
+together with the applied index (see ``datastore.server.applier``). Until that batch is
+written, values live in an overlay so later transactions in the same batch see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rocksdict import WriteBatch
+
+from datastore import errors
+from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
+from datastore.mvcc.index import TreeIndex
+from datastore.mvcc.revision import (
+    Revision,
+    bytes_to_rev,
+    is_tombstone,
+    main_rev_prefix,
+    rev_to_bytes,
+)
+from datastore.storage.backend import Backend
+
+META_CURRENT_REV = b"current_rev"
+META_COMPACT_REV = b"compact_rev"
+_I64 = 8
+
+
+def _i64(v: int) -> bytes:
+    return v.to_bytes(_I64, "big", signed=True)
+
+
+def _from_i64(b: bytes | None) -> int:
+    return int.from_bytes(b, "big", signed=True) if b else 0
+
+
+@dataclass(slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    count: int
+    rev: int
+
+
+class LeaseHooks:
+    """How the store tells the lessor which keys belong to which lease (no-op default)."""
+
+    def attach(self, lease: int, key: bytes) -> None: ...
+    def detach(self, lease: int, key: bytes) -> None: ...
+
+
+class KVStore:
+    def __init__(self, backend: Backend, leases: LeaseHooks | None = None) -> None:
+        self.backend = backend
+        self.leases = leases or LeaseHooks()
+        self.index = TreeIndex()
+        self.current_rev = 1  # etcd starts at revision 1 with an empty store
+        self.compact_rev = 0
+        self._overlay: dict[bytes, bytes] = {}  # rev bytes -> KeyValue bytes, not yet written
+        self._key_cf = backend.cf("key")
+        self._key_handle = backend.handle("key")
+        self._meta_handle = backend.handle("meta")
+
+    # ---- start-up -------------------------------------------------------------------
+    def restore(self) -> Iterator[KeyValue]:
+        """Rebuild the index from disk; yields live KeyValues that carry a lease."""
+        self.current_rev = max(1, _from_i64(self.backend.get("meta", META_CURRENT_REV)))
+        self.compact_rev = _from_i64(self.backend.get("meta", META_COMPACT_REV))
+        latest: dict[bytes, int] = {}
+        for rk, raw in self.backend.scan("key", b""):
+            kv = KeyValue.FromString(raw)
+            rev = bytes_to_rev(rk)
+            ki = self.index.get_or_create(kv.key)
+            if is_tombstone(rk):
+                ki.tombstone(rev)
+                latest.pop(kv.key, None)
+            else:
+                ki.put(rev)
+                latest[kv.key] = kv.lease
+            self.current_rev = max(self.current_rev, rev[0])
+        self.current_rev = max(self.current_rev, self.compact_rev)
+        for key, lease in latest.items():
+            if lease:
+                yield KeyValue(key=key, lease=lease)
+
+    # ---- reads ----------------------------------------------------------------------
+    def _value(self, rev: Revision) -> KeyValue:
+        rb = rev_to_bytes(*rev)
+        raw = self._overlay.get(rb)
+        if raw is None:
+            raw = self._key_cf.get(rb)
+            if raw is None:
+                raise errors.ErrCorrupt()
+        return KeyValue.FromString(raw)
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+              count_only: bool = False, cur_rev: int | None = None) -> RangeResult:
+        """etcd's rangeKeys: ``end`` uses the index convention (None/b""/bound)."""
+        cur = self.current_rev if cur_rev is None else cur_rev
+        if rev > cur:
+            raise errors.ErrFutureRev()
+        if rev <= 0:
+            rev = cur
+        if rev < self.compact_rev:
+            raise errors.ErrCompacted()
+        pairs, total = self.index.revisions(key, end, rev, 0 if count_only else limit)
+        if count_only or not pairs:
+            return RangeResult([], total, cur)
+        return RangeResult([self._value(r) for _, r in pairs], total, cur)
+
+    def kv_at(self, key: bytes, main: int) -> KeyValue | None:
+        """The key's value as of revision ``main`` (None if absent or compacted away)."""
+        ki = self.index.get(key)
+        if ki is None:
+            return None
+        got = ki.get(main)
+        if got is None:
+            return None
+        try:
+            return self._value(got[0])
+        except errors.ErrCorrupt:
+            return None
+
+    def events_since(self, start: int, end: int) -> Iterator[tuple[int, Event]]:
+        """Every change with start <= main revision <= end, in revision order."""
+        hi = main_rev_prefix(end + 1)
+        for rk, raw in self.backend.scan("key", main_rev_prefix(start), hi):
+            kv = KeyValue.FromString(raw)
+            main = bytes_to_rev(rk)[0]
+            if is_tombstone(rk):
+                kv.mod_revision = main
+                yield main, Event(type=Event.DELETE, kv=kv)
+            else:
+                yield main, Event(type=Event.PUT, kv=kv)
+
+    # ---- writes ---------------------------------------------------------------------
+    def write(self, batch: WriteBatch) -> WriteTxn:
+        return WriteTxn(self, batch)
+
+    def flushed(self) -> None:
+        """The caller wrote the batch: overlay values are now readable from disk."""
+        self._overlay.clear()
+
+    def compact(self, rev: int, batch: WriteBatch) -> None:
+        """Forget history before ``rev``: index first, then the revisions nobody needs."""
+        if rev <= self.compact_rev:
+            raise errors.ErrCompacted()
+        if rev > self.current_rev:
+            raise errors.ErrFutureRev()
+        keep = self.index.compact(rev)
+        start = main_rev_prefix(self.compact_rev + 1 if self.compact_rev else 0)
+        for rk, _ in self.backend.scan("key", start, main_rev_prefix(rev + 1)):
+            if bytes_to_rev(rk) not in keep:
+                batch.delete(rk, self._key_handle)
+        for rb in [rb for rb in self._overlay if bytes_to_rev(rb)[0] <= rev]:
+            if bytes_to_rev(rb) not in keep:
+                batch.delete(rb, self._key_handle)
+        self.compact_rev = rev
+        batch.put(META_COMPACT_REV, _i64(rev), self._meta_handle)
+
+    def hash_kv(self, rev: int) -> tuple[int, int, int]:
+        """etcd's HashKV: CRC-32C over the kept revisions in (compact_rev, rev].
+
+        Returns (hash, compact_revision, hash_revision).
+        """
+        cur = self.current_rev
+        if rev > cur:
+            raise errors.ErrFutureRev()
+        if rev <= 0:
+            rev = cur
+        if rev < self.compact_rev:
+            raise errors.ErrCompacted()
+        keep = self.index.keep(self.compact_rev)
+        h = crc32c(b"key")
+        lower = self.compact_rev + 1
+        for rk, raw in self.backend.scan("key", b"", main_rev_prefix(rev + 1)):
+            r = bytes_to_rev(rk)
+            if r[0] < lower and r not in keep:
+                continue
+            h = crc32c(rk, h)
+            h = crc32c(raw, h)
+        return h, self.compact_rev, rev
+
+
+class WriteTxn:
+    """One write transaction: all its changes share main revision current_rev + 1."""
+
+    __slots__ = ("_batch", "begin_rev", "changes", "prev_revs", "s")
+
+    def __init__(self, store: KVStore, batch: WriteBatch) -> None:
+        self.s = store
+        self._batch = batch
+        self.begin_rev = store.current_rev
+        self.changes: list[KeyValue] = []
+        # prev_revs[i] is the revision the i-th change replaced (for watchers' prev_kv)
+        self.prev_revs: list[Revision | None] = []
+
+    @property
+    def read_rev(self) -> int:
+        return self.begin_rev + 1 if self.changes else self.begin_rev
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+              count_only: bool = False) -> RangeResult:
+        return self.s.range(key, end, rev, limit, count_only, cur_rev=self.read_rev)
+
+    def put(self, key: bytes, value: bytes, lease: int) -> int:
+        s = self.s
+        rev = self.begin_rev + 1
+        ki = s.index.get(key)
+        create, ver, old_lease, prev = rev, 1, 0, None
+        if ki is not None:
+            got = ki.get(rev)
+            if got is not None:
+                prev = got[0]
+                create, ver = got[1][0], got[2] + 1
+                old_lease = s._value(prev).lease
+        idx_rev = (rev, len(self.changes))
+        kv = KeyValue(key=key, value=value, create_revision=create, mod_revision=rev,
+                      version=ver, lease=lease)
+        rb = rev_to_bytes(*idx_rev)
+        raw = kv.SerializeToString()
+        self._batch.put(rb, raw, s._key_handle)
+        s._overlay[rb] = raw
+        (ki or s.index.get_or_create(key)).put(idx_rev)
+        self.changes.append(kv)
+        self.prev_revs.append(prev)
+        if old_lease and old_lease != lease:
+            s.leases.detach(old_lease, key)
+        if lease and lease != old_lease:
+            s.leases.attach(lease, key)
+        return rev
+
+    def delete_range(self, key: bytes, end: bytes | None) -> tuple[int, int]:
+        """Returns (deleted count, revision) as etcd's DeleteRange does."""
+        pairs, _ = self.s.index.revisions(key, end, self.read_rev)
+        for ki, prev in pairs:
+            self._delete(ki.key, prev)
+        if pairs or self.changes:
+            return len(pairs), self.begin_rev + 1
+        return 0, self.begin_rev
+
+    def _delete(self, key: bytes, prev: Revision) -> None:
+        s = self.s
+        idx_rev = (self.begin_rev + 1, len(self.changes))
+        rb = rev_to_bytes(*idx_rev, tombstone=True)
+        raw = KeyValue(key=key).SerializeToString()
+        self._batch.put(rb, raw, s._key_handle)
+        s._overlay[rb] = raw
+        old_lease = s._value(prev).lease
+        s.index.get_or_create(key).tombstone(idx_rev)
+        self.changes.append(KeyValue(key=key, mod_revision=self.begin_rev + 1))
+        self.prev_revs.append(prev)
+        if old_lease:
+            s.leases.detach(old_lease, key)
+
+    def end(self) -> list[Event]:
+        """Finish: advance the store's revision if anything changed; return watch events."""
+        if not self.changes:
+            return []
+        s = self.s
+        s.current_rev = self.begin_rev + 1
+        self._batch.put(META_CURRENT_REV, _i64(s.current_rev), s._meta_handle)
+        return [Event(type=Event.PUT if kv.create_revision else Event.DELETE, kv=kv)
+                for kv in self.changes]
+
+
+def _crc32c_table() -> list[int]:
+    poly = 0x82F63B78
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_T = _crc32c_table()
+
+
+def _crc32c_py(data: bytes, crc: int = 0) -> int:
+    crc ^= 0xFFFFFFFF
+    t = _T
+    for b in data:
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+try:  # a C implementation when available (the google-crc32c wheel)
+    from google_crc32c import extend as _crc_extend  # type: ignore[import-not-found]
+
+    def crc32c(data: bytes, crc: int = 0) -> int:
+        return int(_crc_extend(crc, data))
+except ImportError:  # pragma: no cover - depends on the environment
+    crc32c = _crc32c_py
+

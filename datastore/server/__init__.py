@@ -1,0 +1,1 @@
+"""Wiring around the consensus core: config, durable raft log, apply, the node loop."""

@@ -1,0 +1,351 @@
+"""EtcdServer: the member's core, owning storage, the raft node loop and the apply path.
+
+Request path (etcd's v3_server.go): a write becomes an ``InternalRaftRequest`` with a
+unique id, a future is registered under that id, and the encoded request is queued. The
+node loop hands every queued request to raft at once, persists the resulting entries
+with ONE fsync (in an I/O thread, so requests keep arriving and form the next batch),
+sends messages, applies committed entries as ONE WriteBatch, resolves the futures and
+calls ``advance``. Linearizable reads join the next ReadIndex round: one round serves
+every read that was waiting when it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+try:
+    from datastore.raft.rawnode import Config as RaftConfig
+    from datastore.raft.rawnode import RawNode
+except ImportError:  # TEMPORARY until the consensus core lands
+    from datastore.raft._solo import Config as RaftConfig  # type: ignore[assignment]
+    from datastore.raft._solo import RawNode  # type: ignore[assignment]
+
+from datastore import errors
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
+from datastore.lease.lessor import Lessor
+from datastore.mvcc.kvstore import KVStore
+from datastore.mvcc.watchable import WatchHub
+from datastore.raft.types import (
+    ConfState,
+    EntryType,
+    ProposalDropped,
+    Ready,
+    StateType,
+)
+from datastore.server.alarms import AlarmStore
+from datastore.server.applier import Applier
+from datastore.server.config import Config
+from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
+from datastore.server.raftlog import DurableStorage
+from datastore.storage.backend import WAL_FAMILIES, Backend
+from datastore.util.clock import MonotonicClock
+
+log = logging.getLogger("datastore.server")
+
+REQUEST_TIMEOUT_S = 7.0  # etcd: 5 s + 2 x election timeout by default
+
+
+class EtcdServer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        data = Path(cfg.resolved_data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+        self.data_dir = data
+        self.wal = Backend(data / "wal", WAL_FAMILIES)
+        self.backend = Backend(data / "state")
+        self.clock = MonotonicClock()
+        self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
+        self.kv = KVStore(self.backend, self.lessor)
+        self.hub = WatchHub(self.kv)
+        self.alarms = AlarmStore(self.backend)
+        self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms)
+        self.members = Membership(self.backend)
+        self.storage = DurableStorage(self.wal)
+        self._bootstrap()
+        self.lessor.restore()
+        self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        self.member_id = self.members.local_id
+        self.cluster_id = self.members.cluster_id
+        self.node = RawNode(RaftConfig(
+            id=self.member_id, storage=self.storage, applied=self.applier.applied_index,
+            election_tick=cfg.election_ticks, heartbeat_tick=1,
+            check_quorum=True, pre_vote=True))
+        self.leader_id = 0
+        self.is_leader = False
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="raft-io")
+        self._wake = asyncio.Event()
+        self._proposals: list[bytes] = []
+        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._reads_waiting: list[asyncio.Future[None]] = []
+        self._reads_inflight: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._reads_ready: deque[tuple[int, list[asyncio.Future[None]]]] = deque()
+        self._read_ctx = itertools.count(1)
+        self._req_ids = itertools.count((self.member_id & 0xFFFF) << 48 | (int(time.time()) & 0xFFFFFF) << 24)
+        self._revoking: dict[int, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self.started_at = time.time()
+        self.transport = None  # peer transport: multi-member clusters plug in here
+
+    # ---- bootstrap -------------------------------------------------------------------
+    def _bootstrap(self) -> None:
+        if self.members.bootstrapped:
+            return
+        cfg = self.cfg
+        cluster = cfg.initial_cluster_map()
+        if cfg.name not in cluster:
+            raise ValueError(f"--initial-cluster has no entry for --name {cfg.name!r}")
+        records = [
+            MemberRecord(ID=compute_member_id(urls, cfg.initial_cluster_token), name=name,
+                         peer_urls=urls)
+            for name, urls in cluster.items()
+        ]
+        local = next(m for m in records if m.name == cfg.name)
+        local.client_urls.extend(cfg.advertise_client_urls)
+        cluster_id = compute_cluster_id([m.ID for m in records])
+        self.members.bootstrap(local.ID, cluster_id, records)
+        self.storage.set_conf_state(ConfState(voters=tuple(sorted(m.ID for m in records))))
+        log.info("bootstrapped new cluster", extra={"cluster_id": f"{cluster_id:x}",
+                                                     "member_id": f"{local.ID:x}"})
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        conf = self.storage.conf_state
+        if list(conf.voters) == [self.member_id]:
+            self.node.campaign()  # a single voter need not wait out an election timeout
+        loop = asyncio.get_running_loop()
+        for coro in (self._run(), self._ticker(), self.hub.run(), self._lease_loop(),
+                     self._progress_loop()):
+            self._tasks.append(loop.create_task(coro))
+        self._wake.set()
+
+    async def wait_leader(self, within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while self.leader_id == 0:
+            if time.monotonic() > deadline:
+                raise errors.ErrNoLeader()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(errors.ErrStopped())
+        self._io.shutdown(wait=True)
+        self.wal.close()
+        self.backend.close()
+
+    # ---- proposing ---------------------------------------------------------------------
+    def next_id(self) -> int:
+        return next(self._req_ids)
+
+    async def propose(self, req: InternalRaftRequest) -> object:
+        """Replicate ``req`` and return what applying it produced (or raise its error)."""
+        if self._stopped:
+            raise errors.ErrStopped()
+        req.ID = self.next_id()
+        data = req.SerializeToString()
+        if len(data) > self.cfg.max_request_bytes:
+            raise errors.ErrRequestTooLarge()
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiters[req.ID] = fut
+        self._proposals.append(data)
+        self._wake.set()
+        try:
+            result = await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise errors.ErrTimeout() from None
+        finally:
+            self._waiters.pop(req.ID, None)
+        if isinstance(result, errors.EtcdError):
+            raise result
+        return result
+
+    async def read_barrier(self) -> None:
+        """Wait until this member's state reflects every write acknowledged before now."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads_waiting.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise errors.ErrTimeout() from None
+
+    # ---- the node loop ---------------------------------------------------------------------
+    async def _ticker(self) -> None:
+        interval = self.cfg.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.node.tick()
+            self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._feed()
+                while self.node.has_ready():
+                    rd = self.node.ready()
+                    await self._handle_ready(rd, loop)
+                    self.node.advance(rd)
+                    self._feed()
+            except Exception:
+                log.exception("node loop failed; stopping")
+                os._exit(1)  # never continue with a state machine we cannot trust
+
+    def _feed(self) -> None:
+        """Hand queued proposals and read requests to raft (outside a Ready cycle)."""
+        if self._proposals:
+            props, self._proposals = self._proposals, []
+            for data in props:
+                try:
+                    self.node.propose(data)
+                except ProposalDropped:
+                    req_id = InternalRaftRequest.FromString(data).ID
+                    fut = self._waiters.get(req_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(errors.ErrNoLeader())
+        if self._reads_waiting:
+            ctx = next(self._read_ctx).to_bytes(8, "big")
+            self._reads_inflight[ctx], self._reads_waiting = self._reads_waiting, []
+            self.node.read_index(ctx)
+
+    async def _handle_ready(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
+        persist = None
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            if rd.must_sync:
+                # the fsync runs in the I/O thread while we apply what is already committed
+                persist = loop.run_in_executor(self._io, self.storage.save, rd.hard_state,
+                                               rd.entries, rd.snapshot, True)
+            else:
+                self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        if persist is not None:
+            await persist
+        if rd.messages and self.transport is not None:
+            self.transport.send(rd.messages)
+        for rs in rd.read_states:
+            waiters = self._reads_inflight.pop(rs.request_ctx, None)
+            if waiters:
+                self._reads_ready.append((rs.index, waiters))
+        self._release_reads()
+
+    def _apply(self, entries: tuple) -> None:
+        wb, out = self.applier.begin()
+        last = entries[-1]
+        for e in entries:
+            if e.type == EntryType.EntryConfChange:
+                continue  # membership changes arrive with multi-member support
+            if e.data:
+                self.applier.apply_request(e.data, wb, out)
+        self.applier.finish(wb, out, last.index, last.term)
+        for req_id, result in out.results:
+            fut = self._waiters.get(req_id)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        self._maybe_compact_log()
+
+    def _release_reads(self) -> None:
+        applied = self.applier.applied_index
+        while self._reads_ready and self._reads_ready[0][0] <= applied:
+            _, waiters = self._reads_ready.popleft()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _maybe_compact_log(self) -> None:
+        applied = self.applier.applied_index
+        if applied - self.storage.snap_meta.index > self.cfg.snapshot_count:
+            keep_from = max(applied - self.cfg.snapshot_catchup_entries, 1)
+            self.storage.compact(keep_from, self.storage.conf_state)
+
+    def _on_soft_state(self, lead: int, state: StateType) -> None:
+        was_leader = self.is_leader
+        self.leader_id = lead
+        self.is_leader = state == StateType.StateLeader
+        if self.is_leader and not was_leader:
+            log.info("became leader", extra={"term": self.node.term})
+            self.lessor.promote(self.cfg.election_timeout_ms / 1000)
+        elif was_leader and not self.is_leader:
+            log.info("lost leadership", extra={"leader": f"{lead:x}"})
+            self.lessor.demote()
+
+    # ---- leases: expiry and checkpoints, decided by the leader through the log ------------
+    async def _lease_loop(self) -> None:
+        last_checkpoint = time.monotonic()
+        while True:
+            await asyncio.sleep(0.25)
+            if not self.is_leader:
+                continue
+            now = time.monotonic()
+            for lease_id in self.lessor.expired():
+                if now - self._revoking.get(lease_id, 0) < 3.0:
+                    continue  # a revoke for it is already on its way
+                self._revoking[lease_id] = now
+                asyncio.get_running_loop().create_task(self._revoke_expired(lease_id))
+            if now - last_checkpoint >= self.cfg.lease_checkpoint_interval_s:
+                last_checkpoint = now
+                due = self.lessor.checkpoints_due()
+                if due:
+                    req = InternalRaftRequest()
+                    for lid, rem in due:
+                        req.lease_checkpoint.checkpoints.add(ID=lid, remaining_TTL=rem)
+                    asyncio.get_running_loop().create_task(self._quiet(self.propose(req)))
+
+    async def _revoke_expired(self, lease_id: int) -> None:
+        req = InternalRaftRequest(lease_revoke=rpc.LeaseRevokeRequest(ID=lease_id))
+        await self._quiet(self.propose(req))
+        self._revoking.pop(lease_id, None)
+
+    @staticmethod
+    async def _quiet(aw: object) -> None:
+        try:
+            await aw  # type: ignore[misc]
+        except errors.EtcdError as e:
+            log.debug("background proposal failed: %s", e)
+
+    async def _progress_loop(self) -> None:
+        """Progress notifications for idle synced watchers that asked for them."""
+        interval = self.cfg.watch_progress_notify_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            rev = self.kv.current_rev
+            for w in list(self.hub.synced_watchers()):
+                if w.progress_notify and not w.sent_since_progress and w.sink.has_room():
+                    w.sink.deliver(w, rev, [])
+                w.sent_since_progress = False
+
+    # ---- status ------------------------------------------------------------------------
+    def header(self, rev: int | None = None) -> rpc.ResponseHeader:
+        return rpc.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
+                                  revision=self.kv.current_rev if rev is None else rev,
+                                  raft_term=self.node.term)
+
+    def fill(self, h: rpc.ResponseHeader) -> None:
+        h.cluster_id = self.cluster_id
+        h.member_id = self.member_id
+        h.raft_term = self.node.term
+
+    def new_lease_id(self) -> int:
+        while True:
+            lid = secrets.randbits(62) + 1
+            if self.lessor.lookup(lid) is None:
+                return lid

@@ -1,0 +1,1 @@
+"""RocksDB (through rocksdict) as the single durable store: raft log, MVCC, metadata."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it (this is what .ci/run calls).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real etcd 3.4 is the oracle for differential tests; the real etcdctl drives e2e tests.
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -m "not slow" "$@"
