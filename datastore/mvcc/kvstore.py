@@ -60,7 +60,7 @@ class KVStore:
         self.leases = leases or LeaseHooks()
         self.index = TreeIndex()
         self.current_rev = 1  # etcd starts at revision 1 with an empty store
-        self.compact_rev = 0
+        self.compact_rev = -1  # etcd's compactMainRev: -1 until the first compaction (even at 0)
         self._overlay: dict[bytes, bytes] = {}  # rev bytes -> KeyValue bytes, not yet written
         self._key_cf = backend.cf("key")
         self._key_handle = backend.handle("key")
@@ -70,7 +70,8 @@ class KVStore:
     def restore(self) -> Iterator[KeyValue]:
         """Rebuild the index from disk; yields live KeyValues that carry a lease."""
         self.current_rev = max(1, _from_i64(self.backend.get("meta", META_CURRENT_REV)))
-        self.compact_rev = _from_i64(self.backend.get("meta", META_COMPACT_REV))
+        raw = self.backend.get("meta", META_COMPACT_REV)
+        self.compact_rev = _from_i64(raw) if raw else -1
         latest: dict[bytes, int] = {}
         for rk, raw in self.backend.scan("key", b""):
             kv = KeyValue.FromString(raw)
@@ -153,7 +154,7 @@ class KVStore:
         if rev > self.current_rev:
             raise errors.ErrFutureRev()
         keep = self.index.compact(rev)
-        start = main_rev_prefix(self.compact_rev + 1 if self.compact_rev else 0)
+        start = main_rev_prefix(max(0, self.compact_rev + 1))
         for rk, _ in self.backend.scan("key", start, main_rev_prefix(rev + 1)):
             if bytes_to_rev(rk) not in keep:
                 batch.delete(rk, self._key_handle)

@@ -31,6 +31,9 @@ class WatchSink(Protocol):
     def deliver(self, w: Watcher, header_rev: int, events: list[Event],
                 compact_rev: int = 0) -> None: ...
 
+    def synced(self) -> None:
+        """One of this sink's watchers has caught up."""
+
 
 @dataclass(eq=False, slots=True)
 class Watcher:
@@ -181,4 +184,5 @@ class WatchHub:
             if hi >= cur:
                 self.unsynced.discard(w)
                 self._add_synced(w)
+                w.sink.synced()
         return progressed

@@ -180,3 +180,48 @@ class UnavailableError(RaftError):
 
 class SnapshotTemporarilyUnavailable(RaftError):
     """Storage cannot produce a snapshot right now; try again later."""
+
+
+class SnapOutOfDateError(RaftError):
+    """The requested snapshot is older than the one the storage already holds."""
+
+
+class ProgressStateType(IntEnum):
+    """How the leader currently replicates to one follower (etcd-io/raft tracker/state.go)."""
+
+    StateProbe = 0
+    StateReplicate = 1
+    StateSnapshot = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressStatus:
+    """The leader's view of one peer, as reported by ``RawNode.status()``."""
+
+    match: int
+    next: int
+    state: ProgressStateType
+    recent_active: bool
+    is_learner: bool
+    pending_snapshot: int = 0
+    inflight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A point-in-time copy of a node's raft state; ``progress`` is filled only on a leader."""
+
+    id: int
+    hard_state: HardState
+    soft_state: SoftState
+    applied: int
+    lead_transferee: int = NONE
+    progress: dict[int, ProgressStatus] = field(default_factory=dict)
+
+    @property
+    def lead(self) -> int:
+        return self.soft_state.lead
+
+    @property
+    def raft_state(self) -> StateType:
+        return self.soft_state.raft_state

@@ -21,12 +21,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-try:
-    from datastore.raft.rawnode import Config as RaftConfig
-    from datastore.raft.rawnode import RawNode
-except ImportError:  # TEMPORARY until the consensus core lands
-    from datastore.raft._solo import Config as RaftConfig  # type: ignore[assignment]
-    from datastore.raft._solo import RawNode  # type: ignore[assignment]
+from datastore.raft.core import Config as RaftConfig
+from datastore.raft.rawnode import RawNode
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc

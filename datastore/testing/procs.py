@@ -75,6 +75,8 @@ class ServerProc:
                     raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
                 try:
                     stub.Status(rpc_pb2.StatusRequest(), timeout=1.0)
+                    if self.popen is not None and self.popen.poll() is not None:
+                        continue  # someone else answered on our port; we died: report above
                     return
                 except grpc.RpcError as e:
                     last = e

@@ -1,0 +1,19 @@
+"""``python -m datastore.bench``: the same options as ``datastore bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from datastore.bench import add_arguments, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datastore.bench",
+                                     description="etcd v3 load generator")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

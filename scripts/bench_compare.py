@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark: real etcd vs datastore on this machine, same loads, one at a time.
+
+For each target (default ``etcd,datastore``) a fresh cluster (1 or 3 members) is started in a
+temporary directory, every load (workload x clients) is run against it with the same client
+(``datastore.bench``), then the cluster is stopped before the next target starts, so the two
+servers never compete for CPU. Prints a markdown table with ops/s, p99 and the ratio
+second/first (datastore/etcd), and the server and client CPU used.
+
+    python scripts/bench_compare.py                       # 10 s per load, single node
+    python scripts/bench_compare.py --duration 5 --out bench.md --json-out bench.json
+    python scripts/bench_compare.py --target etcd,etcd    # test the comparison itself
+    python scripts/bench_compare.py --cluster 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+
+from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from datastore.bench import BenchConfig, run_bench
+from datastore.testing.procs import (
+    ETCD_BIN,
+    ServerProc,
+    datastore_proc,
+    etcd_proc,
+    free_port,
+)
+
+LAUNCHERS: dict[str, Callable[..., ServerProc]] = {"etcd": etcd_proc, "datastore": datastore_proc}
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process (all threads) from /proc; 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return 0.0
+    fields = s[s.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cluster:
+    """1 or 3 members of one kind, on 127.0.0.1, in a temporary directory."""
+
+    def __init__(self, kind: str, size: int, base: Path, extra: list[str] | None = None) -> None:
+        self.kind = kind
+        self.base = base
+        launcher = LAUNCHERS[kind]
+        prefix = "etcd" if kind == "etcd" else "ds"
+        names = [f"{prefix}{i}" for i in range(size)]
+        ports = [(free_port(), free_port()) for _ in names]
+        initial = None
+        if size > 1:
+            initial = ",".join(f"{n}=http://127.0.0.1:{pp}" for n, (_, pp) in zip(names, ports,
+                                                                                  strict=True))
+        self.members = [launcher(base, n, extra=extra, client_port=cp, peer_port=pp,
+                                 initial_cluster=initial)
+                        for n, (cp, pp) in zip(names, ports, strict=True)]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 60.0) -> None:
+        # Members of a new cluster must start together: one alone never gets a quorum.
+        with ThreadPoolExecutor(len(self.members)) as ex:
+            for f in [ex.submit(m.start, timeout) for m in self.members]:
+                f.result()
+        self.wait_writable(timeout)
+
+    def wait_writable(self, timeout: float) -> None:
+        """Until a Put succeeds (a leader exists and the cluster commits)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        with grpc.insecure_channel(self.members[0].endpoint) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            while time.monotonic() < deadline:
+                try:
+                    kv.Put(rpc_pb2.PutRequest(key=b"bench-compare/ready", value=b"1"), timeout=2)
+                    return
+                except grpc.RpcError as e:
+                    last = e
+                    time.sleep(0.1)  # poll interval while waiting for a leader
+        why = f"{last.code().name}: {last.details()}" if isinstance(last, grpc.Call) else last
+        raise TimeoutError(f"{self.kind} cluster not writable after {timeout}s ({why})")
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(m.popen.pid) for m in self.members if m.popen is not None)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- {m.name} ---\n{m.log_tail(20)}" for m in self.members)
+
+
+def run_target(kind: str, args: argparse.Namespace, loads: list[tuple[str, int]],
+               label: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Start a cluster of `kind`, run every load against it, stop it."""
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    base = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+    extra = args.etcd_arg if kind == "etcd" else args.datastore_arg
+    cluster = Cluster(kind, args.cluster, base, extra)
+    try:
+        try:
+            cluster.start(args.start_timeout)
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}".splitlines()[0]
+            print(f"[{label}] failed to start: {msg}\n{cluster.log_tails()}", file=sys.stderr)
+            return {ld: {"error": f"start failed: {msg}"} for ld in loads}
+        print(f"[{label}] {kind} x{args.cluster} up at {','.join(cluster.endpoints)}",
+              file=sys.stderr)
+        for workload, clients in loads:
+            cfg = BenchConfig(
+                endpoints=cluster.endpoints, workload=workload, clients=clients,
+                conns=args.conns, procs=args.procs, duration=args.duration,
+                key_size=args.key_size, val_size=args.val_size, key_space=args.key_space,
+                warmup=args.warmup, timeout=args.timeout,
+                progress="none" if args.quiet else "auto", progress_interval=5.0,
+            )
+            print(f"[{label}] {workload} clients={clients} ...", file=sys.stderr)
+            marks: dict[str, tuple[float, float]] = {}
+
+            def on_phase(phase: str, marks: dict[str, tuple[float, float]] = marks) -> None:
+                marks[phase] = (time.monotonic(), cluster.cpu_seconds())
+
+            try:
+                s = run_bench(cfg, on_phase=on_phase)
+            except Exception as e:
+                s = {"error": f"{type(e).__name__}: {e}"}
+                print(f"[{label}]   failed: {s['error']}", file=sys.stderr)
+            else:
+                (t0, c0), (t1, c1) = marks["load-start"], marks["load-end"]
+                # Server CPU over the load (warm-up included, pre-population excluded).
+                s["server_cpu_pct"] = round((c1 - c0) / max(t1 - t0, 1e-9) * 100, 1)
+                print(f"[{label}]   {s['ops_per_s']:.0f} ops/s p99 {s['latency_ms']['p99']:.2f} ms"
+                      f" errors {s['errors']} server cpu {s['server_cpu_pct']:.0f}% client cpu "
+                      f"{s['client_cpu_pct']:.0f}%", file=sys.stderr)
+            results[(workload, clients)] = s
+    finally:
+        cluster.stop()
+        if not args.keep_dirs:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"[{label}] data and logs kept in {base}", file=sys.stderr)
+    return results
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown_table(labels: list[str], loads: list[tuple[str, int]],
+                   res: list[dict[tuple[str, int], dict[str, Any]]]) -> str:
+    a, b = labels[0], labels[-1]
+    two = len(labels) > 1
+    head = ["workload", "clients", f"{a} ops/s", f"{a} p99 ms"]
+    if two:
+        head += [f"{b} ops/s", f"{b} p99 ms", f"ops/s {b}/{a}", f"p99 {b}/{a}"]
+    head += ["server cpu % " + "/".join(labels), "client cpu % " + "/".join(labels)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+
+    def get(r: dict[str, Any], *path: str) -> float | None:
+        cur: Any = r
+        for p in path:
+            if not isinstance(cur, dict) or p not in cur:
+                return None
+            cur = cur[p]
+        return float(cur)
+
+    notes: list[str] = []
+    for ld in loads:
+        ra, rb = res[0][ld], res[-1][ld]
+        row = [ld[0], str(ld[1]), _fmt(get(ra, "ops_per_s")), _fmt(get(ra, "latency_ms", "p99"), 2)]
+        if two:
+            oa, ob = get(ra, "ops_per_s"), get(rb, "ops_per_s")
+            pa, pb = get(ra, "latency_ms", "p99"), get(rb, "latency_ms", "p99")
+            row += [_fmt(ob), _fmt(pb, 2),
+                    _fmt(ob / oa, 2) if oa and ob is not None else "n/a",
+                    _fmt(pb / pa, 2) if pa and pb is not None else "n/a"]
+        row.append("/".join(_fmt(get(r[ld], "server_cpu_pct")) for r in res))
+        row.append("/".join(_fmt(get(r[ld], "client_cpu_pct")) for r in res))
+        errs = [f"{lab}: {r[ld]['error'] if 'error' in r[ld] else r[ld]['errors']} errors"
+                for lab, r in zip(labels, res, strict=True)
+                if "error" in r[ld] or r[ld].get("errors")]
+        if errs:
+            notes.append(f"{ld[0]}/{ld[1]}: " + "; ".join(errs))
+            row[0] += f" [{len(notes)}]"
+        lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(lines)
+
+
+def etcd_version() -> str:
+    try:
+        out = subprocess.run([ETCD_BIN, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.splitlines()[0].split(":", 1)[1].strip()
+    except Exception:
+        return "unknown"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="etcd,datastore",
+                   help="comma list of 1-2 server kinds (etcd|datastore); the ratio is "
+                        "last/first. Use etcd,etcd to test the comparison without datastore")
+    p.add_argument("--only-etcd", action="store_true", help="shorthand for --target etcd")
+    p.add_argument("--cluster", type=int, choices=(1, 3), default=1, help="members per cluster")
+    p.add_argument("--workloads", default="put,get,get-serializable,txn")
+    p.add_argument("--clients", default="16,128", help="comma list of client counts")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per load")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each load")
+    p.add_argument("--conns", type=int, default=0, help="gRPC channels (0: bench default)")
+    p.add_argument("--procs", type=int, default=1, help="client processes per load")
+    p.add_argument("--key-size", type=int, default=32)
+    p.add_argument("--val-size", type=int, default=256)
+    p.add_argument("--key-space", type=int, default=10000)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--start-timeout", type=float, default=60.0)
+    p.add_argument("--etcd-arg", action="append", default=[], help="extra etcd flag (repeat)")
+    p.add_argument("--datastore-arg", action="append", default=[],
+                   help="extra datastore serve flag (repeat)")
+    p.add_argument("--out", type=Path, help="also write the markdown report here")
+    p.add_argument("--json-out", type=Path, help="write all raw summaries as JSON here")
+    p.add_argument("--keep-dirs", action="store_true", help="keep data dirs and server logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-load progress")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kinds = ["etcd"] if args.only_etcd else [k.strip() for k in args.target.split(",") if k.strip()]
+    if not 1 <= len(kinds) <= 2 or any(k not in LAUNCHERS for k in kinds):
+        print(f"--target must be 1-2 of {sorted(LAUNCHERS)}", file=sys.stderr)
+        return 2
+    labels = kinds if len(set(kinds)) == len(kinds) else [f"{k}#{i + 1}" for i, k in
+                                                           enumerate(kinds)]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    loads = [(w, c) for w in workloads for c in clients]
+
+    res = [run_target(k, args, loads, lab) for k, lab in zip(kinds, labels, strict=True)]
+
+    table = markdown_table(labels, loads, res)
+    header = (
+        f"## {' vs '.join(reversed(labels))} ({args.cluster} member"
+        f"{'s' if args.cluster > 1 else ''})\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"etcd {etcd_version()}, Python {platform.python_version()}. Client: datastore.bench "
+        f"(grpc.aio, procs={args.procs}, conns={args.conns or 'default'}), "
+        f"{args.duration:g} s per load after {args.warmup:g} s warm-up, keys {args.key_space} x "
+        f"{args.key_size} B, values {args.val_size} B. Client and server share the machine.\n"
+    )
+    report = header + "\n" + table + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    if args.json_out:
+        raw = {lab: {f"{w}/{c}": r[(w, c)] for (w, c) in loads} for lab, r in
+               zip(labels, res, strict=True)}
+        args.json_out.write_text(json.dumps(raw, indent=2, sort_keys=True))
+    failed = any("error" in r[ld] for r in res for ld in loads)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Smoke test of ``datastore.bench`` against a real etcd: the summary is well-formed.
+
+No performance assertions: only that the requests were made and the numbers are sane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from datastore.api.etcdserverpb import rpc_pb2
+from datastore.bench import BenchConfig, Histogram, run_bench
+from datastore.bench.core import KeyGen, prefix_end
+from datastore.testing.procs import ETCD_BIN, ServerProc, etcd_proc
+
+pytestmark = pytest.mark.timeout(60)
+
+needs_etcd = pytest.mark.skipif(not os.path.exists(ETCD_BIN), reason="real etcd not installed")
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    proc = etcd_proc(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _check_summary(s: dict, workload: str, total: int) -> None:
+    assert s["workload"] == workload
+    assert s["errors"] == 0, s["error_codes"]
+    assert s["ops"] == total
+    assert s["elapsed_s"] > 0
+    assert s["ops_per_s"] > 0
+    lat = s["latency_ms"]
+    assert set(lat) >= {"p50", "p90", "p99", "max", "mean", "min"}
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert s["client_cpu_s"] >= 0
+
+
+@needs_etcd
+def test_cli_json_put(etcd: ServerProc) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "datastore.bench", "--endpoints", etcd.endpoint, "--workload",
+         "put", "--total", "200", "--clients", "8", "--conns", "2", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    _check_summary(json.loads(out.stdout), "put", 200)
+
+
+@needs_etcd
+@pytest.mark.parametrize("workload", ["get", "get-serializable", "txn"])
+def test_workloads(etcd: ServerProc, workload: str) -> None:
+    cfg = BenchConfig(endpoints=[etcd.endpoint], workload=workload, clients=8, conns=2,
+                      duration=None, total=150, key_space=50, progress="none")
+    s = run_bench(cfg)
+    _check_summary(s, workload, 150)
+    if workload.startswith("get"):
+        assert s["prepopulated_keys"] == 50
+    if workload == "txn":
+        assert s["txn"]["succeeded"] + s["txn"]["conflicts"] == 150
+        assert s["txn"]["succeeded"] > 0
+
+
+@needs_etcd
+def test_watch(etcd: ServerProc) -> None:
+    cfg = BenchConfig(endpoints=[etcd.endpoint], workload="watch", clients=4, conns=2,
+                      duration=None, total=20, watchers=3, rate=200.0, progress="none")
+    s = run_bench(cfg)
+    w = s["watch"]
+    assert w["watchers"] == 3 and w["writes"] == 20
+    assert w["events_expected"] == 60
+    assert 0 < w["events"] <= 60
+    assert s["latency_ms"]["max"] > 0
+
+
+def test_request_encoding_matches_protobuf() -> None:
+    import random
+
+    kg = KeyGen(b"bench/", 16, 1000, 10, random.Random(1))
+    assert len(kg.key(7)) == 16
+    put = rpc_pb2.PutRequest.FromString(kg.put_req(7))
+    assert put.key == kg.key(7) and put.value == kg.value
+    rng = rpc_pb2.RangeRequest.FromString(kg.range_req(3, True))
+    assert rng.key == kg.key(3) and rng.serializable
+    assert not rpc_pb2.RangeRequest.FromString(kg.range_req(3, False)).serializable
+    assert prefix_end(b"a/") == b"a0" and prefix_end(b"a\xff") == b"b"
+
+
+def test_histogram_percentiles() -> None:
+    h = Histogram()
+    for us in range(1, 100001):
+        h.record(us)
+    assert h.count == 100000 and h.max == 100000 and h.min == 1
+    for q in (50, 90, 99):
+        assert abs(h.percentile(q) - q * 1000) / (q * 1000) < 0.01
+    other = Histogram.from_dict(h.to_dict())
+    other.merge(h)
+    assert other.count == 200000 and abs(other.percentile(50) - 50000) < 500
