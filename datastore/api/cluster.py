@@ -28,7 +28,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         await ctx.abort(grpc.StatusCode.UNIMPLEMENTED,
                         "datastore: membership changes need multi-member support (not yet built)")
 
-    async def MemberAdd(self, r: rpc.MemberAddRequest, ctx: grpc.aio.ServicerContext) -> rpc.MemberAddResponse:
+    async def MemberAdd(self, r: rpc.MemberAddRequest,
+                        ctx: grpc.aio.ServicerContext) -> rpc.MemberAddResponse:
         await self._unsupported(ctx)
         return rpc.MemberAddResponse()
 

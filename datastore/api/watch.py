@@ -31,6 +31,7 @@ class WatchStream:
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.watchers: dict[int, Watcher] = {}
         self._ids = itertools.count(0)
+        self._progress_pending = False
 
     # ---- WatchSink ---------------------------------------------------------------------
     def has_room(self) -> bool:
@@ -88,12 +89,18 @@ class WatchStream:
         self.s.hub.cancel(w)
         self._put(rpc.WatchResponse(header=self.s.header(), watch_id=wid, canceled=True))
 
-    async def progress(self) -> None:
-        # A progress response promises every event up to its revision was sent, so wait
-        # until none of this stream's watchers is still catching up.
-        while any(w in self.s.hub.unsynced for w in self.watchers.values()):
-            await asyncio.sleep(0.01)
-        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=-1))
+    def progress(self) -> None:
+        # A progress response promises every event up to its revision was sent, so it
+        # waits until none of this stream's watchers is still catching up.
+        self._progress_pending = True
+        self.synced()
+
+    def synced(self) -> None:
+        """Called by the hub when one of our watchers caught up."""
+        if self._progress_pending and not any(
+                w in self.s.hub.unsynced for w in self.watchers.values()):
+            self._progress_pending = False
+            self._put(rpc.WatchResponse(header=self.s.header(), watch_id=-1))
 
     def close(self) -> None:
         for w in self.watchers.values():
@@ -133,7 +140,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     elif kind == "cancel_request":
                         stream.cancel(req.cancel_request.watch_id)
                     elif kind == "progress_request":
-                        await stream.progress()
+                        stream.progress()
             finally:
                 stream.queue.put_nowait(_CLOSE)
 

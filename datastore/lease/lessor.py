@@ -71,10 +71,10 @@ class Lessor:
 
     # ---- applied from the log ----------------------------------------------------------
     def grant(self, lease_id: int, ttl: int, batch: WriteBatch) -> Lease:
-        if lease_id in self.leases:
-            raise errors.ErrLeaseExist()
         if ttl > MAX_LEASE_TTL:
             raise errors.ErrLeaseTTLTooLarge()
+        if lease_id in self.leases:
+            raise errors.ErrLeaseExist()
         ttl = max(ttl, self.min_ttl)
         le = Lease(lease_id, ttl)
         if self.primary:

@@ -21,15 +21,14 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from datastore.raft.core import Config as RaftConfig
-from datastore.raft.rawnode import RawNode
-
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
 from datastore.lease.lessor import Lessor
 from datastore.mvcc.kvstore import KVStore
 from datastore.mvcc.watchable import WatchHub
+from datastore.raft.core import Config as RaftConfig
+from datastore.raft.rawnode import RawNode
 from datastore.raft.types import (
     ConfState,
     EntryType,
