@@ -32,6 +32,7 @@ from datastore.raft.rawnode import RawNode
 from datastore.raft.types import (
     ConfState,
     EntryType,
+    HardState,
     ProposalDropped,
     Ready,
     StateType,
@@ -69,6 +70,7 @@ class EtcdServer:
         self._bootstrap()
         self.lessor.restore()
         self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        self._reconcile_commit()
         self.member_id = self.members.local_id
         self.cluster_id = self.members.cluster_id
         self.node = RawNode(RaftConfig(
@@ -112,6 +114,21 @@ class EtcdServer:
         self.storage.set_conf_state(ConfState(voters=tuple(sorted(m.ID for m in records))))
         log.info("bootstrapped new cluster", extra={"cluster_id": f"{cluster_id:x}",
                                                      "member_id": f"{local.ID:x}"})
+
+    def _reconcile_commit(self) -> None:
+        """The applied index may be ahead of the persisted commit index after a crash.
+
+        The apply batch (not fsynced) and the hard state (fsynced in the I/O thread) are
+        written concurrently, so either can reach disk first. Entries are only applied
+        once committed and persisted, so the applied index is a valid commit index.
+        """
+        applied = self.applier.applied_index
+        hs = self.storage.hard_state
+        if applied > hs.commit:
+            if applied > self.storage.last_index():
+                raise RuntimeError(f"state applied up to {applied} but the raft log ends at "
+                                   f"{self.storage.last_index()}: the data dir is corrupt")
+            self.storage.save(HardState(hs.term, hs.vote, applied), (), None, True)
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:

@@ -1,0 +1,65 @@
+"""Fixtures for end-to-end tests (see e2e_util for DS_TARGET and process start-up)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from e2e_util import PairFactory, ServerFactory, await_ready, launch, make_proc, start
+
+from datastore.testing.procs import ServerProc
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """``make(kind="target", extra=[...], start=True) -> ServerProc``; stopped at teardown."""
+    procs: list[ServerProc] = []
+
+    def make(kind: str = "target", extra: Sequence[str] = (), start_it: bool = True) -> ServerProc:
+        proc = make_proc(kind, tmp_path / f"{kind}{len(procs)}", extra)
+        procs.append(proc)
+        return start(proc) if start_it else proc
+
+    yield make
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def pair_factory(tmp_path: Path) -> Iterator[PairFactory]:
+    """``make(extra=[...]) -> (etcd, target)``, started in parallel; stopped at teardown."""
+    procs: list[ServerProc] = []
+
+    def make(extra: Sequence[str] = ()) -> tuple[ServerProc, ServerProc]:
+        n = len(procs)
+        oracle = make_proc("etcd", tmp_path / f"oracle{n}", extra)
+        target = make_proc("target", tmp_path / f"target{n}", extra)
+        procs.extend((oracle, target))
+        launch(oracle)
+        launch(target)
+        await_ready(oracle)
+        await_ready(target)
+        return oracle, target
+
+    yield make
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def etcd_server(server_factory: ServerFactory) -> ServerProc:
+    """A fresh real etcd."""
+    return server_factory("etcd")
+
+
+@pytest.fixture
+def ds_server(server_factory: ServerFactory) -> ServerProc:
+    """A fresh server under test (datastore; etcd when DS_TARGET=etcd)."""
+    return server_factory("target")
+
+
+@pytest.fixture
+def pair(pair_factory: PairFactory) -> tuple[ServerProc, ServerProc]:
+    """(fresh real etcd, fresh server under test), started in parallel."""
+    return pair_factory()
