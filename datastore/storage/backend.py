@@ -50,8 +50,6 @@ class Backend:
         self._handle: dict[str, ColumnFamily] = {
             n: self.db.get_column_family_handle(n) for n in families
         }
-        self._sync = WriteOptions()
-        self._sync.sync = True
         self._nosync = WriteOptions()
 
     def cf(self, name: str) -> Rdict:
@@ -65,7 +63,12 @@ class Backend:
         return WriteBatch(raw_mode=True)
 
     def write(self, batch: WriteBatch, sync: bool) -> None:
-        self.db.write(batch, self._sync if sync else self._nosync)
+        # rocksdict keeps the GIL through a synced write, stalling every other thread for
+        # the whole fsync; flush_wal(sync=True) releases it. Same durability: the batch is
+        # in the WAL once write() returns, and flush_wal fsyncs the WAL.
+        self.db.write(batch, self._nosync)
+        if sync:
+            self.db.flush_wal(True)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self._cf[cf].get(key)
