@@ -39,6 +39,7 @@ from datastore.raft.types import (
 )
 from datastore.server.alarms import AlarmStore
 from datastore.server.applier import Applier
+from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
@@ -137,7 +138,7 @@ class EtcdServer:
             self.node.campaign()  # a single voter need not wait out an election timeout
         loop = asyncio.get_running_loop()
         for coro in (self._run(), self._ticker(), self.hub.run(), self._lease_loop(),
-                     self._progress_loop()):
+                     self._progress_loop(), run_compactor(self)):
             self._tasks.append(loop.create_task(coro))
         self._wake.set()
 
