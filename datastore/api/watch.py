@@ -132,6 +132,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = WatchStream(self.s)
 
         async def recv() -> None:
+            # Like etcd, a client half-close keeps the stream (and its watchers) alive;
+            # only an error or the client cancelling the call ends it.
             try:
                 async for req in requests:
                     kind = req.WhichOneof("request_union")
@@ -141,8 +143,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                         stream.cancel(req.cancel_request.watch_id)
                     elif kind == "progress_request":
                         stream.progress()
-            finally:
+            except Exception:
                 stream.queue.put_nowait(_CLOSE)
+                raise
 
         task = asyncio.get_running_loop().create_task(recv())
         try:
