@@ -13,15 +13,13 @@ that would dominate the runtime of a suite that starts a fresh server per test.)
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 
-from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, etcdctl
 
 TARGET: str = os.environ.get("DS_TARGET", "datastore").strip().lower() or "datastore"
@@ -40,49 +38,15 @@ def target_is_etcd() -> bool:
 
 
 def launch(proc: ServerProc) -> ServerProc:
-    """Start the process without waiting for it to become ready."""
-    log = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
-    env = {**os.environ, **proc.env}
-    proc.popen = subprocess.Popen(proc.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-    return proc
+    return proc.launch()
 
 
 def await_ready(proc: ServerProc, timeout: float = 30.0) -> ServerProc:
-    """Wait (on conditions) until the client port accepts and a Status RPC answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.popen is not None
-        if proc.popen.poll() is not None:
-            raise RuntimeError(
-                f"{proc.kind} {proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        try:
-            socket.create_connection(("127.0.0.1", proc.client_port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{proc.name}: port {proc.client_port} not open after {timeout}s:\n"
-                    f"{proc.log_tail()}") from None
-            time.sleep(0.01)  # poll interval of the condition above
-    # A fresh channel per attempt: a channel whose first connection failed backs off ~1 s.
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(
-                f"{proc.kind} {proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        with grpc.insecure_channel(proc.endpoint) as ch:
-            try:
-                rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=0.3)
-                return proc
-            except grpc.RpcError as e:
-                last = e
-        time.sleep(0.02)  # poll interval of the condition above
-    raise TimeoutError(f"{proc.name} not ready after {timeout}s ({last}):\n{proc.log_tail()}")
+    return proc.wait_ready(timeout)
 
 
 def start(proc: ServerProc, timeout: float = 30.0) -> ServerProc:
-    return await_ready(launch(proc), timeout)
+    return proc.start(timeout)
 
 
 def make_proc(kind: str, base: Path, extra: Sequence[str] = ()) -> ServerProc:

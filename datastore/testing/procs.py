@@ -56,32 +56,47 @@ class ServerProc:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
-    def start(self, timeout: float = 30.0) -> ServerProc:
+    def launch(self) -> ServerProc:
+        """Start the process without waiting for it to become ready."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, **self.env}
         self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0) -> ServerProc:
+        return self.launch().wait_ready(timeout)
+
+    def _check_alive(self) -> None:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise RuntimeError(f"{self.kind} {self.name} exited with {self.popen.returncode}:\n"
+                               f"{self.log_tail()}")
+
+    def wait_ready(self, timeout: float = 30.0) -> ServerProc:
+        """Wait (on conditions) until the client port accepts and a Status RPC answers."""
         deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: port {self.client_port} not open after "
+                                       f"{timeout}s:\n{self.log_tail()}") from None
+                time.sleep(0.01)  # poll interval of the condition above
+        # A fresh channel per attempt: a channel whose first connection failed backs off ~1 s.
         last: Exception | None = None
-        with grpc.insecure_channel(self.endpoint) as ch:
-            stub = rpc_pb2_grpc.MaintenanceStub(ch)
-            while time.monotonic() < deadline:
-                if self.popen is not None and self.popen.poll() is not None:
-                    code = self.popen.returncode
-                    raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with grpc.insecure_channel(self.endpoint) as ch:
                 try:
-                    stub.Status(rpc_pb2.StatusRequest(), timeout=1.0)
-                    if self.popen is not None and self.popen.poll() is not None:
-                        continue  # someone else answered on our port; we died: report above
-                    return
+                    rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=0.3)
+                    self._check_alive()  # someone else may own the port if we died
+                    return self
                 except grpc.RpcError as e:
                     last = e
-                    grpc.channel_ready_future(ch)  # keep the channel connecting
-                    time.sleep(0.05)  # poll interval while waiting on the condition above
+            time.sleep(0.02)  # poll interval of the condition above
         raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
 
     def log_tail(self, n: int = 40) -> str:
