@@ -43,6 +43,7 @@ class ServerProc:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    _fresh: bool = True  # the data dir did not exist before our last launch
 
     @property
     def endpoint(self) -> str:
@@ -58,14 +59,32 @@ class ServerProc:
 
     def launch(self) -> ServerProc:
         """Start the process without waiting for it to become ready."""
+        self._fresh = not self.data_dir.exists()
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, **self.env}
         self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         return self
 
-    def start(self, timeout: float = 30.0) -> ServerProc:
-        return self.launch().wait_ready(timeout)
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> ServerProc:
+        """Launch and wait; if a port we picked was taken meanwhile, retry on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                return self.launch().wait_ready(timeout)
+            except RuntimeError:
+                if attempt == attempts - 1 or "address already in use" not in self.log_tail():
+                    raise
+                self._move_ports()
+        raise AssertionError("unreachable")
+
+    def _move_ports(self) -> None:
+        """Another process took a port between free_port() and our bind: pick new ones."""
+        cp, pp = free_port(), free_port()
+        old_c, old_p = f":{self.client_port}", f":{self.peer_port}"
+        self.argv = [a.replace(old_c, f":{cp}").replace(old_p, f":{pp}") for a in self.argv]
+        self.client_port, self.peer_port = cp, pp
+        if self._fresh and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)  # bootstrapped with the old URLs by the failed launch
 
     def _check_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
@@ -158,8 +177,7 @@ def etcd_proc(base: Path, name: str = "etcd0", extra: list[str] | None = None,
     flags = _cluster_flags(name, cp, pp, initial_cluster, state)
     argv = [ETCD_BIN, "--data-dir", str(data), *flags,
             "--log-level", "error", "--logger", "zap", *(extra or [])]
-    return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log",
-                      env={"ETCD_UNSUPPORTED_ARCH": ""})
+    return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log")
 
 
 def datastore_proc(base: Path, name: str = "ds0", extra: list[str] | None = None,

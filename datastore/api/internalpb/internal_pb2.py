@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from datastore.api.etcdserverpb import rpc_pb2 as datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'datastore/api/internalpb/internal.proto\x12\ninternalpb\x1a$datastore/api/etcdserverpb/rpc.proto\"\xc3\x03\n\x13InternalRaftRequest\x12\n\n\x02ID\x18\x01 \x01(\x04\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequest\x12\x36\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequest\x12%\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequest\x12\x33\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequest\x12\x34\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequest\x12\x36\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequest\x12>\n\x10lease_checkpoint\x18\x08 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequest\x12)\n\x05\x61larm\x18\t \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequest\x12\x0c\n\x04noop\x18\n \x01(\x08\"d\n\x0cMemberRecord\x12\n\n\x02ID\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpeer_urls\x18\x03 \x03(\t\x12\x13\n\x0b\x63lient_urls\x18\x04 \x03(\t\x12\x12\n\nis_learner\x18\x05 \x01(\x08\"=\n\x0bLeaseRecord\x12\n\n\x02ID\x18\x01 \x01(\x03\x12\x0b\n\x03TTL\x18\x02 \x01(\x03\x12\x15\n\rremaining_TTL\x18\x03 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'datastore/api/internalpb/internal.proto\x12\ninternalpb\x1a$datastore/api/etcdserverpb/rpc.proto\"\xf2\x03\n\x13InternalRaftRequest\x12\n\n\x02ID\x18\x01 \x01(\x04\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequest\x12\x36\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequest\x12%\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequest\x12\x33\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequest\x12\x34\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequest\x12\x36\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequest\x12>\n\x10lease_checkpoint\x18\x08 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequest\x12)\n\x05\x61larm\x18\t \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequest\x12\x0c\n\x04noop\x18\n \x01(\x08\x12-\n\x0bmember_attr\x18\x0b \x01(\x0b\x32\x18.internalpb.MemberRecord\"d\n\x0cMemberRecord\x12\n\n\x02ID\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpeer_urls\x18\x03 \x03(\t\x12\x13\n\x0b\x63lient_urls\x18\x04 \x03(\t\x12\x12\n\nis_learner\x18\x05 \x01(\x08\"=\n\x0bLeaseRecord\x12\n\n\x02ID\x18\x01 \x01(\x03\x12\x0b\n\x03TTL\x18\x02 \x01(\x03\x12\x15\n\rremaining_TTL\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'datastore.api.internalpb.in
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INTERNALRAFTREQUEST']._serialized_start=94
-  _globals['_INTERNALRAFTREQUEST']._serialized_end=545
-  _globals['_MEMBERRECORD']._serialized_start=547
-  _globals['_MEMBERRECORD']._serialized_end=647
-  _globals['_LEASERECORD']._serialized_start=649
-  _globals['_LEASERECORD']._serialized_end=710
+  _globals['_INTERNALRAFTREQUEST']._serialized_end=592
+  _globals['_MEMBERRECORD']._serialized_start=594
+  _globals['_MEMBERRECORD']._serialized_end=694
+  _globals['_LEASERECORD']._serialized_start=696
+  _globals['_LEASERECORD']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

@@ -123,3 +123,29 @@ class MessageBatch(_message.Message):
 class SendAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MembersResponse(_message.Message):
+    __slots__ = ("cluster_id", "members")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: int
+    members: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, cluster_id: _Optional[int] = ..., members: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class LeaseRenewRequest(_message.Message):
+    __slots__ = ("ID",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    def __init__(self, ID: _Optional[int] = ...) -> None: ...
+
+class LeaseRenewResponse(_message.Message):
+    __slots__ = ("TTL", "not_leader")
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    TTL: int
+    not_leader: bool
+    def __init__(self, TTL: _Optional[int] = ..., not_leader: _Optional[bool] = ...) -> None: ...

@@ -39,12 +39,34 @@ class RaftTransportStub:
                 request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.SerializeToString,
                 response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/raftpb.RaftTransport/Members',
+                request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersRequest.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersResponse.FromString,
+                _registered_method=True)
+        self.LeaseRenew = channel.unary_unary(
+                '/raftpb.RaftTransport/LeaseRenew',
+                request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.FromString,
+                _registered_method=True)
 
 
 class RaftTransportServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Send(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Members(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseRenew(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +79,16 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.FromString,
                     response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersRequest.FromString,
+                    response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersResponse.SerializeToString,
+            ),
+            'LeaseRenew': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseRenew,
+                    request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.FromString,
+                    response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +118,60 @@ class RaftTransport:
             '/raftpb.RaftTransport/Send',
             datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.SerializeToString,
             datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftpb.RaftTransport/Members',
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersRequest.SerializeToString,
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseRenew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftpb.RaftTransport/LeaseRenew',
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.SerializeToString,
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
