@@ -165,23 +165,25 @@ class KVStore:
         batch.put(META_COMPACT_REV, _i64(rev), self._meta_handle)
 
     def hash_kv(self, rev: int) -> tuple[int, int, int]:
-        """etcd's HashKV: CRC-32C over the kept revisions in (compact_rev, rev].
+        """etcd's HashKV: CRC-32C over the ``key`` family up to ``rev``.
 
-        Returns (hash, compact_revision, hash_revision).
+        Revisions older than the compaction point count only if they are what a key held
+        at ``rev`` (etcd's ``kvindex.Keep(rev)``), so members that have or have not yet
+        physically removed compacted revisions agree. Returns (hash, compact, hash rev).
         """
         cur = self.current_rev
+        if 0 < rev <= self.compact_rev:
+            raise errors.ErrCompacted()
         if rev > cur:
             raise errors.ErrFutureRev()
         if rev <= 0:
             rev = cur
-        if rev < self.compact_rev:
-            raise errors.ErrCompacted()
-        keep = self.index.keep(self.compact_rev)
-        h = crc32c(b"key")
+        keep = self.index.keep(rev)
         lower = self.compact_rev + 1
+        h = crc32c(b"key")
         for rk, raw in self.backend.scan("key", b"", main_rev_prefix(rev + 1)):
             r = bytes_to_rev(rk)
-            if r[0] < lower and r not in keep:
+            if r[0] < lower and keep and r not in keep:
                 continue
             h = crc32c(rk, h)
             h = crc32c(raw, h)

@@ -60,6 +60,7 @@ class ServerProc:
     def launch(self) -> ServerProc:
         """Start the process without waiting for it to become ready."""
         self._fresh = not self.data_dir.exists()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, **self.env}
         self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
