@@ -8,6 +8,7 @@ because everything else can be replayed from the log after a crash.
 
 from __future__ import annotations
 
+import gc
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,4 +116,9 @@ class Backend:
         Checkpoint(self.db).create_checkpoint(str(dest))
 
     def close(self) -> None:
+        # Column-family handles keep the database (and its LOCK file) alive: drop them first.
+        self._cf.clear()
+        self._handle.clear()
         self.db.close()
+        del self.db
+        gc.collect()
