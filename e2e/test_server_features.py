@@ -230,3 +230,62 @@ def test_slow_watcher_does_not_stall_others(ds: Callable[..., ServerProc]) -> No
         assert drain(fast) == expected  # the fast watcher got everything while slow stalled
         assert drain(slow) == expected  # the slow one caught up, in order, no gaps/dupes
         stop.set()
+
+
+def _watch(c: Client, *reqs: pb.WatchRequest) -> tuple[Iterator[pb.WatchResponse],
+                                                       queue.Queue[pb.WatchRequest | None]]:
+    q: queue.Queue[pb.WatchRequest | None] = queue.Queue()
+    for r in reqs:
+        q.put(r)
+
+    def gen() -> Iterator[pb.WatchRequest]:
+        while (r := q.get()) is not None:
+            yield r
+
+    return c.watch.Watch(gen(), timeout=30), q
+
+
+def test_progress_notify_and_request_progress(ds: Callable[..., ServerProc]) -> None:
+    p = ds("--experimental-watch-progress-notify-interval=300ms")
+    with Client(p) as c:
+        c.kv.Put(pb.PutRequest(key=b"p", value=b"1"))
+        stream, q = _watch(c, pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=b"p", progress_notify=True)))
+        created = next(stream)
+        assert created.created
+        other = c.kv.Put(pb.PutRequest(key=b"unrelated", value=b"x")).header.revision
+        # an idle watcher that asked for progress gets an empty response at the current rev
+        note = next(stream)
+        assert (note.watch_id, list(note.events), note.header.revision) == (
+            created.watch_id, [], other)
+        q.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+        while True:
+            resp = next(stream)
+            if resp.watch_id == -1:
+                break
+        assert not resp.events and resp.header.revision == other
+        q.put(None)
+
+
+def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
+    p = ds("--max-request-bytes=20000")
+    with Client(p) as c:
+        start_rev = c.kv.Range(pb.RangeRequest(key=b"f")).header.revision + 1
+        for i in range(12):  # ~48 kB of history, replayed to the watcher in one batch
+            c.kv.Put(pb.PutRequest(key=b"f/%02d" % i, value=b"v" * 4000))
+        stream, q = _watch(c, pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=b"f/", range_end=b"f0", start_revision=start_rev, fragment=True)))
+        assert next(stream).created
+        parts = []
+        while True:
+            resp = next(stream)
+            parts.append(resp)
+            if not resp.fragment:
+                break
+        assert len(parts) >= 3
+        assert all(r.fragment for r in parts[:-1])
+        assert all(r.ByteSize() <= 20000 + 512 for r in parts)
+        events = [e for r in parts for e in r.events]
+        assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(12)]
+        assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + 12))
+        q.put(None)
