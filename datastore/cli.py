@@ -16,11 +16,16 @@ log = logging.getLogger("datastore")
 async def _serve(ns: argparse.Namespace) -> int:
     from datastore.api.grpcserver import build_grpc_server
     from datastore.server.etcdserver import EtcdServer
+    from datastore.server.transport import PeerTransport
 
     cfg = config_from_args(ns)
     server = EtcdServer(cfg)
     grpc_server = build_grpc_server(server)
+    transport = PeerTransport(server)
+    server.transport = transport  # type: ignore[assignment]
+    await transport.start()
     await server.start()
+    server.cluster_ops.start()
     await grpc_server.start()
     log.info("serving client requests", extra={
         "member": cfg.name, "data_dir": cfg.resolved_data_dir,
@@ -33,6 +38,8 @@ async def _serve(ns: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await grpc_server.stop(grace=1.0)
+    await server.cluster_ops.stop()
+    await transport.stop()
     await server.stop()
     log.info("stopped")
     return 0

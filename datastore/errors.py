@@ -332,6 +332,11 @@ class ErrBadLeaderTransferee(EtcdError):
     message = "etcdserver: bad leader transferee"
 
 
+class ErrTimeoutLeaderTransfer(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: request timed out, leader transfer took too long"
+
+
 # --- downgrade -----------------------------------------------------------------------------
 class ErrClusterVersionUnavailable(EtcdError):
     code = "UNAVAILABLE"

@@ -1,6 +1,8 @@
-"""etcdserverpb.Cluster: membership (single-member for now; changes come with multi-member)."""
+"""etcdserverpb.Cluster: membership list and changes (etcd's semantics; see cluster_ops)."""
 
 from __future__ import annotations
+
+from urllib.parse import urlparse
 
 import grpc
 
@@ -9,6 +11,18 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.status import abort
 from datastore.server.etcdserver import EtcdServer
+
+
+def _check_urls(urls: list[str]) -> list[str]:
+    """etcd's types.NewURLs: http(s)://host:port, no path."""
+    if not urls:
+        raise errors.ErrMemberBadURLs()
+    for u in urls:
+        p = urlparse(u)
+        if p.scheme not in ("http", "https") or not p.hostname or p.port is None \
+                or p.path not in ("", "/"):
+            raise errors.ErrMemberBadURLs()
+    return sorted(urls)
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -24,26 +38,36 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 await abort(ctx, e)
         return rpc.MemberListResponse(header=self.s.header(), members=self.s.members.to_pb())
 
-    async def _unsupported(self, ctx: grpc.aio.ServicerContext) -> None:
-        await ctx.abort(grpc.StatusCode.UNIMPLEMENTED,
-                        "datastore: membership changes need multi-member support (not yet built)")
-
     async def MemberAdd(self, r: rpc.MemberAddRequest,
                         ctx: grpc.aio.ServicerContext) -> rpc.MemberAddResponse:
-        await self._unsupported(ctx)
-        return rpc.MemberAddResponse()
+        try:
+            urls = _check_urls(list(r.peerURLs))
+            member, members = await self.s.cluster_ops.add_member(urls, r.isLearner)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.MemberAddResponse(header=self.s.header(), member=member, members=members)
 
     async def MemberRemove(self, r: rpc.MemberRemoveRequest,
                            ctx: grpc.aio.ServicerContext) -> rpc.MemberRemoveResponse:
-        await self._unsupported(ctx)
-        return rpc.MemberRemoveResponse()
+        try:
+            members = await self.s.cluster_ops.remove_member(r.ID)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.MemberRemoveResponse(header=self.s.header(), members=members)
 
     async def MemberUpdate(self, r: rpc.MemberUpdateRequest,
                            ctx: grpc.aio.ServicerContext) -> rpc.MemberUpdateResponse:
-        await self._unsupported(ctx)
-        return rpc.MemberUpdateResponse()
+        try:
+            urls = _check_urls(list(r.peerURLs))
+            members = await self.s.cluster_ops.update_member(r.ID, urls)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.MemberUpdateResponse(header=self.s.header(), members=members)
 
     async def MemberPromote(self, r: rpc.MemberPromoteRequest,
                             ctx: grpc.aio.ServicerContext) -> rpc.MemberPromoteResponse:
-        await self._unsupported(ctx)
-        return rpc.MemberPromoteResponse()
+        try:
+            members = await self.s.cluster_ops.promote_member(r.ID)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.MemberPromoteResponse(header=self.s.header(), members=members)

@@ -8,7 +8,7 @@ from datastore import errors, validation
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
-from datastore.api.status import abort
+from datastore.api.status import abort, respond
 from datastore.server.applier import is_txn_readonly, range_in
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
@@ -40,47 +40,35 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return resp
 
     async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
-        try:
-            validation.check_put_request(r)
-            await check_quota(self.s, len(r.key) + len(r.value))
-            resp = await self.s.propose(InternalRaftRequest(put=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self._put(r))
+
+    async def _put(self, r: rpc.PutRequest) -> object:
+        validation.check_put_request(r)
+        await check_quota(self.s, len(r.key) + len(r.value))
+        return await self.s.propose(InternalRaftRequest(put=r))
 
     async def DeleteRange(self, r: rpc.DeleteRangeRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.DeleteRangeResponse:
-        try:
-            validation.check_delete_request(r)
-            resp = await self.s.propose(InternalRaftRequest(delete_range=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self._delete_range(r))
+
+    async def _delete_range(self, r: rpc.DeleteRangeRequest) -> object:
+        validation.check_delete_request(r)
+        return await self.s.propose(InternalRaftRequest(delete_range=r))
 
     async def Txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> rpc.TxnResponse:
-        try:
-            validation.check_txn_request(r, self.s.cfg.max_txn_ops)
-            if is_txn_readonly(r):
-                # like etcd: read-only txns skip the log and run on local state
-                if not _txn_serializable(r):
-                    await self.s.read_barrier()
-                wb, out = self.s.applier.begin()
-                resp = self.s.applier._txn(r, wb, out)
-            else:
-                await check_quota(self.s, r.ByteSize())
-                resp = await self.s.propose(InternalRaftRequest(txn=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self._txn(r))
+
+    async def _txn(self, r: rpc.TxnRequest) -> object:
+        validation.check_txn_request(r, self.s.cfg.max_txn_ops)
+        if is_txn_readonly(r):
+            # like etcd: read-only txns skip the log and run on local state
+            if not _txn_serializable(r):
+                await self.s.read_barrier()
+            wb, out = self.s.applier.begin()
+            return self.s.applier._txn(r, wb, out)
+        await check_quota(self.s, r.ByteSize())
+        return await self.s.propose(InternalRaftRequest(txn=r))
 
     async def Compact(self, r: rpc.CompactionRequest,
                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
-        try:
-            resp = await self.s.propose(InternalRaftRequest(compaction=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(compaction=r)))

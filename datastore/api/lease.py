@@ -11,7 +11,7 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
-from datastore.api.status import abort
+from datastore.api.status import abort, respond
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
 
@@ -22,31 +22,29 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseGrant(self, r: rpc.LeaseGrantRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.LeaseGrantResponse:
-        try:
-            await check_quota(self.s, 64)
-            req = rpc.LeaseGrantRequest(TTL=r.TTL, ID=r.ID or self.s.new_lease_id())
-            resp = await self.s.propose(InternalRaftRequest(lease_grant=req))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self._grant(r))
+
+    async def _grant(self, r: rpc.LeaseGrantRequest) -> object:
+        await check_quota(self.s, 64)
+        req = rpc.LeaseGrantRequest(TTL=r.TTL, ID=r.ID or self.s.new_lease_id())
+        return await self.s.propose(InternalRaftRequest(lease_grant=req))
 
     async def LeaseRevoke(self, r: rpc.LeaseRevokeRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.LeaseRevokeResponse:
-        try:
-            resp = await self.s.propose(InternalRaftRequest(lease_revoke=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(lease_revoke=r)))
 
     async def LeaseKeepAlive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
         async for r in requests:
             try:
-                ttl = self.s.lessor.renew(r.ID)
+                if self.s.is_leader or self.s.transport is None:
+                    ttl = self.s.lessor.renew(r.ID)
+                else:  # etcd forwards a follower's keep-alive to the leader
+                    ttl = await self.s.transport.lease_renew(r.ID)
             except errors.ErrLeaseNotFound:
                 ttl = 0  # etcd answers an unknown lease with TTL 0, not an error
+            except errors.EtcdError as e:
+                await abort(ctx, e)
             yield rpc.LeaseKeepAliveResponse(header=self.s.header(), ID=r.ID, TTL=ttl)
 
     async def LeaseTimeToLive(self, r: rpc.LeaseTimeToLiveRequest,

@@ -15,7 +15,7 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
-from datastore.api.status import abort
+from datastore.api.status import abort, respond
 from datastore.mvcc.kvstore import crc32c
 from datastore.server.config import VERSION
 from datastore.server.etcdserver import EtcdServer
@@ -53,12 +53,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             resp.alarms.extend(a for a in self.s.alarms.list()
                                if r.alarm in (rpc.NONE, a.alarm) and r.memberID in (0, a.memberID))
             return resp
-        try:
-            resp = await self.s.propose(InternalRaftRequest(alarm=r))
-        except errors.EtcdError as e:
-            await abort(ctx, e)
-        self.s.fill(resp.header)  # type: ignore[attr-defined]
-        return resp  # type: ignore[return-value]
+        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(alarm=r)))
 
     async def Defragment(self, r: rpc.DefragmentRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.DefragmentResponse:
@@ -101,11 +96,11 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def MoveLeader(self, r: rpc.MoveLeaderRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.MoveLeaderResponse:
-        if not self.s.is_leader:
-            await abort(ctx, errors.ErrNotLeader())
-        if r.targetID == self.s.member_id:
-            return rpc.MoveLeaderResponse(header=self.s.header())
-        await abort(ctx, errors.ErrBadLeaderTransferee())
+        try:
+            await self.s.cluster_ops.move_leader(r.targetID)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        return rpc.MoveLeaderResponse(header=self.s.header())
 
     async def Downgrade(self, r: rpc.DowngradeRequest,
                         ctx: grpc.aio.ServicerContext) -> rpc.DowngradeResponse:

@@ -71,6 +71,10 @@ class Applier:
             "alarm": self._alarm,
         }
 
+    def register(self, name: str, fn: Callable[[object, WriteBatch, Applied], Result]) -> None:
+        """Apply ``InternalRaftRequest.<name>`` with ``fn`` (e.g. membership attributes)."""
+        self._dispatch[name] = fn
+
     # ---- one batch ---------------------------------------------------------------------
     def begin(self) -> tuple[WriteBatch, Applied]:
         return self.backend.batch(), Applied()

@@ -104,6 +104,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     a("--max-txn-ops", type=int, default=128)
     a("--snapshot-count", type=int, default=100_000)
+    a("--experimental-snapshot-catchup-entries", type=int, default=5_000,
+      help="entries kept after a log compaction for slow followers to catch up")
     a("--auto-compaction-mode", default="periodic", choices=["periodic", "revision"])
     a("--auto-compaction-retention", default="0")
     a("--heartbeat-interval", type=int, default=100, help="milliseconds")
@@ -131,6 +133,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         max_request_bytes=ns.max_request_bytes,
         max_txn_ops=ns.max_txn_ops,
         snapshot_count=ns.snapshot_count,
+        snapshot_catchup_entries=ns.experimental_snapshot_catchup_entries,
         auto_compaction_mode=ns.auto_compaction_mode,
         auto_compaction_retention=ns.auto_compaction_retention,
         heartbeat_interval_ms=ns.heartbeat_interval,

@@ -34,11 +34,13 @@ from datastore.raft.types import (
     EntryType,
     HardState,
     ProposalDropped,
+    RaftError,
     Ready,
     StateType,
 )
 from datastore.server.alarms import AlarmStore
 from datastore.server.applier import Applier
+from datastore.server.cluster_ops import ClusterOps, join_existing
 from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
@@ -94,12 +96,16 @@ class EtcdServer:
         self._stopped = False
         self.started_at = time.time()
         self.transport = None  # peer transport: multi-member clusters plug in here
+        self.cluster_ops = ClusterOps(self)  # conf changes, snapshots, publish
 
     # ---- bootstrap -------------------------------------------------------------------
     def _bootstrap(self) -> None:
         if self.members.bootstrapped:
             return
         cfg = self.cfg
+        if cfg.initial_cluster_state == "existing":
+            join_existing(self)  # learn the cluster from a peer; never bootstrap a new one
+            return
         cluster = cfg.initial_cluster_map()
         if cfg.name not in cluster:
             raise ValueError(f"--initial-cluster has no entry for --name {cfg.name!r}")
@@ -162,6 +168,18 @@ class EtcdServer:
         self.backend.close()
 
     # ---- proposing ---------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def receive(self, messages: list) -> None:
+        """Step messages from peers (peer transport) into raft and wake the node loop."""
+        for m in messages:
+            try:
+                self.node.step(m)
+            except RaftError as e:  # unknown peer, dropped forward, ...: raft retries
+                log.debug("dropped %s from %x: %s", m.type.name, m.frm, e)
+        self._wake.set()
+
     def next_id(self) -> int:
         return next(self._req_ids)
 
@@ -236,11 +254,16 @@ class EtcdServer:
         if self._reads_waiting:
             ctx = next(self._read_ctx).to_bytes(8, "big")
             self._reads_inflight[ctx], self._reads_waiting = self._reads_waiting, []
-            self.node.read_index(ctx)
+            try:
+                self.node.read_index(ctx)
+            except ProposalDropped:  # no leader yet: retry on the next wake (tick)
+                self._reads_waiting = self._reads_inflight.pop(ctx) + self._reads_waiting
 
     async def _handle_ready(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
+        if rd.snapshot is not None:  # state image from the leader, before anything after it
+            self.cluster_ops.install_snapshot(rd.snapshot)
         persist = None
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             if rd.must_sync:
@@ -266,7 +289,8 @@ class EtcdServer:
         last = entries[-1]
         for e in entries:
             if e.type == EntryType.EntryConfChange:
-                continue  # membership changes arrive with multi-member support
+                self.cluster_ops.apply_conf_change(e, wb, out)
+                continue
             if e.data:
                 self.applier.apply_request(e.data, wb, out)
         self.applier.finish(wb, out, last.index, last.term)

@@ -9,6 +9,8 @@ memory, so the leader serves followers and ``term()`` without touching disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from datastore.api.raftpb import raft_pb2 as pb
 from datastore.raft.types import (
     CompactedError,
@@ -49,6 +51,9 @@ class DurableStorage:
         # _ents[0] is the entry at snap_meta.index + 1
         self._ents: list[Entry] = [codec.decode_entry(v) for _, v in
                                    backend.scan("raft_log", _ikey(self.snap_meta.index + 1))]
+        # Multi-member clusters: produces the snapshot a leader sends (state image at the
+        # applied index); without it, the bare compaction point (single member).
+        self.snapshot_source: Callable[[], Snapshot] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -93,6 +98,8 @@ class DurableStorage:
         return ents
 
     def snapshot(self) -> Snapshot:
+        if self.snapshot_source is not None:
+            return self.snapshot_source()
         return Snapshot(b"", self.snap_meta)
 
     # ---- writes (driver side) -------------------------------------------------------------

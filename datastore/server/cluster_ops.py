@@ -1,0 +1,503 @@
+"""Membership changes and snapshot catch-up for multi-member clusters.
+
+Membership changes follow etcd (server.go): the API validates a change against the
+current members (``may_add/remove/promote`` with the strict reconfig check: a change
+must not leave the cluster without a quorum of started members), then proposes a raft
+``ConfChange`` whose context is the ``MemberRecord``; every member applies it in log
+order (``apply_conf_change``): validate again (deterministic: only the records), tell
+raft, persist the new ConfState, update the member records in the same batch as the
+applied index, add/remove the peer in the transport, resolve the proposer's waiter with
+the member list. A member removed from the cluster stops, as etcd's does.
+
+A member that starts (or whose record lacks its name or client URLs) publishes its
+attributes through the log (``InternalRaftRequest.member_attr``), like etcd's publish.
+
+Snapshots: the raft snapshot a leader sends carries a full image of the state database
+(every column family) at its applied index, which becomes the snapshot's index; its
+ConfState is derived from the member records in the image, so image and metadata always
+agree. A follower installs it in place (one WriteBatch replaces the state) and reloads
+its in-memory indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from datastore import errors
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
+from datastore.mvcc.index import TreeIndex
+from datastore.raft.confchange import decode_conf_change
+from datastore.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    ProposalDropped,
+    Snapshot,
+    SnapshotMetadata,
+    StateType,
+)
+from datastore.server.membership import META_LOCAL_ID, compute_member_id
+from datastore.storage.backend import STATE_FAMILIES, Backend
+
+if TYPE_CHECKING:
+    from rocksdict import WriteBatch
+
+    from datastore.server.applier import Applied
+    from datastore.server.etcdserver import EtcdServer
+
+log = logging.getLogger("datastore.cluster")
+
+MAX_LEARNERS = 1  # etcd's default --experimental-max-learners
+LEARNER_READY_PERCENT = 0.9  # etcd: a learner within 90% of the leader's match may be promoted
+CONF_CHANGE_TIMEOUT_S = 7.0
+_REC = struct.Struct(">BII")
+REMOVED_PREFIX = b"removed/"  # meta: ids of removed members (etcd's members_removed bucket)
+ERR_REMOVED = "the member has been permanently removed from the cluster"
+
+
+def conf_state_of(members: list[MemberRecord]) -> ConfState:
+    return ConfState(voters=tuple(sorted(m.ID for m in members if not m.is_learner)),
+                     learners=tuple(sorted(m.ID for m in members if m.is_learner)))
+
+
+def _member_pb(m: MemberRecord) -> rpc.Member:
+    return rpc.Member(ID=m.ID, name=m.name, peerURLs=list(m.peer_urls),
+                      clientURLs=list(m.client_urls), isLearner=m.is_learner)
+
+
+# ---- joining an existing cluster (called from EtcdServer._bootstrap) -----------------------
+def join_existing(server: EtcdServer) -> None:
+    """--initial-cluster-state existing: learn the cluster from a peer; never bootstrap one."""
+    from datastore.server.transport import fetch_cluster
+
+    cfg = server.cfg
+    cluster = cfg.initial_cluster_map()
+    own = sorted(cfg.initial_advertise_peer_urls)
+    others = [u for name, urls in cluster.items() if name != cfg.name for u in urls
+              if u not in own]
+    if not others:
+        raise ValueError("--initial-cluster-state existing needs the other members in "
+                         "--initial-cluster")
+    cluster_id, raw = fetch_cluster(others)
+    records = [MemberRecord.FromString(r) for r in raw]
+    local = next((m for m in records if sorted(m.peer_urls) == own), None)
+    if local is None:
+        raise ValueError(f"no member of the existing cluster has peer URLs {own}: "
+                         "add it first (etcdctl member add)")
+    server.members.bootstrap(local.ID, cluster_id, records)
+    server.storage.set_conf_state(conf_state_of(records))
+    log.info("joining existing cluster", extra={"cluster_id": f"{cluster_id:x}",
+                                                "member_id": f"{local.ID:x}"})
+
+
+class ClusterOps:
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+        self.removed = False
+        self._snap_cache: Snapshot | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.removed_ids: set[int] = set()
+        self._load_removed()
+        server.storage.snapshot_source = self.make_snapshot
+        server.applier.register("member_attr", self._apply_member_attr)
+
+    def _load_removed(self) -> None:
+        self.removed_ids = {int.from_bytes(k[len(REMOVED_PREFIX):], "big") for k, _ in
+                            self.s.backend.scan("meta", REMOVED_PREFIX, b"removed0")}
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._publish()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _publish(self) -> None:
+        """Publish this member's name and client URLs through the log (etcd: on every start)."""
+        s = self.s
+        cfg = s.cfg
+        while not self.removed and s.member_id in s.members.members:
+            if s.leader_id:
+                rec = MemberRecord(ID=s.member_id, name=cfg.name,
+                                   client_urls=list(cfg.advertise_client_urls))
+                try:
+                    await s.propose(InternalRaftRequest(member_attr=rec))
+                    log.info("published member attributes", extra={"name": cfg.name})
+                    return
+                except errors.EtcdError as e:
+                    log.debug("publish failed: %s", e)
+            await asyncio.sleep(0.2)  # retry interval until a leader commits it
+
+    # ---- apply side (inside EtcdServer._apply) ------------------------------------------
+    def _apply_member_attr(self, rec: MemberRecord, wb: WriteBatch, out: Applied) -> object:
+        m = self.s.members.members.get(rec.ID)
+        if m is None:
+            return errors.ErrMemberNotFound()
+        m2 = MemberRecord()
+        m2.CopyFrom(m)
+        m2.name = rec.name
+        del m2.client_urls[:]
+        m2.client_urls.extend(rec.client_urls)
+        self.s.members.put(m2, wb)
+        return rpc.MemberUpdateResponse()
+
+    def _validate(self, cc: ConfChange, rec: MemberRecord | None) -> errors.EtcdError | None:
+        members = self.s.members.members
+        if cc.type in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+            cur = members.get(cc.node_id)
+            if cur is not None:
+                if cc.type == ConfChangeType.ConfChangeAddNode and cur.is_learner:
+                    return None  # promotion
+                return errors.ErrMemberExist()
+            if rec is not None:
+                urls = set(rec.peer_urls)
+                if any(urls & set(m.peer_urls) for m in members.values()):
+                    return errors.ErrPeerURLExist()
+            return None
+        if cc.type == ConfChangeType.ConfChangeRemoveNode:
+            return None if cc.node_id in members else errors.ErrMemberNotFound()
+        if cc.node_id in self.removed_ids:
+            return errors.ErrMemberExist()  # etcd: ErrIDRemoved, never re-added
+        if cc.type == ConfChangeType.ConfChangeUpdateNode:
+            if cc.node_id not in members:
+                return errors.ErrMemberNotFound()
+            if rec is not None:
+                urls = set(rec.peer_urls)
+                if any(urls & set(m.peer_urls) for m in members.values() if cc.node_id != m.ID):
+                    return errors.ErrPeerURLExist()
+        return None
+
+    def apply_conf_change(self, e: Entry, wb: WriteBatch, out: Applied) -> None:
+        s = self.s
+        cc = decode_conf_change(e.data)
+        rec = MemberRecord.FromString(cc.context) if cc.context else None
+        err = self._validate(cc, rec)
+        if err is not None:
+            if cc.id:
+                out.results.append((cc.id, err))
+            return
+        cs = s.node.apply_conf_change(cc)
+        # The WAL's ConfState first (synced): a crash before the apply batch lands replays
+        # this entry, and re-applying a conf change raft already has is a no-op.
+        s.storage.set_conf_state(cs)
+        members = s.members
+        t = s.transport
+        if cc.type in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+            cur = members.members.get(cc.node_id)
+            if cur is not None:  # promotion of a learner
+                m = MemberRecord()
+                m.CopyFrom(cur)
+                m.is_learner = False
+            else:
+                m = rec if rec is not None else MemberRecord(ID=cc.node_id)
+            members.put(m, wb)
+            if t is not None:
+                t.add_peer(m.ID, list(m.peer_urls))
+        elif cc.type == ConfChangeType.ConfChangeRemoveNode:
+            members.remove(cc.node_id, wb)
+            self.removed_ids.add(cc.node_id)
+            wb.put(REMOVED_PREFIX + cc.node_id.to_bytes(8, "big"), b"", s.backend.handle("meta"))
+            if cc.node_id == s.member_id:
+                self._removed()
+            elif t is not None:
+                t.remove_peer(cc.node_id)
+        elif cc.type == ConfChangeType.ConfChangeUpdateNode:
+            cur = members.members[cc.node_id]
+            m = MemberRecord()
+            m.CopyFrom(cur)
+            if rec is not None:
+                del m.peer_urls[:]
+                m.peer_urls.extend(rec.peer_urls)
+            members.put(m, wb)
+            if t is not None:
+                t.update_peer(m.ID, list(m.peer_urls))
+        if cc.id:
+            out.results.append((cc.id, [_member_pb(m) for m in
+                                        sorted(members.members.values(), key=lambda m: m.ID)]))
+
+    def removed_by_peer(self) -> None:
+        """A peer told us we were removed (we may never see the entry's commit)."""
+        self._removed()
+
+    def _removed(self) -> None:
+        """etcd: a member removed from the cluster stops (its process exits)."""
+        if self.removed:
+            return
+        self.removed = True
+        log.warning("this member was removed from the cluster; shutting down")
+        loop = asyncio.get_running_loop()
+        # A moment for the leader to hear our last acknowledgements, then a normal shutdown.
+        loop.call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
+
+    # ---- snapshots -------------------------------------------------------------------
+    def make_snapshot(self) -> Snapshot:
+        """The leader's state database as a raft snapshot at its applied index."""
+        s = self.s
+        cached = self._snap_cache
+        if cached is not None and cached.metadata.index == s.applier.applied_index:
+            return cached
+        with tempfile.TemporaryDirectory(dir=s.data_dir) as tmp:
+            cp = Path(tmp) / "state"
+            s.backend.checkpoint(cp)
+            b = Backend(cp)
+            try:
+                parts: list[bytes] = []
+                members: list[MemberRecord] = []
+                for i, cf in enumerate(STATE_FAMILIES):
+                    for k, v in b.scan(cf, b""):
+                        if cf == "meta" and k == META_LOCAL_ID:
+                            continue
+                        if cf == "members":
+                            members.append(MemberRecord.FromString(v))
+                        parts.append(_REC.pack(i, len(k), len(v)))
+                        parts.append(k)
+                        parts.append(v)
+                raw_i = b.get("meta", b"applied_index")
+                raw_t = b.get("meta", b"applied_term")
+            finally:
+                b.close()
+                shutil.rmtree(cp, ignore_errors=True)
+        index = int.from_bytes(raw_i, "big") if raw_i else 0
+        term = int.from_bytes(raw_t, "big") if raw_t else 0
+        data = zlib.compress(b"".join(parts), 1)
+        snap = Snapshot(data, SnapshotMetadata(conf_state_of(members), index, term))
+        self._snap_cache = snap
+        log.info("made a snapshot to send", extra={"index": index, "bytes": len(data)})
+        return snap
+
+    def install_snapshot(self, snap: Snapshot) -> None:
+        """Replace the state machine with the snapshot's image (follower, in the node loop)."""
+        s = self.s
+        if not snap.data:
+            return
+        raw = zlib.decompress(snap.data)
+        b = s.backend
+        wb = b.batch()
+        for cf in STATE_FAMILIES:
+            h = b.handle(cf)
+            for k, _ in list(b.scan(cf, b"")):
+                if cf == "meta" and k == META_LOCAL_ID:
+                    continue
+                wb.delete(k, h)
+        handles = [b.handle(cf) for cf in STATE_FAMILIES]
+        off = 0
+        while off < len(raw):
+            i, kl, vl = _REC.unpack_from(raw, off)
+            off += _REC.size
+            k = raw[off:off + kl]
+            off += kl
+            v = raw[off:off + vl]
+            off += vl
+            wb.put(k, v, handles[i])
+        wb.put(b"applied_index", snap.metadata.index.to_bytes(8, "big"), b.handle("meta"))
+        wb.put(b"applied_term", snap.metadata.term.to_bytes(8, "big"), b.handle("meta"))
+        b.write(wb, sync=True)
+        self._reload(snap.metadata.index)
+        log.info("installed a snapshot from the leader", extra={"index": snap.metadata.index})
+
+    def _reload(self, applied: int) -> None:
+        s = self.s
+        kv = s.kv
+        kv.index = TreeIndex()
+        kv._overlay.clear()
+        s.lessor.leases.clear()
+        s.lessor.restore()
+        if s.lessor.primary:
+            s.lessor.promote()
+        s.lessor.attach_restored((x.lease, x.key) for x in kv.restore())
+        members = s.members
+        members.members = {}
+        for _, raw in s.backend.scan("members", b""):
+            m = MemberRecord.FromString(raw)
+            members.members[m.ID] = m
+        s.alarms._alarms.clear()
+        for k, _ in s.backend.scan("meta", b"alarm/", b"alarm/\xff"):
+            s.alarms._alarms.add((int.from_bytes(k[6:14], "big"), k[14]))
+        s.applier.applied_index = applied
+        self._load_removed()
+        hub = s.hub
+        for w in list(hub.synced_watchers()):  # they missed events: replay from disk
+            hub._remove_synced(w)
+            hub.unsynced.add(w)
+        hub._wake.set()
+        t = s.transport
+        if t is not None:
+            for pid in list(t.peers):
+                if pid not in members.members:
+                    t.remove_peer(pid)
+            for m in members.members.values():
+                t.add_peer(m.ID, list(m.peer_urls))
+        if s.member_id not in members.members:
+            self._removed()
+
+    # ---- proposing (API side) --------------------------------------------------------
+    async def _propose(self, cc: ConfChange) -> list[rpc.Member]:
+        s = self.s
+        if s._stopped or self.removed:
+            raise errors.ErrStopped()
+        cc = ConfChange(cc.type, cc.node_id, cc.context, s.next_id())
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        s._waiters[cc.id] = fut
+        try:
+            try:
+                s.node.propose_conf_change(cc)
+            except ProposalDropped:
+                raise errors.ErrNoLeader() from None
+            s.wake()
+            try:
+                result = await asyncio.wait_for(fut, CONF_CHANGE_TIMEOUT_S)
+            except TimeoutError:
+                raise errors.ErrTimeout() from None
+        finally:
+            s._waiters.pop(cc.id, None)
+        if isinstance(result, errors.EtcdError):
+            raise result
+        return result  # type: ignore[return-value]
+
+    def _voters(self) -> list[int]:
+        return [m.ID for m in self.s.members.members.values() if not m.is_learner]
+
+    def _started(self, ids: list[int]) -> int:
+        """Voters this member considers up: itself and peers it is exchanging messages with."""
+        s = self.s
+        t = s.transport
+        within = max(1.0, 2 * s.cfg.election_timeout_ms / 1000)
+        return sum(1 for i in ids
+                   if i == s.member_id or (t is not None and t.is_active(i, within)))
+
+    def _require_leader(self) -> None:
+        if not self.s.leader_id:
+            raise errors.ErrNoLeader()
+
+    async def add_member(self, peer_urls: list[str], is_learner: bool) -> tuple[rpc.Member, list[rpc.Member]]:
+        s = self.s
+        self._require_leader()
+        members = list(s.members.members.values())
+        urls = set(peer_urls)
+        if any(urls & set(m.peer_urls) for m in members):
+            raise errors.ErrPeerURLExist()
+        if is_learner:
+            if sum(1 for m in members if m.is_learner) >= MAX_LEARNERS:
+                raise errors.ErrTooManyLearners()
+        elif s.cfg.strict_reconfig_check:
+            voters = self._voters()
+            if self._started(voters) < (len(voters) + 1) // 2 + 1:
+                raise errors.ErrMemberNotEnoughStarted()
+        mid = compute_member_id(list(peer_urls), str(int(time.time())))
+        while mid in s.members.members:
+            mid = (mid + 1) & 0xFFFFFFFFFFFFFFFF or 1
+        rec = MemberRecord(ID=mid, peer_urls=list(peer_urls), is_learner=is_learner)
+        typ = (ConfChangeType.ConfChangeAddLearnerNode if is_learner
+               else ConfChangeType.ConfChangeAddNode)
+        out = await self._propose(ConfChange(typ, mid, rec.SerializeToString()))
+        return _member_pb(rec), out
+
+    async def remove_member(self, mid: int) -> list[rpc.Member]:
+        s = self.s
+        self._require_leader()
+        m = s.members.members.get(mid)
+        if m is None:
+            raise errors.ErrMemberNotFound()
+        if s.cfg.strict_reconfig_check and not m.is_learner:
+            voters = self._voters()
+            if self._started(voters) < len(voters) // 2 + 1:
+                raise errors.ErrMemberNotEnoughStarted()
+            remaining = [v for v in voters if v != mid]
+            if self._started(remaining) < len(remaining) // 2 + 1:
+                raise errors.ErrMemberNotEnoughStarted()
+        return await self._propose(ConfChange(ConfChangeType.ConfChangeRemoveNode, mid))
+
+    async def update_member(self, mid: int, peer_urls: list[str]) -> list[rpc.Member]:
+        s = self.s
+        self._require_leader()
+        if mid not in s.members.members:
+            raise errors.ErrMemberNotFound()
+        urls = set(peer_urls)
+        if any(urls & set(m.peer_urls) for m in s.members.members.values() if mid != m.ID):
+            raise errors.ErrPeerURLExist()
+        rec = MemberRecord(ID=mid, peer_urls=list(peer_urls))
+        return await self._propose(ConfChange(ConfChangeType.ConfChangeUpdateNode, mid,
+                                              rec.SerializeToString()))
+
+    async def promote_member(self, mid: int) -> list[rpc.Member]:
+        s = self.s
+        self._require_leader()
+        m = s.members.members.get(mid)
+        if m is None:
+            raise errors.ErrMemberNotFound()
+        if not m.is_learner:
+            raise errors.ErrMemberNotLearner()
+        if not s.is_leader:
+            return await self._forward_promote(mid)
+        st = s.node.status()
+        if st.raft_state != StateType.StateLeader:
+            raise errors.ErrNotLeader()
+        leader_match = st.progress[s.member_id].match if s.member_id in st.progress else 0
+        pr = st.progress.get(mid)
+        if pr is None or pr.match < leader_match * LEARNER_READY_PERCENT:
+            raise errors.ErrLearnerNotReady()
+        if s.cfg.strict_reconfig_check:
+            voters = self._voters()
+            if self._started(voters) < (len(voters) + 1) // 2 + 1:
+                raise errors.ErrMemberNotEnoughStarted()
+        return await self._propose(ConfChange(ConfChangeType.ConfChangeAddNode, mid))
+
+    async def _forward_promote(self, mid: int) -> list[rpc.Member]:
+        """Only the leader knows how far a learner is; ask it (etcd forwards over the peer URL)."""
+        s = self.s
+        lead = s.members.members.get(s.leader_id)
+        if lead is None or not lead.client_urls:
+            raise errors.ErrNoLeader()
+        target = lead.client_urls[0].split("://", 1)[-1]
+        async with grpc.aio.insecure_channel(target) as ch:
+            try:
+                resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
+                    rpc.MemberPromoteRequest(ID=mid), timeout=CONF_CHANGE_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                for cls in (errors.ErrLearnerNotReady, errors.ErrMemberNotLearner,
+                            errors.ErrMemberNotFound, errors.ErrMemberNotEnoughStarted,
+                            errors.ErrNoLeader, errors.ErrNotLeader):
+                    if e.details() == cls.message:
+                        raise cls() from None
+                raise errors.ErrTimeout() from None
+        return list(resp.members)
+
+    # ---- leadership --------------------------------------------------------------------
+    async def move_leader(self, target: int, within: float = CONF_CHANGE_TIMEOUT_S) -> None:
+        s = self.s
+        if not s.is_leader:
+            raise errors.ErrNotLeader()
+        if target == s.member_id:
+            return
+        m = s.members.members.get(target)
+        if m is None or m.is_learner:
+            raise errors.ErrBadLeaderTransferee()
+        s.node.transfer_leader(target)
+        s.wake()
+        deadline = time.monotonic() + within
+        while s.leader_id != target:
+            if time.monotonic() > deadline:
+                raise errors.ErrTimeoutLeaderTransfer()
+            await asyncio.sleep(0.02)  # poll the soft state the node loop updates
+
+
+def member_list(server: EtcdServer) -> list[rpc.Member]:
+    return server.members.to_pb()
+

@@ -1,0 +1,329 @@
+"""Peer transport: raft messages between members over gRPC (raftpb.RaftTransport).
+
+Inbound, the member listens on its ``--listen-peer-urls``; every ``MessageBatch`` of a
+``Send`` stream is stepped into the local raft node (``EtcdServer.receive``). Batches for
+another cluster id are ignored. Outbound, one task per peer drains a bounded queue and
+writes everything queued as ONE ``MessageBatch`` per write on a long-lived client stream;
+it reconnects with exponential backoff. A full queue drops the message and reports the
+peer unreachable (etcd's ``ReportUnreachable``); the outcome of a ``MsgSnap`` is reported
+with ``report_snapshot``. The server hands messages over only after the Ready that
+produced them was persisted.
+
+Besides ``Send`` the service answers ``Members`` (a joining member learns the cluster
+from a peer, like etcd's ``GetClusterFromRemotePeers``) and ``LeaseRenew`` (a follower
+forwards keep-alives to the leader, like etcd's ``/leases`` peer handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import grpc
+
+from datastore import errors
+from datastore.api.raftpb import raft_pb2 as pb
+from datastore.api.raftpb import raft_pb2_grpc
+from datastore.raft.types import Message, MsgType
+from datastore.server import codec
+from datastore.server.cluster_ops import ERR_REMOVED
+
+if TYPE_CHECKING:
+    from datastore.server.etcdserver import EtcdServer
+
+log = logging.getLogger("datastore.transport")
+
+QUEUE_SIZE = 4096
+MAX_MESSAGE = 2**31 - 1
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+PROBE_INTERVAL_S = 0.5
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def peer_target(url: str) -> str:
+    p = urlparse(url)
+    if p.scheme not in ("http", "https") or not p.netloc:
+        raise ValueError(f"unsupported peer URL {url!r}: use http://HOST:PORT")
+    return p.netloc
+
+
+class _Peer:
+    """One outbound stream to a peer: a bounded queue drained by one task."""
+
+    def __init__(self, t: PeerTransport, peer_id: int, urls: list[str]) -> None:
+        self.t = t
+        self.id = peer_id
+        self.urls = list(urls)
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
+        self.task: asyncio.Task[None] | None = None
+        self.active_since = 0.0  # monotonic time of the current healthy stream, 0 if down
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    def enqueue(self, m: Message) -> None:
+        try:
+            self.queue.put_nowait(m)
+        except asyncio.QueueFull:
+            self.t.report_failure(self.id, [m])
+
+    def _take_all(self, first: Message) -> list[Message]:
+        msgs = [first]
+        while True:
+            try:
+                msgs.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return msgs
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        i = 0
+        while True:
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            channel = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
+            call = None
+            pending: list[Message] = []
+            try:
+                call = raft_pb2_grpc.RaftTransportStub(channel).Send()
+                # An empty batch opens the stream at once and, when idle, probes it: the
+                # strict reconfig check counts peers with a healthy stream as started.
+                await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
+                self.active_since = time.monotonic()
+                while True:
+                    try:
+                        first = await asyncio.wait_for(self.queue.get(), PROBE_INTERVAL_S)
+                    except TimeoutError:
+                        await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
+                        continue
+                    pending = self._take_all(first)
+                    batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
+                                            messages=[codec.message_to_pb(m) for m in pending])
+                    await call.write(batch)
+                    if not self.active_since:
+                        self.active_since = time.monotonic()
+                    backoff = BACKOFF_MIN_S
+                    for m in pending:
+                        if m.type == MsgType.MsgSnap:
+                            self.t.report_snapshot(self.id, True)
+                    pending = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # connection refused, reset, peer restarted...
+                log.debug("peer %x stream failed: %s", self.id, e)
+                with contextlib.suppress(Exception):
+                    if call is not None and call.done() and await call.details() == ERR_REMOVED:
+                        self.t.server.cluster_ops.removed_by_peer()
+            finally:
+                self.active_since = 0.0
+                if pending:
+                    self.t.report_failure(self.id, pending)
+                if call is not None:
+                    call.cancel()
+                await channel.close()
+            # Drop what queued up while disconnected: raft retransmits what matters.
+            dropped = []
+            while not self.queue.empty():
+                dropped.append(self.queue.get_nowait())
+            if dropped:
+                self.t.report_failure(self.id, dropped)
+            await asyncio.sleep(backoff)  # reconnect backoff (not test synchronisation)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+class _Service(raft_pb2_grpc.RaftTransportServicer):
+    def __init__(self, t: PeerTransport) -> None:
+        self.t = t
+
+    async def Send(self, requests: AsyncIterator[pb.MessageBatch],
+                   ctx: grpc.aio.ServicerContext) -> pb.SendAck:
+        s = self.t.server
+        async for batch in requests:
+            if batch.cluster_id and s.cluster_id and batch.cluster_id != s.cluster_id:
+                continue  # another cluster's traffic (etcd: ErrClusterIDMismatch)
+            msgs = [codec.message_from_pb(m) for m in batch.messages]
+            if msgs and msgs[0].frm in s.cluster_ops.removed_ids:
+                # etcd answers a removed member with 410 Gone, and it stops
+                await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, ERR_REMOVED)
+            if msgs:
+                self.t.last_heard[msgs[0].frm] = time.monotonic()
+                s.receive(msgs)
+        return pb.SendAck()
+
+    async def Members(self, r: pb.MembersRequest, ctx: grpc.aio.ServicerContext) -> pb.MembersResponse:
+        s = self.t.server
+        return pb.MembersResponse(cluster_id=s.cluster_id,
+                                  members=[m.SerializeToString() for m in s.members.members.values()])
+
+    async def LeaseRenew(self, r: pb.LeaseRenewRequest,
+                         ctx: grpc.aio.ServicerContext) -> pb.LeaseRenewResponse:
+        s = self.t.server
+        if not s.is_leader:
+            return pb.LeaseRenewResponse(not_leader=True)
+        try:
+            return pb.LeaseRenewResponse(TTL=s.lessor.renew(r.ID))
+        except errors.ErrLeaseNotFound:
+            return pb.LeaseRenewResponse(TTL=0)
+
+
+class PeerTransport:
+    """Owned by EtcdServer (``server.transport``); lives on the server's event loop."""
+
+    def __init__(self, server: EtcdServer) -> None:
+        self.server = server
+        self.peers: dict[int, _Peer] = {}
+        self.last_heard: dict[int, float] = {}
+        self.grpc_server: grpc.aio.Server | None = None
+        self._renew_channels: dict[str, grpc.aio.Channel] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        srv = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
+        raft_pb2_grpc.add_RaftTransportServicer_to_server(_Service(self), srv)
+        for url in self.server.cfg.listen_peer_urls:
+            try:
+                srv.add_insecure_port(peer_target(url))
+            except RuntimeError:
+                if len(self.server.members.members) > 1:
+                    raise
+                # A lone member needs no peer listener until a member is added; do not
+                # fail a single-node server over a busy peer port.
+                log.warning("cannot listen for peers", extra={"url": url})
+        await srv.start()
+        self.grpc_server = srv
+        for m in self.server.members.members.values():
+            if self.server.member_id != m.ID:
+                self.add_peer(m.ID, list(m.peer_urls))
+
+    async def stop(self) -> None:
+        for p in list(self.peers.values()):
+            await p.stop()
+        self.peers.clear()
+        for ch in self._renew_channels.values():
+            await ch.close()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=0.5)
+
+    # ---- membership ------------------------------------------------------------------
+    def add_peer(self, peer_id: int, urls: list[str]) -> None:
+        if peer_id == self.server.member_id or not urls:
+            return
+        p = self.peers.get(peer_id)
+        if p is not None:
+            p.urls = list(urls)
+            return
+        p = _Peer(self, peer_id, urls)
+        self.peers[peer_id] = p
+        p.start()
+
+    def update_peer(self, peer_id: int, urls: list[str]) -> None:
+        p = self.peers.get(peer_id)
+        if p is None:
+            self.add_peer(peer_id, urls)
+        elif list(urls) != p.urls:
+            p.urls = list(urls)
+            if p.task is not None:
+                p.task.cancel()  # reconnect to the new address
+            p.start()
+
+    def remove_peer(self, peer_id: int) -> None:
+        p = self.peers.pop(peer_id, None)
+        self.last_heard.pop(peer_id, None)
+        if p is not None and p.task is not None:
+            p.task.cancel()
+
+    # ---- outbound --------------------------------------------------------------------
+    def send(self, messages: Iterable[Message]) -> None:
+        for m in messages:
+            p = self.peers.get(m.to)
+            if p is not None:
+                p.enqueue(m)
+
+    def report_failure(self, peer_id: int, msgs: list[Message]) -> None:
+        node = self.server.node
+        with contextlib.suppress(Exception):
+            node.report_unreachable(peer_id)
+        for m in msgs:
+            if m.type == MsgType.MsgSnap:
+                self.report_snapshot(peer_id, False)
+        self.server.wake()
+
+    def report_snapshot(self, peer_id: int, ok: bool) -> None:
+        with contextlib.suppress(Exception):
+            self.server.node.report_snapshot(peer_id, ok)
+        self.server.wake()
+
+    # ---- health (etcd's isConnectedSince, used by strict reconfig checks) -------------
+    def is_active(self, peer_id: int, within_s: float) -> bool:
+        p = self.peers.get(peer_id)
+        return p is not None and p.active_since > 0
+
+    # ---- lease keep-alives on a follower --------------------------------------------
+    async def lease_renew(self, lease_id: int, within: float = 5.0) -> int:
+        """Renew on the leader; returns the TTL (0: not found). Raises ErrNoLeader."""
+        deadline = time.monotonic() + within
+        s = self.server
+        while True:
+            lead = s.leader_id
+            m = s.members.members.get(lead) if lead else None
+            if lead == s.member_id and s.is_leader:
+                try:
+                    return s.lessor.renew(lease_id)
+                except errors.ErrLeaseNotFound:
+                    return 0
+            if m is not None and m.peer_urls:
+                url = m.peer_urls[0]
+                ch = self._renew_channels.get(url)
+                if ch is None:
+                    ch = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
+                    self._renew_channels[url] = ch
+                try:
+                    resp = await raft_pb2_grpc.RaftTransportStub(ch).LeaseRenew(
+                        pb.LeaseRenewRequest(ID=lease_id),
+                        timeout=max(0.1, deadline - time.monotonic()))
+                    if not resp.not_leader:
+                        return resp.TTL
+                except grpc.RpcError as e:
+                    log.debug("lease renew via %x failed: %s", lead, e)
+            if time.monotonic() > deadline:
+                raise errors.ErrNoLeader()
+            await asyncio.sleep(0.05)  # wait for a leader to be known again
+
+
+def fetch_cluster(peer_urls: list[str], timeout: float = 5.0) -> tuple[int, list[bytes]]:
+    """Blocking: ask existing members (by peer URL) for the cluster id and member records."""
+    last: Exception | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for url in peer_urls:
+            try:
+                with grpc.insecure_channel(peer_target(url), options=GRPC_OPTIONS) as ch:
+                    resp = raft_pb2_grpc.RaftTransportStub(ch).Members(
+                        pb.MembersRequest(), timeout=1.0)
+                    if resp.cluster_id:
+                        return resp.cluster_id, list(resp.members)
+            except grpc.RpcError as e:
+                last = e
+        time.sleep(0.1)  # start-up retry of a blocking call, before the loop runs
+    raise ValueError(f"could not get the cluster membership from {peer_urls}: {last}")

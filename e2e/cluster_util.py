@@ -1,0 +1,111 @@
+"""Multi-member datastore clusters of real processes on 127.0.0.1, for e2e tests.
+
+Every wait is a condition polled with a deadline (never a sleep as synchronisation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from e2e_util import await_ready, launch
+
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.testing.procs import ServerProc, datastore_proc, free_port
+
+T = TypeVar("T")
+FAST = ["--heartbeat-interval", "50", "--election-timeout", "500"]
+
+
+def wait_for(cond: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.05) -> T:
+    """Poll ``cond`` until it returns something truthy; return it (or fail after timeout)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+        except (grpc.RpcError, OSError) as e:
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last error: {last_exc})")
+        time.sleep(interval)  # poll interval of the condition above
+
+
+def status(proc: ServerProc, timeout: float = 1.0) -> pb.StatusResponse:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        return rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=timeout)
+
+
+class Cluster:
+    """N datastore members started with one --initial-cluster."""
+
+    def __init__(self, base: Path, n: int = 3, extra: Sequence[str] = ()) -> None:
+        self.base = base
+        self.extra = [*FAST, *extra]
+        ports = [(free_port(), free_port()) for _ in range(n)]
+        spec = ",".join(f"m{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
+        self.procs: list[ServerProc] = [
+            datastore_proc(base, f"m{i}", extra=self.extra, client_port=cp, peer_port=pp,
+                           initial_cluster=spec)
+            for i, (cp, pp) in enumerate(ports)]
+        self.all_procs: list[ServerProc] = list(self.procs)
+
+    def start(self) -> Cluster:
+        for p in self.procs:
+            launch(p)
+        for p in self.procs:
+            await_ready(p)
+        self.wait_leader()
+        return self
+
+    def stop(self) -> None:
+        for p in self.all_procs:
+            p.stop()
+
+    def alive(self) -> list[ServerProc]:
+        return [p for p in self.procs if p.popen is not None and p.popen.poll() is None]
+
+    def leader_id(self, procs: Sequence[ServerProc] | None = None) -> int | None:
+        """The leader every given (default: live) member agrees on, or None."""
+        ids = set()
+        for p in procs if procs is not None else self.alive():
+            try:
+                ids.add(status(p).leader)
+            except grpc.RpcError:
+                return None
+        if len(ids) == 1 and 0 not in ids:
+            return ids.pop()
+        return None
+
+    def wait_leader(self, procs: Sequence[ServerProc] | None = None,
+                    timeout: float = 30.0) -> int:
+        return wait_for(lambda: self.leader_id(procs), timeout, "one agreed leader")
+
+    def member_id(self, proc: ServerProc) -> int:
+        return status(proc).header.member_id
+
+    def leader(self) -> ServerProc:
+        lid = self.wait_leader()
+        return next(p for p in self.alive() if self.member_id(p) == lid)
+
+    def followers(self) -> list[ServerProc]:
+        lid = self.wait_leader()
+        return [p for p in self.alive() if self.member_id(p) != lid]
+
+    def new_member(self, name: str, extra: Sequence[str] = ()) -> ServerProc:
+        """A not-yet-started member joining with --initial-cluster-state existing."""
+        cp, pp = free_port(), free_port()
+        members = [p for p in self.procs]
+        spec = ",".join([*(f"{p.name}=http://127.0.0.1:{p.peer_port}" for p in members),
+                         f"{name}=http://127.0.0.1:{pp}"])
+        proc = datastore_proc(self.base, name, extra=[*self.extra, *extra], client_port=cp,
+                              peer_port=pp, initial_cluster=spec, state="existing")
+        self.all_procs.append(proc)
+        return proc
