@@ -10,6 +10,7 @@ from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
 from datastore.api.etcdserverpb import rpc_pb2_grpc as g
 from datastore.api.kv import KVService
+from datastore.api.learner import LearnerInterceptor
 from datastore.api.lease import LeaseService
 from datastore.api.maintenance import MaintenanceService
 from datastore.api.watch import WatchService
@@ -26,7 +27,7 @@ def listen_address(url: str) -> str:
 
 def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     cfg = server.cfg
-    srv = grpc.aio.server(options=[
+    srv = grpc.aio.server(interceptors=[LearnerInterceptor(server)], options=[
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_concurrent_streams", 2**31 - 1),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -49,19 +48,21 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseTimeToLive(self, r: rpc.LeaseTimeToLiveRequest,
                               ctx: grpc.aio.ServicerContext) -> rpc.LeaseTimeToLiveResponse:
+        s = self.s
         try:
-            await self.s.read_barrier()
+            if s.transport is None or s.is_leader:
+                await s.read_barrier()
+                got = s.lease_ttl_local(r.ID, r.keys)
+            else:
+                # Only the leader tracks expiry (a follower's lessor would report the full
+                # TTL): etcd forwards TimeToLive to the leader.
+                got = await s.transport.lease_time_to_live(r.ID, r.keys, s.request_timeout())
         except errors.EtcdError as e:
             await abort(ctx, e)
-        le = self.s.lessor.lookup(r.ID)
-        if le is None:
-            return rpc.LeaseTimeToLiveResponse(header=self.s.header(), ID=r.ID, TTL=-1)
-        remaining = max(0, math.floor(le.remaining(self.s.clock.now())))
-        resp = rpc.LeaseTimeToLiveResponse(header=self.s.header(), ID=r.ID, TTL=remaining,
-                                           grantedTTL=le.ttl)
-        if r.keys:
-            resp.keys.extend(sorted(le.keys))
-        return resp
+        if got.TTL == -1:
+            return rpc.LeaseTimeToLiveResponse(header=s.header(), ID=r.ID, TTL=-1)
+        return rpc.LeaseTimeToLiveResponse(header=s.header(), ID=r.ID, TTL=got.TTL,
+                                           grantedTTL=got.granted_TTL, keys=list(got.keys))
 
     async def LeaseLeases(self, r: rpc.LeaseLeasesRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.LeaseLeasesResponse:

@@ -51,6 +51,7 @@ from datastore.raft.types import (
     SnapshotMetadata,
     StateType,
 )
+from datastore.server import codec
 from datastore.server.membership import META_LOCAL_ID, compute_member_id
 from datastore.storage.backend import STATE_FAMILIES, Backend
 
@@ -65,9 +66,22 @@ log = logging.getLogger("datastore.cluster")
 MAX_LEARNERS = 1  # etcd's default --experimental-max-learners
 LEARNER_READY_PERCENT = 0.9  # etcd: a learner within 90% of the leader's match may be promoted
 CONF_CHANGE_TIMEOUT_S = 7.0
+HEALTH_INTERVAL_S = 5.0  # etcd's HealthInterval: a peer counts as active once connected this long
 _REC = struct.Struct(">BII")
 REMOVED_PREFIX = b"removed/"  # meta: ids of removed members (etcd's members_removed bucket)
 ERR_REMOVED = "the member has been permanently removed from the cluster"
+# meta: the raft snapshot whose image the state holds, written with the image itself so
+# a crash before the raft log records the snapshot can be finished on restart.
+META_INSTALLED_SNAPSHOT = b"installed_snapshot"
+
+
+def installed_snapshot_meta(b: Backend) -> SnapshotMetadata | None:
+    from datastore.api.raftpb import raft_pb2
+
+    raw = b.get("meta", META_INSTALLED_SNAPSHOT)
+    if not raw:
+        return None
+    return codec.snapshot_from_pb(raft_pb2.Snapshot.FromString(raw)).metadata
 
 
 def conf_state_of(members: list[MemberRecord]) -> ConfState:
@@ -262,7 +276,7 @@ class ClusterOps:
                 members: list[MemberRecord] = []
                 for i, cf in enumerate(STATE_FAMILIES):
                     for k, v in b.scan(cf, b""):
-                        if cf == "meta" and k == META_LOCAL_ID:
+                        if cf == "meta" and k in (META_LOCAL_ID, META_INSTALLED_SNAPSHOT):
                             continue
                         if cf == "members":
                             members.append(MemberRecord.FromString(v))
@@ -308,6 +322,9 @@ class ClusterOps:
             wb.put(k, v, handles[i])
         wb.put(b"applied_index", snap.metadata.index.to_bytes(8, "big"), b.handle("meta"))
         wb.put(b"applied_term", snap.metadata.term.to_bytes(8, "big"), b.handle("meta"))
+        wb.put(META_INSTALLED_SNAPSHOT,
+               codec.snapshot_to_pb(Snapshot(b"", snap.metadata)).SerializeToString(),
+               b.handle("meta"))
         b.write(wb, sync=True)
         self._reload(snap.metadata.index)
         log.info("installed a snapshot from the leader", extra={"index": snap.metadata.index})
@@ -374,13 +391,56 @@ class ClusterOps:
     def _voters(self) -> list[int]:
         return [m.ID for m in self.s.members.members.values() if not m.is_learner]
 
-    def _started(self, ids: list[int]) -> int:
-        """Voters this member considers up: itself and peers it is exchanging messages with."""
+    def health_interval(self) -> float:
+        """How long a peer must have been connected to count as active.
+
+        etcd uses a fixed 5 s (HealthInterval). Here it is one election timeout (capped at
+        5 s): long enough that a just-reconnected peer has exchanged a round of heartbeats
+        and appends, short enough that a cluster reconfigured right after it formed (as
+        tests and scripts do) is not refused.
+        """
+        return min(HEALTH_INTERVAL_S, self.s.cfg.election_timeout_ms / 1000)
+
+    def _connected_since(self, ids: list[int], since: float) -> int:
+        """etcd's numConnectedSince: ourselves plus peers connected without a break since."""
         s = self.s
         t = s.transport
-        within = max(1.0, 2 * s.cfg.election_timeout_ms / 1000)
         return sum(1 for i in ids
-                   if i == s.member_id or (t is not None and t.is_active(i, within)))
+                   if i == s.member_id or (t is not None and t.connected_since(i, since)))
+
+    def _n_started(self, ids: list[int]) -> int:
+        """etcd's IsStarted: a member that published its name."""
+        members = self.s.members.members
+        return sum(1 for i in ids if i in members and members[i].name)
+
+    def _may_add_voter(self) -> None:
+        """etcd's mayAddMember for a voting member (strict reconfig check)."""
+        voters = self._voters()
+        started = self._n_started(voters)
+        # IsReadyToAddVotingMember (a lone started member may always add a second one)
+        if started < (len(voters) + 1) // 2 + 1 and not (started == 1 and len(voters) == 1):
+            raise errors.ErrMemberNotEnoughStarted()
+        since = time.monotonic() - self.health_interval()
+        if self._connected_since(voters, since) < len(voters):
+            # not connected to every voter for a health interval: a new voter could
+            # leave the cluster without an active quorum
+            raise errors.ErrUnhealthy()
+        # etcd checks connectivity for learners too; a learner never changes the quorum,
+        # so adding one is allowed here while a peer is down or reconnecting.
+
+    def _may_remove_voter(self, mid: int) -> None:
+        """etcd's mayRemoveMember for a voting member (strict reconfig check)."""
+        s = self.s
+        voters = self._voters()
+        remaining = [v for v in voters if v != mid]
+        if self._n_started(remaining) < len(remaining) // 2 + 1:
+            raise errors.ErrMemberNotEnoughStarted()  # IsReadyToRemoveVotingMember
+        t = s.transport
+        if mid != s.member_id and (t is None or t.active_since(mid) == 0):
+            return  # a member that is down is not part of the active quorum
+        active = self._connected_since(voters, time.monotonic() - self.health_interval())
+        if active - 1 < 1 + (len(voters) - 1) // 2:
+            raise errors.ErrUnhealthy()  # removing it would break the active quorum
 
     def _require_leader(self) -> None:
         if not self.s.leader_id:
@@ -397,9 +457,7 @@ class ClusterOps:
             if sum(1 for m in members if m.is_learner) >= MAX_LEARNERS:
                 raise errors.ErrTooManyLearners()
         elif s.cfg.strict_reconfig_check:
-            voters = self._voters()
-            if self._started(voters) < (len(voters) + 1) // 2 + 1:
-                raise errors.ErrMemberNotEnoughStarted()
+            self._may_add_voter()
         mid = compute_member_id(list(peer_urls), str(int(time.time())))
         while mid in s.members.members:
             mid = (mid + 1) & 0xFFFFFFFFFFFFFFFF or 1
@@ -416,12 +474,7 @@ class ClusterOps:
         if m is None:
             raise errors.ErrMemberNotFound()
         if s.cfg.strict_reconfig_check and not m.is_learner:
-            voters = self._voters()
-            if self._started(voters) < len(voters) // 2 + 1:
-                raise errors.ErrMemberNotEnoughStarted()
-            remaining = [v for v in voters if v != mid]
-            if self._started(remaining) < len(remaining) // 2 + 1:
-                raise errors.ErrMemberNotEnoughStarted()
+            self._may_remove_voter(mid)
         return await self._propose(ConfChange(ConfChangeType.ConfChangeRemoveNode, mid))
 
     async def update_member(self, mid: int, peer_urls: list[str]) -> list[rpc.Member]:
@@ -454,8 +507,9 @@ class ClusterOps:
         if pr is None or pr.match < leader_match * LEARNER_READY_PERCENT:
             raise errors.ErrLearnerNotReady()
         if s.cfg.strict_reconfig_check:
+            # etcd's IsReadyToPromoteMember: the learner counts as started
             voters = self._voters()
-            if self._started(voters) < (len(voters) + 1) // 2 + 1:
+            if 1 + self._n_started(voters) < (len(voters) + 1) // 2 + 1:
                 raise errors.ErrMemberNotEnoughStarted()
         return await self._propose(ConfChange(ConfChangeType.ConfChangeAddNode, mid))
 
@@ -473,6 +527,7 @@ class ClusterOps:
             except grpc.aio.AioRpcError as e:
                 for cls in (errors.ErrLearnerNotReady, errors.ErrMemberNotLearner,
                             errors.ErrMemberNotFound, errors.ErrMemberNotEnoughStarted,
+                            errors.ErrUnhealthy,
                             errors.ErrNoLeader, errors.ErrNotLeader):
                     if e.details() == cls.message:
                         raise cls() from None

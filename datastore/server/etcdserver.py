@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import secrets
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
+from datastore.api.raftpb import raft_pb2 as raft_pb
 from datastore.lease.lessor import Lessor
 from datastore.mvcc.kvstore import KVStore
 from datastore.mvcc.watchable import WatchHub
@@ -51,6 +53,16 @@ from datastore.util.clock import MonotonicClock
 log = logging.getLogger("datastore.server")
 
 REQUEST_TIMEOUT_S = 7.0  # etcd: 5 s + 2 x election timeout by default
+FAILPOINT_ENV = "DATASTORE_FAILPOINT"  # test-only crash points (see failpoint())
+
+
+def failpoint(name: str) -> None:
+    """Crash the process here if the test-only env var names this point (kill -9 stand-in)."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        log.warning("failpoint %s: exiting", name)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(97)
 
 
 class EtcdServer:
@@ -71,6 +83,7 @@ class EtcdServer:
         self.members = Membership(self.backend)
         self.storage = DurableStorage(self.wal)
         self._bootstrap()
+        self._finish_snapshot_install()
         self.lessor.restore()
         self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
         self._reconcile_commit()
@@ -84,7 +97,9 @@ class EtcdServer:
         self.is_leader = False
         self._io = ThreadPoolExecutor(1, thread_name_prefix="raft-io")
         self._wake = asyncio.Event()
-        self._proposals: list[bytes] = []
+        self._proposals: list[tuple[int, bytes]] = []
+        self._held: list[tuple[int, bytes]] = []  # dropped for want of a leader: retried
+        self.lead_elected_at = 0.0  # monotonic time a leader was last learned (etcd's leadElectedTime)
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self._reads_waiting: list[asyncio.Future[None]] = []
         self._reads_inflight: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -121,6 +136,27 @@ class EtcdServer:
         self.storage.set_conf_state(ConfState(voters=tuple(sorted(m.ID for m in records))))
         log.info("bootstrapped new cluster", extra={"cluster_id": f"{cluster_id:x}",
                                                      "member_id": f"{local.ID:x}"})
+
+    def _finish_snapshot_install(self) -> None:
+        """Finish a snapshot install that crashed before the raft log recorded it.
+
+        ``install_snapshot`` writes the state image and the snapshot's metadata in one
+        batch, before the raft log saves the snapshot; if the process died in between,
+        the state is ahead of the log. Record the snapshot in the log now, as the Ready
+        would have (no message was sent for it: messages go out after persisting).
+        """
+        from datastore.server.cluster_ops import installed_snapshot_meta
+
+        meta = installed_snapshot_meta(self.backend)
+        st = self.storage
+        if meta is None or meta.index <= st.snap_meta.index:
+            return  # the raft log recorded it (or a later one)
+        if meta.index <= st.last_index() and st.term(meta.index) == meta.term:
+            return  # the log holds the snapshot's entry: nothing was lost
+        if self.applier.applied_index < meta.index:
+            return  # not our image: _reconcile_commit reports the inconsistency
+        log.warning("finishing an interrupted snapshot install", extra={"index": meta.index})
+        st.adopt_snapshot(meta)
 
     def _reconcile_commit(self) -> None:
         """The applied index may be ahead of the persisted commit index after a crash.
@@ -193,17 +229,34 @@ class EtcdServer:
             raise errors.ErrRequestTooLarge()
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiters[req.ID] = fut
-        self._proposals.append(data)
+        self._proposals.append((req.ID, data))
         self._wake.set()
+        start = time.monotonic()
         try:
-            result = await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+            result = await asyncio.wait_for(fut, self.request_timeout())
         except TimeoutError:
-            raise errors.ErrTimeout() from None
+            raise self._timeout_error(start) from None
         finally:
             self._waiters.pop(req.ID, None)
         if isinstance(result, errors.EtcdError):
             raise result
         return result
+
+    def request_timeout(self) -> float:
+        """etcd's ReqTimeout: 5 s plus two election timeouts."""
+        return 5.0 + 2 * self.cfg.election_timeout_ms / 1000
+
+    def _timeout_error(self, start: float) -> errors.EtcdError:
+        """etcd's parseProposeCtxErr: why a proposal made at ``start`` timed out."""
+        elected = self.lead_elected_at
+        prev_lead_lost = elected - 2 * self.cfg.election_timeout_ms / 1000
+        if prev_lead_lost < start < elected:
+            return errors.ErrTimeoutDueToLeaderFail()
+        lead = self.leader_id
+        t = self.transport
+        if lead and lead != self.member_id and t is not None and not t.connected_since(lead, start):
+            return errors.ErrTimeoutDueToConnectionLost()
+        return errors.ErrTimeout()
 
     async def read_barrier(self) -> None:
         """Wait until this member's state reflects every write acknowledged before now."""
@@ -211,7 +264,7 @@ class EtcdServer:
         self._reads_waiting.append(fut)
         self._wake.set()
         try:
-            await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+            await asyncio.wait_for(fut, self.request_timeout())
         except TimeoutError:
             raise errors.ErrTimeout() from None
 
@@ -241,16 +294,25 @@ class EtcdServer:
 
     def _feed(self) -> None:
         """Hand queued proposals and read requests to raft (outside a Ready cycle)."""
+        if self._held and self.leader_id:
+            # A leader is known again: propose what waited for one, before newer requests.
+            self._proposals, self._held = self._held + self._proposals, []
         if self._proposals:
             props, self._proposals = self._proposals, []
-            for data in props:
+            for req_id, data in props:
+                fut = self._waiters.get(req_id)
+                if fut is None or fut.done():
+                    continue  # the caller gave up (timed out) before it was proposed
+                if self._held:
+                    self._held.append((req_id, data))  # keep their order behind the held
+                    continue
                 try:
                     self.node.propose(data)
                 except ProposalDropped:
-                    req_id = InternalRaftRequest.FromString(data).ID
-                    fut = self._waiters.get(req_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(errors.ErrNoLeader())
+                    # No leader (election, transfer): like etcd, hold the request until a
+                    # leader appears or the caller's request timeout expires. Never
+                    # proposed, so retrying cannot apply it twice.
+                    self._held.append((req_id, data))
         if self._reads_waiting:
             ctx = next(self._read_ctx).to_bytes(8, "big")
             self._reads_inflight[ctx], self._reads_waiting = self._reads_waiting, []
@@ -264,6 +326,7 @@ class EtcdServer:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
         if rd.snapshot is not None:  # state image from the leader, before anything after it
             self.cluster_ops.install_snapshot(rd.snapshot)
+            failpoint("after-snapshot-install")  # state installed, raft log not yet
         persist = None
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             if rd.must_sync:
@@ -316,6 +379,8 @@ class EtcdServer:
 
     def _on_soft_state(self, lead: int, state: StateType) -> None:
         was_leader = self.is_leader
+        if lead and lead != self.leader_id:
+            self.lead_elected_at = time.monotonic()
         self.leader_id = lead
         self.is_leader = state == StateType.StateLeader
         if self.is_leader and not was_leader:
@@ -380,6 +445,17 @@ class EtcdServer:
         h.cluster_id = self.cluster_id
         h.member_id = self.member_id
         h.raft_term = self.node.term
+
+    def lease_ttl_local(self, lease_id: int, keys: bool) -> raft_pb.LeaseTimeToLiveResponse:
+        """This member's view of a lease (meaningful on the leader, which tracks expiry)."""
+        le = self.lessor.lookup(lease_id)
+        if le is None:
+            return raft_pb.LeaseTimeToLiveResponse(TTL=-1)
+        remaining = max(0, math.floor(le.remaining(self.clock.now())))
+        resp = raft_pb.LeaseTimeToLiveResponse(TTL=remaining, granted_TTL=le.ttl)
+        if keys:
+            resp.keys.extend(sorted(le.keys))
+        return resp
 
     def new_lease_id(self) -> int:
         while True:

@@ -123,11 +123,25 @@ class DurableStorage:
             wb.put(HARD_STATE, codec.hard_state_to_pb(hard_state).SerializeToString(), self._state)
         self.b.write(wb, sync=sync)
 
+    def adopt_snapshot(self, meta: SnapshotMetadata) -> None:
+        """Record a snapshot whose state image is already installed (crash recovery).
+
+        The hard state's commit moves to the snapshot; if the snapshot is from a later
+        term than the persisted one, the term moves too and the vote is cleared (no vote
+        in that term was ever persisted, so none was promised).
+        """
+        hs = self.hard_state
+        term, vote = (hs.term, hs.vote) if hs.term >= meta.term else (meta.term, 0)
+        self.save(HardState(term, vote, max(hs.commit, meta.index)), (),
+                  Snapshot(b"", meta), True)
+
     def _apply_snapshot(self, snap: Snapshot, wb: object) -> None:
+        # Raft restores a snapshot only when its log does not contain the snapshot's
+        # entry: every entry we hold is from another history (or before it). Discard
+        # them all, on disk too, as etcd's storage does.
         self.snap_meta = snap.metadata
-        self._ents = [e for e in self._ents if e.index > snap.metadata.index]
-        if self._ents and self._ents[0].index != snap.metadata.index + 1:
-            self._ents = []
+        self._ents = []
+        wb.delete_range(_ikey(0), b"\xff" * 9, self._log)  # type: ignore[attr-defined]
         self.set_conf_state(snap.metadata.conf_state, wb)
         wb.put(SNAPSHOT_META, codec.snapshot_to_pb(Snapshot(b"", snap.metadata)).SerializeToString(),
                self._state)  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from datastore.server.cluster_ops import META_INSTALLED_SNAPSHOT
 from datastore.server.config import Config
 from datastore.server.membership import META_CLUSTER_ID, META_LOCAL_ID
 from datastore.storage.backend import Backend
@@ -37,7 +38,8 @@ def restore_snapshot(file: str, cfg: Config) -> None:
     b = Backend(data / "state")
     wb = b.batch()
     meta = b.handle("meta")
-    for k in (b"applied_index", b"applied_term", META_CLUSTER_ID, META_LOCAL_ID):
+    for k in (b"applied_index", b"applied_term", META_CLUSTER_ID, META_LOCAL_ID,
+              META_INSTALLED_SNAPSHOT):
         wb.delete(k, meta)
     for k, _ in list(b.scan("members", b"")):
         wb.delete(k, b.handle("members"))

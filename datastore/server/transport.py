@@ -10,8 +10,10 @@ with ``report_snapshot``. The server hands messages over only after the Ready th
 produced them was persisted.
 
 Besides ``Send`` the service answers ``Members`` (a joining member learns the cluster
-from a peer, like etcd's ``GetClusterFromRemotePeers``) and ``LeaseRenew`` (a follower
-forwards keep-alives to the leader, like etcd's ``/leases`` peer handler).
+from a peer, like etcd's ``GetClusterFromRemotePeers``), ``LeaseRenew`` and
+``LeaseTimeToLive`` (a follower forwards keep-alives and TTL queries to the leader, like
+etcd's ``/leases`` and ``/leases/internal`` peer handlers: only the leader's lessor
+tracks expiry).
 """
 
 from __future__ import annotations
@@ -186,6 +188,19 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
         except errors.ErrLeaseNotFound:
             return pb.LeaseRenewResponse(TTL=0)
 
+    async def LeaseTimeToLive(self, r: pb.LeaseTimeToLiveRequest,
+                              ctx: grpc.aio.ServicerContext) -> pb.LeaseTimeToLiveResponse:
+        s = self.t.server
+        if not s.is_leader:
+            return pb.LeaseTimeToLiveResponse(not_leader=True)
+        try:
+            await s.read_barrier()  # etcd: the leader answers after a linearizable read
+        except errors.EtcdError:
+            return pb.LeaseTimeToLiveResponse(not_leader=True)
+        if not s.is_leader:
+            return pb.LeaseTimeToLiveResponse(not_leader=True)
+        return s.lease_ttl_local(r.ID, r.keys)
+
 
 class PeerTransport:
     """Owned by EtcdServer (``server.transport``); lives on the server's event loop."""
@@ -274,40 +289,76 @@ class PeerTransport:
             self.server.node.report_snapshot(peer_id, ok)
         self.server.wake()
 
-    # ---- health (etcd's isConnectedSince, used by strict reconfig checks) -------------
-    def is_active(self, peer_id: int, within_s: float) -> bool:
+    # ---- health (etcd's ActiveSince / isConnectedSince, for strict reconfig checks) ----
+    def active_since(self, peer_id: int) -> float:
+        """Monotonic time our stream to the peer became healthy; 0 while it is down."""
         p = self.peers.get(peer_id)
-        return p is not None and p.active_since > 0
+        return p.active_since if p is not None else 0.0
 
-    # ---- lease keep-alives on a follower --------------------------------------------
+    def connected_since(self, peer_id: int, since: float) -> bool:
+        """etcd's isConnectedSince: connected without a break since ``since`` (or before)."""
+        t = self.active_since(peer_id)
+        return 0 < t <= since
+
+    # ---- lease requests only the leader can answer -----------------------------------
+    def _leader_stub(self) -> raft_pb2_grpc.RaftTransportStub | None:
+        s = self.server
+        m = s.members.members.get(s.leader_id) if s.leader_id else None
+        if m is None or not m.peer_urls or s.leader_id == s.member_id:
+            return None
+        url = m.peer_urls[0]
+        ch = self._renew_channels.get(url)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
+            self._renew_channels[url] = ch
+        return raft_pb2_grpc.RaftTransportStub(ch)
+
     async def lease_renew(self, lease_id: int, within: float = 5.0) -> int:
         """Renew on the leader; returns the TTL (0: not found). Raises ErrNoLeader."""
         deadline = time.monotonic() + within
         s = self.server
         while True:
-            lead = s.leader_id
-            m = s.members.members.get(lead) if lead else None
-            if lead == s.member_id and s.is_leader:
+            if s.is_leader:
                 try:
                     return s.lessor.renew(lease_id)
                 except errors.ErrLeaseNotFound:
                     return 0
-            if m is not None and m.peer_urls:
-                url = m.peer_urls[0]
-                ch = self._renew_channels.get(url)
-                if ch is None:
-                    ch = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
-                    self._renew_channels[url] = ch
+            stub = self._leader_stub()
+            if stub is not None:
                 try:
-                    resp = await raft_pb2_grpc.RaftTransportStub(ch).LeaseRenew(
+                    resp = await stub.LeaseRenew(
                         pb.LeaseRenewRequest(ID=lease_id),
                         timeout=max(0.1, deadline - time.monotonic()))
                     if not resp.not_leader:
                         return resp.TTL
                 except grpc.RpcError as e:
-                    log.debug("lease renew via %x failed: %s", lead, e)
+                    log.debug("lease renew via %x failed: %s", s.leader_id, e)
             if time.monotonic() > deadline:
                 raise errors.ErrNoLeader()
+            await asyncio.sleep(0.05)  # wait for a leader to be known again
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool,
+                                 within: float) -> pb.LeaseTimeToLiveResponse:
+        """Ask the leader for the lease's remaining TTL (etcd's LeaseTimeToLive forward)."""
+        deadline = time.monotonic() + within
+        s = self.server
+        while True:
+            if s.is_leader:
+                await s.read_barrier()
+                if s.is_leader:
+                    return s.lease_ttl_local(lease_id, keys)
+            stub = self._leader_stub()
+            if stub is not None:
+                try:
+                    resp = await stub.LeaseTimeToLive(
+                        pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys),
+                        timeout=max(0.1, deadline - time.monotonic()))
+                    if not resp.not_leader:
+                        return resp
+                except grpc.RpcError as e:
+                    log.debug("lease TTL via %x failed: %s", s.leader_id, e)
+            if time.monotonic() > deadline:
+                raise errors.ErrTimeout() if s.leader_id else errors.ErrNoLeader()
             await asyncio.sleep(0.05)  # wait for a leader to be known again
 
 

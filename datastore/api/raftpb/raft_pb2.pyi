@@ -149,3 +149,23 @@ class LeaseRenewResponse(_message.Message):
     TTL: int
     not_leader: bool
     def __init__(self, TTL: _Optional[int] = ..., not_leader: _Optional[bool] = ...) -> None: ...
+
+class LeaseTimeToLiveRequest(_message.Message):
+    __slots__ = ("ID", "keys")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    keys: bool
+    def __init__(self, ID: _Optional[int] = ..., keys: _Optional[bool] = ...) -> None: ...
+
+class LeaseTimeToLiveResponse(_message.Message):
+    __slots__ = ("TTL", "granted_TTL", "keys", "not_leader")
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_TTL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    TTL: int
+    granted_TTL: int
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    not_leader: bool
+    def __init__(self, TTL: _Optional[int] = ..., granted_TTL: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., not_leader: _Optional[bool] = ...) -> None: ...

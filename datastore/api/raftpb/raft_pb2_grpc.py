@@ -49,6 +49,11 @@ class RaftTransportStub:
                 request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.SerializeToString,
                 response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.FromString,
                 _registered_method=True)
+        self.LeaseTimeToLive = channel.unary_unary(
+                '/raftpb.RaftTransport/LeaseTimeToLive',
+                request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.FromString,
+                _registered_method=True)
 
 
 class RaftTransportServicer:
@@ -72,6 +77,12 @@ class RaftTransportServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseTimeToLive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftTransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.LeaseRenew,
                     request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.FromString,
                     response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.SerializeToString,
+            ),
+            'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseTimeToLive,
+                    request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class RaftTransport:
             '/raftpb.RaftTransport/LeaseRenew',
             datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewRequest.SerializeToString,
             datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseRenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseTimeToLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftpb.RaftTransport/LeaseTimeToLive',
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,224 @@
+"""Edge cases of multi-member clusters: requests during elections and leader failure,
+lease TTLs read on followers, learners refusing client RPCs, the strict reconfig
+check's connected-since rule, and a crash in the middle of a snapshot install.
+Every wait polls a condition."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cluster_util import Cluster, status, wait_for
+from e2e_util import await_ready, launch, target_is_etcd
+
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.testing.procs import ServerProc, etcdctl
+
+pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
+
+TIMEOUT_ERRORS = (
+    "etcdserver: request timed out",
+    "etcdserver: request timed out, possibly due to previous leader failure",
+    "etcdserver: request timed out, possibly due to connection lost",
+)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path).start()
+    yield c
+    c.stop()
+
+
+def put(proc: ServerProc, key: bytes, value: bytes, lease: int = 0,
+        timeout: float = 10) -> pb.PutResponse:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        return rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value, lease=lease),
+                                           timeout=timeout)
+
+
+def get(proc: ServerProc, key: bytes, serializable: bool = False, **kw: object) -> pb.RangeResponse:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        return rpc_pb2_grpc.KVStub(ch).Range(
+            pb.RangeRequest(key=key, serializable=serializable, **kw), timeout=10)
+
+
+def count_prefix(proc: ServerProc, prefix: bytes) -> int:
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    return get(proc, prefix, serializable=True, range_end=end, count_only=True).count
+
+
+def ttl(proc: ServerProc, lease_id: int, keys: bool = False) -> pb.LeaseTimeToLiveResponse:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        return rpc_pb2_grpc.LeaseStub(ch).LeaseTimeToLive(
+            pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), timeout=10)
+
+
+def rpc_error(fn: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as ei:
+        fn()  # type: ignore[operator]
+    return ei.value
+
+
+# ---- 1. proposals without a leader wait for one; lost forwards time out --------------
+def test_write_during_election_waits_for_a_leader(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    f1, f2 = cluster.followers()
+    leader.stop()
+    f2.stop()
+    # the survivor loses its leader (check quorum / election timeout) and campaigns alone
+    wait_for(lambda: status(f1).leader == 0, 20, "survivor without a leader")
+    result: dict[str, object] = {}
+
+    def writer() -> None:
+        try:
+            result["resp"] = put(f1, b"during-election", b"v", timeout=20)
+        except grpc.RpcError as e:
+            result["err"] = e
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    launch(f2)  # a quorum again: an election completes while the write is held
+    t.join(30)
+    assert not t.is_alive()
+    err = result.get("err")
+    assert err is None, f"write during the election failed: {err.details()}"  # type: ignore[attr-defined]
+    await_ready(f2)
+    cluster.wait_leader([f1, f2])
+    assert get(f1, b"during-election").kvs[0].value == b"v"
+
+
+def test_write_forwarded_to_a_dead_leader_times_out(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    f1 = cluster.followers()[0]
+    leader.kill()
+    t0 = time.monotonic()
+    try:
+        put(f1, b"lost?", b"v", timeout=30)  # may win if the follower noticed first
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+        assert e.details() in TIMEOUT_ERRORS, e.details()
+    # etcd's request timeout: 5 s + 2 election timeouts (0.5 s here), never a hang
+    assert time.monotonic() - t0 < 6.0 + 3.0
+
+
+# ---- 2. lease TTL on a follower comes from the leader -----------------------------------
+def test_lease_time_to_live_on_follower_is_the_leaders(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    f1 = cluster.followers()[0]
+    with grpc.insecure_channel(leader.endpoint) as ch:
+        lid = rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=8), timeout=10).ID
+    put(leader, b"leased", b"x", lease=lid)
+    wait_for(lambda: ttl(leader, lid).TTL <= 6, 20, "the lease to count down on the leader")
+    r = ttl(f1, lid, keys=True)
+    assert r.grantedTTL == 8 and 0 < r.TTL <= 6, r
+    assert list(r.keys) == [b"leased"]
+    assert r.header.member_id == cluster.member_id(f1)
+    assert ttl(f1, 12345).TTL == -1  # unknown lease, as etcd
+    with grpc.insecure_channel(f1.endpoint) as ch:
+        ids = [x.ID for x in rpc_pb2_grpc.LeaseStub(ch).LeaseLeases(
+            pb.LeaseLeasesRequest(), timeout=10).leases]
+    assert ids == [lid]
+
+
+# ---- 4. a learner refuses client RPCs except Status and serializable Range ----------------
+def test_learner_refuses_most_rpcs(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    put(leader, b"a", b"1")
+    new = cluster.new_member("m3")
+    etcdctl(leader.endpoint, "member", "add", "m3", f"--peer-urls={new.peer_url}", "--learner")
+    launch(new)
+    await_ready(new)  # Status is allowed
+    wait_for(lambda: get(new, b"a", serializable=True).count == 1, 30, "learner caught up")
+    assert status(new).isLearner
+    msg = "etcdserver: rpc not supported for learner"
+    with grpc.insecure_channel(new.endpoint) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        calls = [
+            lambda: kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=5),
+            lambda: kv.Range(pb.RangeRequest(key=b"a"), timeout=5),  # linearizable
+            lambda: kv.Txn(pb.TxnRequest(), timeout=5),
+            lambda: kv.DeleteRange(pb.DeleteRangeRequest(key=b"a"), timeout=5),
+            lambda: rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=5),
+                                                          timeout=5),
+            lambda: rpc_pb2_grpc.ClusterStub(ch).MemberList(pb.MemberListRequest(), timeout=5),
+            lambda: next(rpc_pb2_grpc.WatchStub(ch).Watch(iter([pb.WatchRequest(
+                create_request=pb.WatchCreateRequest(key=b"a"))]), timeout=5)),
+            lambda: next(rpc_pb2_grpc.LeaseStub(ch).LeaseKeepAlive(
+                iter([pb.LeaseKeepAliveRequest(ID=1)]), timeout=5)),
+        ]
+        for call in calls:
+            e = rpc_error(call)
+            assert (e.code(), e.details()) == (grpc.StatusCode.UNAVAILABLE, msg), e
+        assert kv.Range(pb.RangeRequest(key=b"a", serializable=True), timeout=5).count == 1
+    cluster.all_procs.append(new)
+
+
+# ---- 5. strict reconfig: peers count once connected for a health interval -------------------
+def test_strict_reconfig_refuses_with_down_or_just_reconnected_member(tmp_path: Path) -> None:
+    # a 3 s election timeout makes the health interval (one election timeout) 3 s
+    c = Cluster(tmp_path, extra=["--election-timeout", "3000"]).start()
+    try:
+        leader = c.leader()
+        down, other = c.followers()
+        oid = c.member_id(other)
+        down.stop()
+
+        def remove_other() -> bytes:
+            r = etcdctl(leader.endpoint, "--command-timeout=20s", "member", "remove",
+                        f"{oid:x}", check=False)
+            return b"" if r.returncode == 0 else r.stderr
+
+        # with one voter down, removing a live one would leave no active quorum
+        err = remove_other()
+        assert b"unhealthy cluster" in err, err
+        launch(down)
+        await_ready(down)
+        # just reconnected (or not yet): still not counted as active
+        err = remove_other()
+        assert b"unhealthy cluster" in err, err
+        # once it has been connected for a health interval, the removal goes through
+        wait_for(lambda: remove_other() == b"", 30, "removal accepted")
+        c.procs.remove(other)
+        wait_for(lambda: other.popen is not None and other.popen.poll() is not None, 20,
+                 "removed member exits")
+        put(leader, b"after", b"1")
+        assert get(down, b"after").count == 1
+    finally:
+        c.stop()
+
+
+# ---- 3. a crash between installing a snapshot's state and recording it in the log ----------
+def test_crash_during_snapshot_install_recovers(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, extra=["--snapshot-count", "50",
+                                 "--experimental-snapshot-catchup-entries", "10"]).start()
+    try:
+        lagging = c.followers()[0]
+        other = next(p for p in c.procs if p is not lagging)
+        put(other, b"early", b"0")
+        lagging.stop()
+        for i in range(200):
+            put(other, f"s/{i:03d}".encode(), str(i).encode())
+        lagging.env["DATASTORE_FAILPOINT"] = "after-snapshot-install"
+        launch(lagging)
+        wait_for(lambda: lagging.popen is not None and lagging.popen.poll() is not None, 60,
+                 "the member to crash at the failpoint")
+        assert lagging.popen is not None and lagging.popen.returncode == 97
+        assert "installed a snapshot" in lagging.log_path.read_text()
+        del lagging.env["DATASTORE_FAILPOINT"]
+        launch(lagging)
+        await_ready(lagging)
+        assert "finishing an interrupted snapshot install" in lagging.log_path.read_text()
+        wait_for(lambda: count_prefix(lagging, b"s/") == 200, 30, "state after restart")
+        put(other, b"after", b"1")
+        wait_for(lambda: get(lagging, b"after", serializable=True).count == 1, 20, "after")
+        assert get(lagging, b"early", serializable=True).count == 1
+        wait_for(lambda: len({status(p).raftAppliedIndex for p in c.procs}) == 1, 20,
+                 "applied indexes converge")
+    finally:
+        c.stop()
