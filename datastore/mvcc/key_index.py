@@ -95,23 +95,31 @@ class KeyIndex:
                 return revs[n], g.created, g.ver - (len(revs) - 1 - n)
         return None
 
+    def _compaction_point(self, main: int) -> tuple[int, int]:
+        """(generation index, revision index) of what compacting at ``main`` keeps.
+
+        The generation is the first one still alive at ``main`` (or the last one); the
+        revision is its latest one <= main, or -1 if it has none (created after main).
+        """
+        gens = self.generations
+        i = 0
+        while i < len(gens) - 1 and gens[i].revs[-1][0] <= main:
+            i += 1
+        revs = gens[i].revs
+        for n in range(len(revs) - 1, -1, -1):
+            if revs[n][0] <= main:
+                return i, n
+        return i, -1
+
     def compact(self, main: int, available: set[Revision]) -> None:
         """Drop history older than ``main``, adding the revisions to keep to ``available``."""
         gens = self.generations
-        i = 0
-        # first generation that is still alive at main, or the last one
-        while i < len(gens) - 1 and gens[i].revs[-1][0] <= main:
-            i += 1
+        i, n = self._compaction_point(main)
         g = gens[i]
         if not g.is_empty:
-            keep = -1
-            for n in range(len(g.revs) - 1, -1, -1):
-                if g.revs[n][0] <= main:
-                    available.add(g.revs[n])
-                    keep = n
-                    break
-            if keep != -1:
-                g.revs = g.revs[keep:]
+            if n != -1:
+                available.add(g.revs[n])
+                g.revs = g.revs[n:]
             # a generation left holding only its tombstone carries no value: drop it
             if len(g.revs) == 1 and i != len(gens) - 1:
                 available.discard(g.revs[0])
@@ -120,19 +128,11 @@ class KeyIndex:
 
     def keep(self, main: int) -> set[Revision]:
         """What compact(main) would keep, without changing anything (for HashKV)."""
-        available: set[Revision] = set()
-        gens = self.generations
-        i = 0
-        while i < len(gens) - 1 and gens[i].revs[-1][0] <= main:
-            i += 1
-        g = gens[i]
-        if not g.is_empty:
-            for n in range(len(g.revs) - 1, -1, -1):
-                if g.revs[n][0] <= main:
-                    if not (n == len(g.revs) - 1 and i != len(gens) - 1):
-                        available.add(g.revs[n])
-                    break
-        return available
+        i, n = self._compaction_point(main)
+        g = self.generations[i]
+        if n == -1 or (n == len(g.revs) - 1 and i != len(self.generations) - 1):
+            return set()  # nothing at main, or only the tombstone that ends a generation
+        return {g.revs[n]}
 
     def __repr__(self) -> str:
         gens = " ".join("{" + ",".join(f"{m}.{s}" for m, s in g.revs) + "}" for g in self.generations)
