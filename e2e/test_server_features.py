@@ -289,3 +289,37 @@ def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
         assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(12)]
         assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + 12))
         q.put(None)
+
+
+def test_http_health_version_metrics_and_grpc_health(ds: Callable[..., ServerProc]) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from datastore.testing.procs import free_port
+
+    port = free_port()
+    p = ds(f"--listen-metrics-urls=http://127.0.0.1:{port}", "--quota-backend-bytes=2000000")
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    assert get("/version") == (200, json.dumps({"etcdserver": "3.5.17", "etcdcluster": "3.5.0"}))
+    assert get("/health") == (200, json.dumps({"health": "true", "reason": ""}))
+    status, text = get("/metrics")
+    assert status == 200 and "etcd_server_has_leader 1" in text
+    with Client(p) as c:
+        rev = c.kv.Put(pb.PutRequest(key=b"m", value=b"1")).header.revision
+        assert f"etcd_debugging_mvcc_current_revision {rev}" in get("/metrics")[1]
+        check = health_pb2_grpc.HealthStub(c.channel).Check(health_pb2.HealthCheckRequest())
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        c.maint.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, alarm=pb.NOSPACE))
+    assert get("/health") == (503, json.dumps({"health": "false", "reason": "ALARM NOSPACE"}))
+    assert get("/nope")[0] == 404

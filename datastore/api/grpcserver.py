@@ -5,6 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
@@ -41,6 +43,8 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     g.add_ClusterServicer_to_server(ClusterService(server), srv)
     g.add_MaintenanceServicer_to_server(MaintenanceService(server), srv)
     g.add_AuthServicer_to_server(AuthService(server), srv)
+    # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), srv)
     for url in cfg.listen_client_urls:
         srv.add_insecure_port(listen_address(url))
     return srv

@@ -37,6 +37,7 @@ class Config:
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
+    listen_metrics_urls: tuple[str, ...] = ()
 
     @property
     def resolved_data_dir(self) -> str:
@@ -113,6 +114,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     a("--experimental-lease-checkpoint-interval", default="10s")
     a("--experimental-watch-progress-notify-interval", default="10m")
+    a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
     a("--strict-reconfig-check", default=True, type=lambda v: v.lower() in ("1", "true", "yes"))
 
 
@@ -143,4 +145,5 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
+        listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
     )
