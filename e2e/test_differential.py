@@ -10,6 +10,7 @@ Environment:
   DS_DIFF_SEEDS   comma-separated seeds (default 1,2,3,4,5)
   DS_DIFF_NSEEDS  run seeds 1..N instead (e.g. 100 for a soak)
   DS_DIFF_OPS     operations per seed (default 300)
+  DS_DIFF_TRACE   print each operation as it runs
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _seeds() -> list[int]:
 
 
 N_OPS = int(os.environ.get("DS_DIFF_OPS", "300"))
+TRACE = bool(os.environ.get("DS_DIFF_TRACE"))  # print every op (to bisect a HashKV mismatch)
 
 # At most 12 keys: etcd (Go 1.19 pdqsort) sorts <= 12 elements with a stable insertion sort,
 # so ties in VERSION/CREATE/MOD/VALUE sorts keep key order, which a stable sort reproduces.
@@ -537,6 +539,17 @@ def watch_items(c: Client, cr: pb.WatchCreateRequest, expected: int,
     return out
 
 
+def first_history_difference(a: Client, b: Client, compact: int, rev: int) -> str:
+    """Walk every revision still readable and report the first state that differs."""
+    for r in range(max(compact, 1), rev + 1):
+        req = pb.RangeRequest(key=b"\x00", range_end=b"\x00", revision=r)
+        ka, kb = a.kv.Range(req).kvs, b.kv.Range(req).kvs
+        if ka != kb:
+            return (f"first difference at revision {r}:\n--- etcd\n{list(ka)}\n"
+                    f"--- datastore\n{list(kb)}")
+    return "every revision reads the same: the difference is in history not readable by Range"
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("seed", _seeds())
@@ -550,6 +563,8 @@ def test_differential(seed: int, pair_factory: PairFactory) -> None:
             t0 = time.monotonic()
             for i in range(N_OPS):
                 desc, run = gen.next_op()
+                if TRACE:
+                    print(f"op#{i}: {desc}")
                 a = run(oracle)
                 if any(x[0] == "err" and x[2] == "DEADLINE_EXCEEDED" for x in a):
                     pytest.fail(f"seed={seed} op#{i}: harness bug, the oracle timed out on "
@@ -574,8 +589,11 @@ def test_differential(seed: int, pair_factory: PairFactory) -> None:
             # and leases of history that the ops above never read back.
             ha = oracle.maint.HashKV(pb.HashKVRequest())
             hb = target.maint.HashKV(pb.HashKVRequest())
-            assert (hb.hash, hb.compact_revision, hb.header.revision) == (
-                ha.hash, ha.compact_revision, ha.header.revision), f"seed={seed}: HashKV differs"
+            if (hb.hash, hb.compact_revision, hb.header.revision) != (
+                    ha.hash, ha.compact_revision, ha.header.revision):
+                pytest.fail(f"seed={seed}: HashKV differs ({ha} vs {hb})\n"
+                            + first_history_difference(oracle, target, ha.compact_revision,
+                                                       ha.header.revision), pytrace=False)
             print(f"seed={seed}: {N_OPS} ops in {time.monotonic() - t0:.1f}s, "
                   f"final revision {gen.st.rev}, compacted at {gen.st.compact_rev}")
         finally:

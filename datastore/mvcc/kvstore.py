@@ -154,8 +154,9 @@ class KVStore:
         if rev > self.current_rev:
             raise errors.ErrFutureRev()
         keep = self.index.compact(rev)
-        start = main_rev_prefix(max(0, self.compact_rev + 1))
-        for rk, _ in self.backend.scan("key", start, main_rev_prefix(rev + 1)):
+        # From the very first revision, as etcd does: a revision kept by an earlier
+        # compaction (a key's value back then) may be superseded by now.
+        for rk, _ in self.backend.scan("key", b"", main_rev_prefix(rev + 1)):
             if bytes_to_rev(rk) not in keep:
                 batch.delete(rk, self._key_handle)
         for rb in [rb for rb in self._overlay if bytes_to_rev(rb)[0] <= rev]:

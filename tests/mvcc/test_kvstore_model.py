@@ -175,3 +175,36 @@ def test_restore_rebuilds_index(tmp_path: Path) -> None:
     assert [kv.key for kv in s2.range(b"", b"").kvs] == [b"x"]
     assert s2.range(b"y", None, 2).kvs[0].value == b"2"
     b.close()
+
+
+def test_compaction_removes_revisions_an_earlier_compaction_kept(tmp_path: Path) -> None:
+    """x@2 survives compact(3) as x's value then; once x@4 supersedes it, compact(5)
+    must delete it physically, as etcd's full rescan does (found by the HashKV soak)."""
+    from datastore.mvcc.revision import bytes_to_rev
+
+    b = Backend(tmp_path / "s")
+    s = KVStore(b)
+
+    def write(fn: object) -> None:
+        wb = b.batch()
+        txn = s.write(wb)
+        fn(txn)  # type: ignore[operator]
+        txn.end()
+        b.write(wb, sync=False)
+        s.flushed()
+
+    def compact(rev: int) -> None:
+        wb = b.batch()
+        s.compact(rev, wb)
+        b.write(wb, sync=False)
+
+    write(lambda t: t.put(b"x", b"1", 0))  # rev 2
+    write(lambda t: t.put(b"y", b"1", 0))  # rev 3
+    compact(3)
+    assert {bytes_to_rev(k) for k, _ in b.scan("key", b"")} == {(2, 0), (3, 0)}
+    write(lambda t: t.put(b"x", b"2", 0))  # rev 4
+    write(lambda t: t.put(b"y", b"2", 0))  # rev 5
+    compact(5)
+    assert {bytes_to_rev(k) for k, _ in b.scan("key", b"")} == {(4, 0), (5, 0)}
+    del s
+    b.close()
