@@ -206,5 +206,3 @@ def test_compaction_removes_revisions_an_earlier_compaction_kept(tmp_path: Path)
     write(lambda t: t.put(b"y", b"2", 0))  # rev 5
     compact(5)
     assert {bytes_to_rev(k) for k, _ in b.scan("key", b"")} == {(4, 0), (5, 0)}
-    del s
-    b.close()
