@@ -56,6 +56,13 @@ class KeyIndex:
         g.ver += 1
         self.modified = rev
 
+    def restore(self, created: Revision, modified: Revision, ver: int) -> None:
+        """Start the history from disk, where older revisions may be compacted away:
+        the stored KeyValue knows the true create revision and version."""
+        g = self.generations[-1]
+        g.created, g.revs, g.ver = created, [modified], ver
+        self.modified = modified
+
     def tombstone(self, rev: Revision) -> None:
         """Record a deletion at rev and open a new, empty generation."""
         self.put(rev)

@@ -76,14 +76,18 @@ class KVStore:
         for rk, raw in self.backend.scan("key", b""):
             kv = KeyValue.FromString(raw)
             rev = bytes_to_rev(rk)
-            ki = self.index.get_or_create(kv.key)
+            self.current_rev = max(self.current_rev, rev[0])
+            ki = self.index.get(kv.key)
             if is_tombstone(rk):
-                ki.tombstone(rev)
                 latest.pop(kv.key, None)
+                if ki is not None:  # a lone tombstone left by compaction says nothing
+                    ki.tombstone(rev)
+                continue
+            latest[kv.key] = kv.lease
+            if ki is None:  # the oldest surviving revision: trust its create rev/version
+                self.index.get_or_create(kv.key).restore((kv.create_revision, 0), rev, kv.version)
             else:
                 ki.put(rev)
-                latest[kv.key] = kv.lease
-            self.current_rev = max(self.current_rev, rev[0])
         self.current_rev = max(self.current_rev, self.compact_rev)
         for key, lease in latest.items():
             if lease:

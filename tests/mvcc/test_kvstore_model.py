@@ -206,3 +206,25 @@ def test_compaction_removes_revisions_an_earlier_compaction_kept(tmp_path: Path)
     write(lambda t: t.put(b"y", b"2", 0))  # rev 5
     compact(5)
     assert {bytes_to_rev(k) for k, _ in b.scan("key", b"")} == {(4, 0), (5, 0)}
+
+
+def test_restore_after_compaction_keeps_create_revision_and_version(tmp_path: Path) -> None:
+    """The creating revision may be compacted away; the stored KeyValue still knows it."""
+    b = Backend(tmp_path / "s")
+    s = KVStore(b)
+    for value in (b"1", b"2", b"3"):  # revs 2, 3, 4: created at 2, version 3
+        wb = b.batch()
+        txn = s.write(wb)
+        txn.put(b"x", value, 0)
+        txn.end()
+        b.write(wb, sync=False)
+        s.flushed()
+    wb = b.batch()
+    s.compact(3, wb)  # drops rev 2, the creation
+    b.write(wb, sync=False)
+    fresh = KVStore(b)
+    list(fresh.restore())
+    kv = fresh.range(b"x", None).kvs[0]
+    assert (kv.create_revision, kv.mod_revision, kv.version) == (2, 4, 3)
+    assert fresh.index.get(b"x").get(3) == ((3, 0), (2, 0), 2)  # type: ignore[union-attr]
+    assert fresh.compact_rev == 3 and fresh.current_rev == 4
