@@ -101,6 +101,7 @@ class EtcdServer:
         self._held: list[tuple[int, bytes]] = []  # dropped for want of a leader: retried
         self.lead_elected_at = 0.0  # monotonic time a leader was last learned (etcd's leadElectedTime)
         self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._deadlines: deque[tuple[float, float, int]] = deque()  # (deadline, start, id)
         self._reads_waiting: list[asyncio.Future[None]] = []
         self._reads_inflight: dict[bytes, list[asyncio.Future[None]]] = {}
         self._reads_ready: deque[tuple[int, list[asyncio.Future[None]]]] = deque()
@@ -231,16 +232,25 @@ class EtcdServer:
         self._waiters[req.ID] = fut
         self._proposals.append((req.ID, data))
         self._wake.set()
+        # No timer per request: the ticker expires overdue proposals (in order, since
+        # every proposal gets the same timeout).
         start = time.monotonic()
+        self._deadlines.append((start + self.request_timeout(), start, req.ID))
         try:
-            result = await asyncio.wait_for(fut, self.request_timeout())
-        except TimeoutError:
-            raise self._timeout_error(start) from None
+            result = await fut
         finally:
             self._waiters.pop(req.ID, None)
         if isinstance(result, errors.EtcdError):
             raise result
         return result
+
+    def _expire_proposals(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, start, req_id = deadlines.popleft()
+            fut = self._waiters.get(req_id)
+            if fut is not None and not fut.done():
+                fut.set_result(self._timeout_error(start))
 
     def request_timeout(self) -> float:
         """etcd's ReqTimeout: 5 s plus two election timeouts."""
@@ -273,6 +283,7 @@ class EtcdServer:
         interval = self.cfg.heartbeat_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
+            self._expire_proposals(time.monotonic())
             self.node.tick()
             self._wake.set()
 
