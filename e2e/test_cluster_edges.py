@@ -107,6 +107,21 @@ def test_write_forwarded_to_a_dead_leader_times_out(cluster: Cluster) -> None:
     assert time.monotonic() - t0 < 6.0 + 3.0
 
 
+def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
+    survivor = cluster.followers()[0]
+    for p in cluster.procs:
+        if p is not survivor:
+            p.kill()
+    t0 = time.monotonic()
+    with grpc.insecure_channel(survivor.endpoint) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        with pytest.raises(grpc.RpcError) as ei:
+            kv.Range(pb.RangeRequest(key=b"k"), timeout=30)
+        assert ei.value.details() == "etcdserver: request timed out", ei.value
+        assert 5.0 <= time.monotonic() - t0 < 6.0 + 3.0  # etcd's request timeout, no hang
+        kv.Range(pb.RangeRequest(key=b"k", serializable=True), timeout=5)  # local reads work
+
+
 # ---- 2. lease TTL on a follower comes from the leader -----------------------------------
 def test_lease_time_to_live_on_follower_is_the_leaders(cluster: Cluster) -> None:
     leader = cluster.leader()

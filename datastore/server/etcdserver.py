@@ -102,6 +102,7 @@ class EtcdServer:
         self.lead_elected_at = 0.0  # monotonic time a leader was last learned (etcd's leadElectedTime)
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self._deadlines: deque[tuple[float, float, int]] = deque()  # (deadline, start, id)
+        self._read_deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._reads_waiting: list[asyncio.Future[None]] = []
         self._reads_inflight: dict[bytes, list[asyncio.Future[None]]] = {}
         self._reads_ready: deque[tuple[int, list[asyncio.Future[None]]]] = deque()
@@ -244,13 +245,19 @@ class EtcdServer:
             raise result
         return result
 
-    def _expire_proposals(self, now: float) -> None:
+    def _expire_overdue(self, now: float) -> None:
+        """Fail proposals and reads past the request timeout (both queues are in order)."""
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, start, req_id = deadlines.popleft()
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
                 fut.set_result(self._timeout_error(start))
+        reads = self._read_deadlines
+        while reads and reads[0][0] <= now:
+            read = reads.popleft()[1]
+            if not read.done():
+                read.set_exception(errors.ErrTimeout())
 
     def request_timeout(self) -> float:
         """etcd's ReqTimeout: 5 s plus two election timeouts."""
@@ -273,17 +280,15 @@ class EtcdServer:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads_waiting.append(fut)
         self._wake.set()
-        try:
-            await asyncio.wait_for(fut, self.request_timeout())
-        except TimeoutError:
-            raise errors.ErrTimeout() from None
+        self._read_deadlines.append((time.monotonic() + self.request_timeout(), fut))
+        await fut  # the ticker fails it with ErrTimeout when overdue
 
     # ---- the node loop ---------------------------------------------------------------------
     async def _ticker(self) -> None:
         interval = self.cfg.heartbeat_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            self._expire_proposals(time.monotonic())
+            self._expire_overdue(time.monotonic())
             self.node.tick()
             self._wake.set()
 
