@@ -343,6 +343,13 @@ class EtcdServer:
         if rd.snapshot is not None:  # state image from the leader, before anything after it
             self.cluster_ops.install_snapshot(rd.snapshot)
             failpoint("after-snapshot-install")  # state installed, raft log not yet
+        sent = False
+        if self.is_leader and rd.messages and self.transport is not None:
+            # Raft thesis 10.2.1 (etcd does the same): a leader may replicate while it
+            # writes its own disk. Its term and vote were persisted when it campaigned,
+            # and raft counts its own entries as matched only after advance().
+            self.transport.send(rd.messages)
+            sent = True
         persist = None
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             if rd.must_sync:
@@ -355,7 +362,7 @@ class EtcdServer:
             self._apply(rd.committed_entries)
         if persist is not None:
             await persist
-        if rd.messages and self.transport is not None:
+        if rd.messages and self.transport is not None and not sent:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
             waiters = self._reads_inflight.pop(rs.request_ctx, None)
