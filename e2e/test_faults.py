@@ -335,6 +335,7 @@ def test_linearizable_under_faults(cluster: FaultCluster, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~40k acknowledged writes are each read back from every member
 def test_linearizable_under_faults_soak(cluster: FaultCluster, tmp_path: Path) -> None:
     run_linearizability(cluster, tmp_path, "linearizable-soak", rounds=40, clients=8, min_ok=2000)
 
@@ -442,6 +443,7 @@ def test_watch_across_leader_changes(cluster: FaultCluster) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_watch_under_faults_soak(cluster: FaultCluster) -> None:
     run_watch(cluster, "watch-soak", rounds=20, faults=Nemesis.FAULTS)
 

@@ -7,7 +7,8 @@ writes everything queued as ONE ``MessageBatch`` per write on a long-lived clien
 it reconnects with exponential backoff. A full queue drops the message and reports the
 peer unreachable (etcd's ``ReportUnreachable``); the outcome of a ``MsgSnap`` is reported
 with ``report_snapshot``. The server hands messages over only after the Ready that
-produced them was persisted.
+produced them was persisted, except a leader's, which replicate while its own fsync runs
+(raft thesis 10.2.1).
 
 Besides ``Send`` the service answers ``Members`` (a joining member learns the cluster
 from a peer, like etcd's ``GetClusterFromRemotePeers``), ``LeaseRenew`` and
