@@ -122,6 +122,38 @@ def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
         kv.Range(pb.RangeRequest(key=b"k", serializable=True), timeout=5)  # local reads work
 
 
+def test_concurrent_linearizable_reads_on_every_member(cluster: Cluster) -> None:
+    """Followers forward ReadIndex contexts to the leader, which keys pending reads by
+    context: contexts must be unique across members or colliding reads hang until the
+    request timeout (found by the 3-member benchmark)."""
+    import threading
+
+    put(cluster.leader(), b"r", b"1")
+    chans = [grpc.insecure_channel(p.endpoint) for p in cluster.procs]
+    slow: list[float] = []
+    failures: list[str] = []
+
+    def reader(j: int) -> None:
+        kv = rpc_pb2_grpc.KVStub(chans[j % len(chans)])
+        for _ in range(60):
+            t = time.monotonic()
+            try:
+                kv.Range(pb.RangeRequest(key=b"r"), timeout=10)
+            except grpc.RpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+            if time.monotonic() - t > 3.0:
+                slow.append(time.monotonic() - t)
+
+    threads = [threading.Thread(target=reader, args=(j,)) for j in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ch in chans:
+        ch.close()
+    assert not failures and not slow, (failures[:3], slow[:3])
+
+
 # ---- 2. lease TTL on a follower comes from the leader -----------------------------------
 def test_lease_time_to_live_on_follower_is_the_leaders(cluster: Cluster) -> None:
     leader = cluster.leader()

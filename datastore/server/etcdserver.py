@@ -330,7 +330,9 @@ class EtcdServer:
                     # proposed, so retrying cannot apply it twice.
                     self._held.append((req_id, data))
         if self._reads_waiting:
-            ctx = next(self._read_ctx).to_bytes(8, "big")
+            # Unique across members: followers forward their contexts to the leader, which
+            # keys pending reads by context (a collision would silently drop a read).
+            ctx = self.member_id.to_bytes(8, "big") + next(self._read_ctx).to_bytes(8, "big")
             self._reads_inflight[ctx], self._reads_waiting = self._reads_waiting, []
             try:
                 self.node.read_index(ctx)
