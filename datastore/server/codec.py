@@ -26,12 +26,11 @@ def entry_from_pb(p: pb.Entry) -> Entry:
 
 
 def encode_entry(e: Entry) -> bytes:
-    return pb.Entry(term=e.term, index=e.index, type=int(e.type), data=e.data).SerializeToString()
+    return entry_to_pb(e).SerializeToString()
 
 
 def decode_entry(b: bytes) -> Entry:
-    p = pb.Entry.FromString(b)
-    return Entry(p.term, p.index, EntryType(p.type), p.data)
+    return entry_from_pb(pb.Entry.FromString(b))
 
 
 def hard_state_to_pb(h: HardState) -> pb.HardState:

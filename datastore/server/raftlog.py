@@ -143,8 +143,11 @@ class DurableStorage:
         self._ents = []
         wb.delete_range(_ikey(0), b"\xff" * 9, self._log)  # type: ignore[attr-defined]
         self.set_conf_state(snap.metadata.conf_state, wb)
-        wb.put(SNAPSHOT_META, codec.snapshot_to_pb(Snapshot(b"", snap.metadata)).SerializeToString(),
-               self._state)  # type: ignore[attr-defined]
+        self._put_snap_meta(wb)
+
+    def _put_snap_meta(self, wb: object) -> None:
+        raw = codec.snapshot_to_pb(Snapshot(b"", self.snap_meta)).SerializeToString()
+        wb.put(SNAPSHOT_META, raw, self._state)  # type: ignore[attr-defined]
 
     def set_conf_state(self, cs: ConfState, wb: object | None = None) -> None:
         """Record the membership the log is at (bootstrap, conf changes, snapshots)."""
@@ -167,6 +170,5 @@ class DurableStorage:
         del self._ents[:index - off]
         wb = self.b.batch()
         wb.delete_range(_ikey(0), _ikey(index + 1), self._log)
-        wb.put(SNAPSHOT_META, codec.snapshot_to_pb(Snapshot(b"", self.snap_meta)).SerializeToString(),
-               self._state)
+        self._put_snap_meta(wb)
         self.b.write(wb, sync=False)
