@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from e2e_util import await_ready, launch
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
@@ -59,9 +58,9 @@ class Cluster:
 
     def start(self) -> Cluster:
         for p in self.procs:
-            launch(p)
+            p.launch()
         for p in self.procs:
-            await_ready(p)
+            p.wait_ready()
         self.wait_leader()
         return self
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from e2e_util import PairFactory, ServerFactory, await_ready, launch, make_proc, start
+from e2e_util import PairFactory, ServerFactory, make_proc
 
 from datastore.testing.procs import ServerProc
 
@@ -19,7 +19,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     def make(kind: str = "target", extra: Sequence[str] = (), start_it: bool = True) -> ServerProc:
         proc = make_proc(kind, tmp_path / f"{kind}{len(procs)}", extra)
         procs.append(proc)
-        return start(proc) if start_it else proc
+        return proc.start() if start_it else proc
 
     yield make
     for p in procs:
@@ -36,10 +36,10 @@ def pair_factory(tmp_path: Path) -> Iterator[PairFactory]:
         oracle = make_proc("etcd", tmp_path / f"oracle{n}", extra)
         target = make_proc("target", tmp_path / f"target{n}", extra)
         procs.extend((oracle, target))
-        launch(oracle)
-        launch(target)
-        await_ready(oracle)
-        await_ready(target)
+        oracle.launch()
+        target.launch()
+        oracle.wait_ready()
+        target.wait_ready()
         return oracle, target
 
     yield make

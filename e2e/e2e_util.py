@@ -37,18 +37,6 @@ def target_is_etcd() -> bool:
     return TARGET == "etcd"
 
 
-def launch(proc: ServerProc) -> ServerProc:
-    return proc.launch()
-
-
-def await_ready(proc: ServerProc, timeout: float = 30.0) -> ServerProc:
-    return proc.wait_ready(timeout)
-
-
-def start(proc: ServerProc, timeout: float = 30.0) -> ServerProc:
-    return proc.start(timeout)
-
-
 def make_proc(kind: str, base: Path, extra: Sequence[str] = ()) -> ServerProc:
     """A not-yet-started server of the given kind ("etcd", "datastore" or "target")."""
     if kind == "target":

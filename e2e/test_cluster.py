@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster_util import Cluster, status, wait_for
-from e2e_util import await_ready, launch, target_is_etcd
+from e2e_util import target_is_etcd
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
@@ -140,8 +140,8 @@ def test_leader_killed_under_load(cluster: Cluster) -> None:
     for key in acked:
         assert get(survivor, key).count == 1, f"acknowledged {key!r} lost"
     # the old leader restarts on its data dir and catches up
-    launch(leader)
-    await_ready(leader)
+    leader.launch()
+    leader.wait_ready()
     total = count_prefix(survivor, b"load/", serializable=False)
     wait_for(lambda: count_prefix(leader, b"load/") == total, 30, "restarted member caught up")
     cluster.wait_leader()
@@ -165,8 +165,8 @@ def test_restart_member_with_data_dir(cluster: Cluster) -> None:
     put(p, b"before", b"1")
     p.stop()
     put(cluster.alive()[0], b"during", b"2")
-    launch(p)
-    await_ready(p)
+    p.launch()
+    p.wait_ready()
     wait_for(lambda: get(p, b"during", serializable=True).count == 1, 30, "restarted caught up")
     assert get(p, b"before").kvs[0].value == b"1"
     cluster.wait_leader()
@@ -186,8 +186,8 @@ def test_membership_changes_with_etcdctl(cluster: Cluster) -> None:
     r = etcdctl(ep, "member", "add", "x", "--peer-urls=http://127.0.0.1:1", "--learner",
                 check=False)
     assert r.returncode != 0 and b"too many learner members" in r.stderr, r.stderr
-    launch(new)
-    await_ready(new)
+    new.launch()
+    new.wait_ready()
     wait_for(lambda: get(new, b"a", serializable=True).count == 1, 30, "learner caught up")
     assert status(new).isLearner
 
@@ -256,8 +256,8 @@ def test_follower_behind_compacted_log_gets_snapshot(tmp_path: Path) -> None:
         put(other, b"leased", b"l", lease=lease_id)
         for i in range(200):
             put(other, f"s/{i:03d}".encode(), str(i).encode())
-        launch(lagging)
-        await_ready(lagging)
+        lagging.launch()
+        lagging.wait_ready()
         wait_for(lambda: count_prefix(lagging, b"s/") == 200, 60, "snapshot catch-up")
         assert "installed a snapshot" in lagging.log_path.read_text()
         assert get(lagging, b"leased", serializable=True).kvs[0].lease == lease_id

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster_util import Cluster, status, wait_for
-from e2e_util import await_ready, launch, target_is_etcd
+from e2e_util import target_is_etcd
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
@@ -83,12 +83,12 @@ def test_write_during_election_waits_for_a_leader(cluster: Cluster) -> None:
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
-    launch(f2)  # a quorum again: an election completes while the write is held
+    f2.launch()  # a quorum again: an election completes while the write is held
     t.join(30)
     assert not t.is_alive()
     err = result.get("err")
     assert err is None, f"write during the election failed: {err.details()}"  # type: ignore[attr-defined]
-    await_ready(f2)
+    f2.wait_ready()
     cluster.wait_leader([f1, f2])
     assert get(f1, b"during-election").kvs[0].value == b"v"
 
@@ -179,8 +179,8 @@ def test_learner_refuses_most_rpcs(cluster: Cluster) -> None:
     put(leader, b"a", b"1")
     new = cluster.new_member("m3")
     etcdctl(leader.endpoint, "member", "add", "m3", f"--peer-urls={new.peer_url}", "--learner")
-    launch(new)
-    await_ready(new)  # Status is allowed
+    new.launch()
+    new.wait_ready()  # Status is allowed
     wait_for(lambda: get(new, b"a", serializable=True).count == 1, 30, "learner caught up")
     assert status(new).isLearner
     msg = "etcdserver: rpc not supported for learner"
@@ -224,8 +224,8 @@ def test_strict_reconfig_refuses_with_down_or_just_reconnected_member(tmp_path: 
         # with one voter down, removing a live one would leave no active quorum
         err = remove_other()
         assert b"unhealthy cluster" in err, err
-        launch(down)
-        await_ready(down)
+        down.launch()
+        down.wait_ready()
         # just reconnected (or not yet): still not counted as active
         err = remove_other()
         assert b"unhealthy cluster" in err, err
@@ -252,14 +252,14 @@ def test_crash_during_snapshot_install_recovers(tmp_path: Path) -> None:
         for i in range(200):
             put(other, f"s/{i:03d}".encode(), str(i).encode())
         lagging.env["DATASTORE_FAILPOINT"] = "after-snapshot-install"
-        launch(lagging)
+        lagging.launch()
         wait_for(lambda: lagging.popen is not None and lagging.popen.poll() is not None, 60,
                  "the member to crash at the failpoint")
         assert lagging.popen is not None and lagging.popen.returncode == 97
         assert "installed a snapshot" in lagging.log_path.read_text()
         del lagging.env["DATASTORE_FAILPOINT"]
-        launch(lagging)
-        await_ready(lagging)
+        lagging.launch()
+        lagging.wait_ready()
         assert "finishing an interrupted snapshot install" in lagging.log_path.read_text()
         wait_for(lambda: count_prefix(lagging, b"s/") == 200, 30, "state after restart")
         put(other, b"after", b"1")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 from conftest import ServerFactory
-from e2e_util import Client, start
+from e2e_util import Client
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.testing.procs import ServerProc
@@ -119,6 +119,6 @@ def test_kill9_recovery(server_factory: ServerFactory) -> None:
         assert len({a.revision for a in acks}) == len(acks), f"{ctx}: duplicate revisions acked"
         all_acks.extend(acks)
         t0 = time.monotonic()
-        start(proc)
+        proc.start()
         print(f"{ctx}: {len(acks)} acked, restart took {time.monotonic() - t0:.2f}s")
         check_recovered(proc, all_acks, ctx)

@@ -21,7 +21,7 @@ import pytest
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.mvccpb import kv_pb2
 from datastore.testing.procs import ServerProc, datastore_proc
-from e2e.e2e_util import Client, ctl, ctl_out, start, target_is_etcd
+from e2e.e2e_util import Client, ctl, ctl_out, target_is_etcd
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore-specific behaviour")
 
@@ -38,12 +38,9 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 def ds(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
     procs: list[ServerProc] = []
 
-    def make(*extra: str, name: str = "node0", data_from: ServerProc | None = None) -> ServerProc:
+    def make(*extra: str, name: str = "node0") -> ServerProc:
         p = datastore_proc(tmp_path, name=name, extra=list(extra))
-        if data_from is not None:  # restart on the same data dir and ports
-            p = ServerProc("datastore", name, data_from.data_dir, data_from.client_port,
-                           data_from.peer_port, data_from.argv, data_from.log_path)
-        procs.append(start(p))
+        procs.append(p.start())
         return p
 
     yield make
@@ -127,7 +124,7 @@ def test_lease_remaining_ttl_survives_restart(ds: Callable[..., ServerProc]) -> 
 
         wait_until(lambda: ttl() <= 26, 15, "the lease to run down to 26s")
     p.stop()
-    p2 = ds(data_from=p)
+    p2 = p.start()  # restart on the same data dir and ports
     with Client(p2) as c:
         after = c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid, keys=True))
         assert after.grantedTTL == 30
@@ -174,7 +171,7 @@ def test_snapshot_save_and_restore(ds: Callable[..., ServerProc], tmp_path: Path
                         "--data-dir", str(tmp_path / "x")], capture_output=True)
     assert r.returncode != 0 and b"hash mismatch" in r.stderr
     p2 = datastore_proc(tmp_path, name="fresh", extra=["--data-dir", str(restored)])
-    start(p2)
+    p2.start()
     try:
         with Client(p2) as c:
             resp = c.kv.Range(pb.RangeRequest(key=b"s", range_end=b"t"))
@@ -195,7 +192,7 @@ def test_sigterm_is_a_clean_shutdown(ds: Callable[..., ServerProc]) -> None:
     p.popen.send_signal(signal.SIGTERM)
     assert p.popen.wait(15) == 0
     assert '"stopped"' in p.log_path.read_text()
-    p2 = ds(data_from=p)
+    p2 = p.start()  # restart on the same data dir and ports
     with Client(p2) as c:
         assert c.kv.Range(pb.RangeRequest(key=b"k")).kvs[0].value == b"v"
 
