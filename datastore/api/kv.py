@@ -9,19 +9,14 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
-from datastore.server.applier import is_txn_readonly, range_in
+from datastore.server.applier import is_txn_readonly, range_in, txn_ops
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
 
 
 def _txn_serializable(rt: rpc.TxnRequest) -> bool:
-    for op in list(rt.success) + list(rt.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_range" and not op.request_range.serializable:
-            return False
-        if kind == "request_txn" and not _txn_serializable(op.request_txn):
-            return False
-    return True
+    return all(op.request_range.serializable for op in txn_ops(rt)
+               if op.WhichOneof("request") == "request_range")
 
 
 class KVService(rpc_pb2_grpc.KVServicer):

@@ -11,7 +11,7 @@ nested txns) are evaluated before any write; a NOSPACE alarm caps all writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -283,14 +283,17 @@ class Applier:
         return resp
 
 
+def txn_ops(rt: rpc.TxnRequest) -> Iterator[rpc.RequestOp]:
+    """Every op of both branches, nested txns included (depth first)."""
+    for op in (*rt.success, *rt.failure):
+        yield op
+        if op.WhichOneof("request") == "request_txn":
+            yield from txn_ops(op.request_txn)
+
+
 def is_txn_readonly(rt: rpc.TxnRequest) -> bool:
-    for op in list(rt.success) + list(rt.failure):
-        kind = op.WhichOneof("request")
-        if kind in ("request_put", "request_delete_range"):
-            return False
-        if kind == "request_txn" and not is_txn_readonly(op.request_txn):
-            return False
-    return True
+    return not any(op.WhichOneof("request") in ("request_put", "request_delete_range")
+                   for op in txn_ops(rt))
 
 
 def new_txn_resp(rt: rpc.TxnRequest, path: list[bool]) -> tuple[rpc.TxnResponse, int]:
