@@ -59,8 +59,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             # like etcd: read-only txns skip the log and run on local state
             if not _txn_serializable(r):
                 await self.s.read_barrier()
-            wb, out = self.s.applier.begin()
-            return self.s.applier._txn(r, wb, out)
+            return self.s.applier.read_only_txn(r)
         await check_quota(self.s, r.ByteSize())
         return await self.s.propose(InternalRaftRequest(txn=r))
 

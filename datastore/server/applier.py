@@ -167,6 +167,11 @@ class Applier:
         return rpc.CompactionResponse(header=self._header(self.kv.current_rev))
 
     # ---- Txn -----------------------------------------------------------------------------
+    def read_only_txn(self, rt: rpc.TxnRequest) -> rpc.TxnResponse:
+        """A txn without writes, run on local state outside the log (as etcd does)."""
+        wb, out = self.begin()
+        return self._txn(rt, wb, out)
+
     def _txn(self, rt: rpc.TxnRequest, wb: WriteBatch, out: Applied) -> rpc.TxnResponse:
         path = self._compare_to_path(rt)
         writes = not is_txn_readonly(rt)
