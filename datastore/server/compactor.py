@@ -12,21 +12,40 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
-from datastore.server.config import parse_duration
+from datastore.server.config import Config, parse_duration
 
-if TYPE_CHECKING:
-    from datastore.server.etcdserver import EtcdServer
+
+class _Revisions(Protocol):
+    @property
+    def current_rev(self) -> int: ...
+
+    @property
+    def compact_rev(self) -> int: ...
+
+
+class CompactorHost(Protocol):
+    """What the compactor needs from the member (not the whole EtcdServer)."""
+
+    cfg: Config
+    kv: _Revisions
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def propose(self, req: InternalRaftRequest) -> Any: ...
+
 
 log = logging.getLogger("datastore.compactor")
 REVISION_MODE_INTERVAL_S = 300.0
 
 
-async def run_compactor(s: EtcdServer) -> None:
+async def run_compactor(s: CompactorHost) -> None:
     cfg = s.cfg
     if cfg.auto_compaction_mode == "revision":
         keep = int(cfg.auto_compaction_retention or 0)
@@ -50,11 +69,11 @@ async def run_compactor(s: EtcdServer) -> None:
     await _loop(s, min(window, 3600.0) / 10, target)
 
 
-async def _loop(s: EtcdServer, interval: float, target: object) -> None:
+async def _loop(s: CompactorHost, interval: float, target: Callable[[], int]) -> None:
     last = 0
     while True:
         await asyncio.sleep(interval)
-        rev = target()  # type: ignore[operator]
+        rev = target()
         if not s.is_leader or rev <= max(last, s.kv.compact_rev, 0):
             continue
         try:
