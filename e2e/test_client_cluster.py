@@ -189,6 +189,7 @@ def test_learner_is_skipped_for_requests_it_refuses(cluster: Cluster) -> None:
         async with Client([new.endpoint, cluster.procs[0].endpoint], timeout=10) as c:
             await c.put("/learner/k", "v")  # refused by the learner, retried on a voter
             assert c.pool.current == cluster.procs[0].endpoint
+            assert c.pool.learners == {new.endpoint}
             assert (await c.get("/learner/k")).kvs[0].value == b"v"
             st = await c.status(new.endpoint)  # Status is allowed on a learner
             assert st.isLearner

@@ -114,7 +114,13 @@ def test_election_campaign_proclaim_observe_resign(datastore_server_session: Emb
             assert not (await c.txn([fence], [op_put(prefix + "data", "stale")])).succeeded
             assert (await e2.leader()).key == e2.key
             obs.cancel()
-            await e2.resign()
+            # a resumed election (same session, known key and rev) acts as the leader
+            resumed = Election.resume(s2, name, e2.key, e2.rev)
+            await resumed.proclaim("four")
+            assert (await e1.leader()).value == b"four"
+            await resumed.resign()
+            with pytest.raises(NoLeaderError):
+                await e1.leader()
     run(body())
 
 
