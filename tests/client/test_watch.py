@@ -109,3 +109,24 @@ def test_watch_resumes_across_member_restart(datastore_server: EmbeddedServer) -
             await w.cancel()
             assert [e.kv.value for e in evs] == [str(i).encode() for i in range(10)]
     run(body())
+
+
+def test_progress_notifications_advance_the_resume_revision() -> None:
+    """With progress_notify, quiet periods yield empty progress batches, and the watch's
+    resume point follows them (so a later resume does not start from far behind)."""
+    with EmbeddedServer(extra_flags=["--experimental-watch-progress-notify-interval", "200ms"]) as srv:
+        async def body() -> None:
+            async with Client([srv.endpoint]) as c:
+                w = c.watch("/quiet/", prefix=True, progress_notify=True)
+                await w.wait_created()
+                before = w.next_rev
+                for i in range(3):
+                    await c.put(f"/elsewhere/{i}", "x")  # revisions move, our keys do not
+                rev = (await c.get("/elsewhere/0")).header.revision
+                async for batch in w:
+                    if batch.progress and batch.revision >= rev:
+                        assert not batch.events
+                        break
+                assert w.next_rev == rev + 1 > before
+                await w.cancel()
+        run(body())
