@@ -61,6 +61,7 @@ class Watch:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = False
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._served = False  # the current stream got its watch created
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __aiter__(self) -> Watch:
@@ -108,6 +109,7 @@ class Watch:
         try:
             while not self._cancelled:
                 ep = self.pool.current
+                self._served = False
                 try:
                     if await self._stream(ep):
                         return
@@ -122,6 +124,8 @@ class Watch:
                         raise ClientError(e.code(), e.details() or "", ep) from None
                     why = f"{e.code().name}: {e.details()}"
                 self.pool.failed(ep, why)
+                if self._served:  # the stream worked for a while: retry quickly again
+                    backoff = BACKOFF_START
                 self.resumes += 1
                 log.info("watch resuming", extra={"endpoint": ep, "next_rev": self.next_rev,
                                                   "reason": why})
@@ -147,6 +151,7 @@ class Watch:
                 if resp is grpc.aio.EOF:
                     return False
                 if resp.created and not resp.canceled:
+                    self._served = True
                     if self.next_rev == 0:
                         self.next_rev = resp.header.revision + 1
                     self.created.set()
