@@ -62,6 +62,7 @@ class Watch:
         self._cancelled = False
         self._call: grpc.aio.StreamStreamCall | None = None
         self._served = False  # the current stream got its watch created
+        self._progress_requested = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __aiter__(self) -> Watch:
@@ -80,6 +81,20 @@ class Watch:
     async def wait_created(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Wait until the watch is registered (events after this point are not missed)."""
         await asyncio.wait_for(self.created.wait(), timeout)
+
+    async def request_progress(self) -> bool:
+        """Ask the member for a progress notification: the next batch with ``progress``
+        tells the revision up to which every event was delivered. False when no stream
+        is up right now (ask again later)."""
+        call = self._call
+        if call is None or not self.created.is_set():
+            return False
+        self._progress_requested = True
+        try:
+            await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+        return True
 
     async def cancel(self) -> None:
         self._cancelled = True
@@ -188,5 +203,6 @@ class Watch:
         elif not had_events:
             # A progress notification: everything up to this revision was sent.
             self.next_rev = max(self.next_rev, last.header.revision + 1)
-            if self.progress_notify:
+            if self.progress_notify or self._progress_requested:
+                self._progress_requested = False
                 self._queue.put_nowait(WatchBatch([], last.header.revision, True, parts))

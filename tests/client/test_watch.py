@@ -131,3 +131,15 @@ def test_progress_notifications_advance_the_resume_revision() -> None:
                 assert w.next_rev == rev + 1 > before
                 await w.cancel()
         run(body())
+
+
+def test_requested_progress(datastore_server_session: EmbeddedServer, prefix: str) -> None:
+    async def body() -> None:
+        async with Client([datastore_server_session.endpoint]) as c, c.watch(prefix + "quiet") as w:
+            await w.wait_created()
+            rev = (await c.put(prefix + "other", "x")).header.revision
+            assert await w.request_progress()
+            batch = await anext(w)
+            assert batch.progress and not batch.events and batch.revision >= rev
+            assert w.next_rev == batch.revision + 1
+    run(body())
