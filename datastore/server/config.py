@@ -300,8 +300,9 @@ def prepare_tls(cfg: Config) -> Config:
                         "cert auth for this URL", extra={"client_url": url})
     for url in cfg.listen_metrics_urls:
         if is_secure(url) and client.empty():
-            raise ValueError(f"TLS key/cert (--cert-file, --key-file) must be provided for "
-                             f"metrics url {url} with HTTPS scheme")
+            raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
+                             f"CertFile are not presented (give --cert-file and --key-file, "
+                             f"or --auto-tls)")
     for url in cfg.listen_peer_urls:
         if is_secure(url) and peer.empty():
             raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
