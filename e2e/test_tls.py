@@ -325,3 +325,30 @@ def test_auto_tls_cluster_like_etcd(tmp_path: Path, procs: list[ServerProc]) -> 
     m.start(60)
     assert (m.data_dir / "fixtures" / "peer" / "cert.pem").read_bytes() == cert
     assert ctl_ok(m.client_url, *insecure.etcdctl_flags(), "put", "after-restart", "1")
+
+
+# ---- start-up checks that need no process ---------------------------------------------------
+def test_prepare_tls_in_process(pki: PKI, tmp_path: Path) -> None:
+    from datastore.server.config import Config, prepare_tls
+    from datastore.server.tlsutil import TLSInfo
+
+    base = Config(name="x", data_dir=str(tmp_path / "x"),
+                  listen_client_urls=("https://127.0.0.1:2379",),
+                  listen_peer_urls=("https://127.0.0.1:2380",),
+                  client_auto_tls=True, peer_auto_tls=True)
+    cfg = prepare_tls(base)
+    for side, info in (("client", cfg.client_tls), ("peer", cfg.peer_tls)):
+        assert info.self_signed and info.cert_file == str(tmp_path / "x/fixtures" / side / "cert.pem")
+    again = prepare_tls(base)  # reused, not remade
+    assert Path(again.peer_tls.cert_file).read_bytes() == Path(cfg.peer_tls.cert_file).read_bytes()
+    # given files win over auto-TLS
+    given = TLSInfo(cert_file=str(pki.server.cert), key_file=str(pki.server.key))
+    assert prepare_tls(Config(data_dir=str(tmp_path / "y"), client_tls=given,
+                              client_auto_tls=True)).client_tls == given
+    # client-cert-auth with nothing to verify against cannot work: refused up front
+    with pytest.raises(ValueError, match="needs a trusted CA"):
+        prepare_tls(Config(data_dir=str(tmp_path / "z"), listen_peer_urls=("https://127.0.0.1:2380",),
+                           peer_auto_tls=True, peer_tls=TLSInfo(client_cert_auth=True)))
+    with pytest.raises(ValueError, match="does not exist"):
+        prepare_tls(Config(data_dir=str(tmp_path / "w"), client_tls=TLSInfo(
+            cert_file=str(tmp_path / "missing.pem"), key_file=str(pki.server.key))))
