@@ -352,3 +352,28 @@ def test_prepare_tls_in_process(pki: PKI, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         prepare_tls(Config(data_dir=str(tmp_path / "w"), client_tls=TLSInfo(
             cert_file=str(tmp_path / "missing.pem"), key_file=str(pki.server.key))))
+
+
+def test_certificate_rotation_without_restart_like_etcd(pki: PKI, tmp_path: Path,
+                                                        procs: list[ServerProc]) -> None:
+    """Certificate files replaced in place (a rotated Secret) serve the next handshake."""
+    live = CertPair(tmp_path / "live.pem", tmp_path / "live-key.pem")
+
+    def install(pair: CertPair) -> None:
+        for src, dst in ((pair.key, live.key), (pair.cert, live.cert)):
+            tmp = dst.with_suffix(".tmp")
+            tmp.write_bytes(src.read_bytes())
+            tmp.replace(dst)  # atomic, as a kubelet Secret update is
+
+    install(pki.server)
+    servers = [mk(tmp_path / kind, name="n0", extra=live.flags(), client_scheme="https",
+                  tls=ClientTLS(pki.ca.cert)) for kind, mk in (("etcd", etcd_proc), ("ds", datastore_proc))]
+    start_all(procs, servers)
+    for s in servers:
+        assert ctl_ok(s.client_url, f"--cacert={pki.ca.cert}", "put", "k", "1"), s.kind
+    install(pki.rogue_ca.issue("rotated"))
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda a: ctl_ok(a[0].client_url, f"--cacert={a[1]}", "get", "k"),
+                          [(s, ca) for s in servers for ca in (pki.rogue_ca.cert, pki.ca.cert)]))
+    # etcd, then datastore: the new CA's chain is served, the old one no longer verifies
+    assert got == [True, False, True, False]

@@ -81,13 +81,44 @@ class TLSInfo:
         return key, cert, ca
 
     def server_credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that pick up a replaced certificate/key at the next handshake.
+
+        etcd reads the certificate files on every handshake, so rotating them (e.g. a
+        Kubernetes Secret updated by cert-manager) needs no restart; gRPC asks the fetcher
+        before each handshake, and we re-read only when a file's mtime changed. As in
+        etcd, the trusted CA is read once, at start-up.
+        """
         key, cert, ca = self._read()
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=self.verifies_clients())
+
+        def config(k: bytes, c: bytes) -> object:
+            return grpc.ssl_server_certificate_configuration([(k, c)], root_certificates=ca)
+
+        seen = [self._mtimes()]
+
+        def fetch() -> object | None:
+            try:
+                now = self._mtimes()
+                if now == seen[0]:
+                    return None
+                k, c, _ = self._read()
+                seen[0] = now
+            except OSError as e:  # mid-rotation: keep serving the last good pair
+                log.warning("cannot reload certificate", extra={"error": str(e)})
+                return None
+            log.info("reloaded TLS certificate", extra={"cert_file": self.cert_file})
+            return config(k, c)
+
+        return grpc.dynamic_ssl_server_credentials(
+            config(key, cert), fetch, require_client_authentication=self.verifies_clients())
+
+    def _mtimes(self) -> tuple[int, int]:
+        return os.stat(self.cert_file).st_mtime_ns, os.stat(self.key_file).st_mtime_ns
 
     def channel_credentials(self, server_cert: bytes | None = None) -> grpc.ChannelCredentials:
         """Credentials to dial a server; ``server_cert`` pins what a self-signed one showed."""
-        key, cert, ca = self._read() if not self.empty() else (None, None, None)
+        key = Path(self.key_file).read_bytes() if self.key_file else None
+        cert = Path(self.cert_file).read_bytes() if self.cert_file else None
+        ca = Path(self.trusted_ca_file).read_bytes() if self.trusted_ca_file else None
         if ca is None and self.self_signed:
             ca = server_cert
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
