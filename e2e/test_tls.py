@@ -63,7 +63,7 @@ def procs() -> Iterator[list[ServerProc]]:
     for p in started:  # all at once: each takes a while to shut down
         p.signal(signal.SIGTERM)
     for p in started:
-        p.stop(timeout=3.0)  # then SIGKILL: a member whose peers are gone may linger
+        p.stop(timeout=2.0)  # then SIGKILL: etcd members whose peers are gone linger
 
 
 def start_all(procs: list[ServerProc], new: list[ServerProc]) -> None:
