@@ -258,6 +258,13 @@ def test_peer_tls_cluster_refuses_foreign_peer_like_etcd(pki: PKI, tmp_path: Pat
         assert ctl_ok(members[0].endpoint, "put", "over-tls", kind), kind
         out = etcdctl(members[2].endpoint, "get", "over-tls", "--print-value-only").stdout
         assert out == f"{kind}\n".encode(), kind
+        # followers forward lease keep-alives and TTL queries to the leader over peer TLS
+        lease = etcdctl(members[0].endpoint, "lease", "grant", "60").stdout.split()[1].decode()
+        for m in members:
+            alive = etcdctl(m.endpoint, "lease", "keep-alive", "--once", lease).stdout
+            assert f"lease {lease} keepalived with TTL(60)".encode() in alive, (kind, alive)
+            ttl = etcdctl(m.endpoint, "lease", "timetolive", lease).stdout
+            assert f"lease {lease} granted with TTL(60s)".encode() in ttl, (kind, ttl)
         listed = etcdctl(members[1].endpoint, "member", "list").stdout.decode()
         assert listed.count("https://127.0.0.1:") == 3, listed
         # the peer port itself: the peer CA's certificate passes, a foreign one is refused

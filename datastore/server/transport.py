@@ -327,6 +327,9 @@ class PeerTransport:
             except OSError as e:  # a self-signed peer we could not reach to read its cert
                 log.debug("cannot reach leader %x: %s", s.leader_id, e)
                 return None
+            if url in self._renew_channels:  # another caller made one while we waited
+                await ch.close()
+                ch = self._renew_channels[url]
             self._renew_channels[url] = ch
         return raft_pb2_grpc.RaftTransportStub(ch)
 
