@@ -7,6 +7,7 @@ fails the test even where the expected outcome is also spelled out.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -325,6 +326,30 @@ def test_auto_tls_cluster_like_etcd(tmp_path: Path, procs: list[ServerProc]) -> 
     with ThreadPoolExecutor(len(urls)) as ex:
         assert not any(ex.map(lambda u: ctl_ok(u, "get", "auto"), urls))
 
+    # A learner joins over auto-TLS (it reads the cluster from a self-signed peer), is
+    # promoted through a follower (which forwards to the leader), and serves.
+    joiners = {}
+    for kind, mk in (("etcd", etcd_proc), ("ds", datastore_proc)):
+        members = clusters[kind]
+        cp, pp = free_port(), free_port()
+        url = f"https://127.0.0.1:{pp}"
+        assert ctl_ok(members[0].client_url, *flags, "member", "add", "a3", "--learner",
+                      f"--peer-urls={url}"), kind
+        initial = ",".join([*(f"{m.name}={m.peer_url}" for m in members), f"a3={url}"])
+        joiners[kind] = mk(tmp_path / kind, name="a3", client_port=cp, peer_port=pp,
+                           state="existing", initial_cluster=initial, peer_scheme="https",
+                           client_scheme="https", extra=auto, tls=insecure)
+        procs.append(joiners[kind].launch())
+    joiners["ds"].wait_ready(60)
+    for kind, members in clusters.items():
+        follower = next(m for m in members if not is_leader(m, flags))
+        deadline = time.monotonic() + 60
+        while not ctl_ok(follower.client_url, *flags, "member", "promote", member_id(
+                joiners[kind], flags)):  # "not in sync with leader" until it catches up
+            assert time.monotonic() < deadline, joiners[kind].log_tail()
+        out = etcdctl(joiners[kind].client_url, *flags, "get", "auto", "--print-value-only")
+        assert out.stdout == f"{kind}\n".encode(), kind
+
     # a restart reuses the certificates it made (etcd's SelfCert keeps existing files)
     m = clusters["ds"][2]
     cert = (m.data_dir / "fixtures" / "peer" / "cert.pem").read_bytes()
@@ -332,6 +357,27 @@ def test_auto_tls_cluster_like_etcd(tmp_path: Path, procs: list[ServerProc]) -> 
     m.start(60)
     assert (m.data_dir / "fixtures" / "peer" / "cert.pem").read_bytes() == cert
     assert ctl_ok(m.client_url, *insecure.etcdctl_flags(), "put", "after-restart", "1")
+
+
+def _status(p: ServerProc, flags: list[str]) -> dict:
+    out = etcdctl(p.client_url, *flags, "endpoint", "status", "-w", "json").stdout
+    return json.loads(out)[0]["Status"]
+
+
+def is_leader(p: ServerProc, flags: list[str]) -> bool:
+    st = _status(p, flags)
+    return st["header"]["member_id"] == st["leader"]
+
+
+def member_id(p: ServerProc, flags: list[str]) -> str:
+    deadline = time.monotonic() + 60
+    while True:  # the learner answers once it has the cluster's state
+        r = etcdctl(p.client_url, *FAST_FAIL, *flags, "endpoint", "status", "-w", "json",
+                    check=False)
+        if r.returncode == 0:
+            return f"{json.loads(r.stdout)[0]['Status']['header']['member_id']:x}"
+        p._check_alive()
+        assert time.monotonic() < deadline, p.log_tail()
 
 
 # ---- start-up checks that need no process ---------------------------------------------------
