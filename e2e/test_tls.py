@@ -419,12 +419,24 @@ def test_certificate_rotation_without_restart_like_etcd(pki: PKI, tmp_path: Path
             tmp.replace(dst)  # atomic, as a kubelet Secret update is
 
     install(pki.server)
-    servers = [mk(tmp_path / kind, name="n0", extra=live.flags(), client_scheme="https",
-                  tls=ClientTLS(pki.ca.cert)) for kind, mk in (("etcd", etcd_proc), ("ds", datastore_proc))]
+    metrics = [free_port(), free_port()]
+    servers = [mk(tmp_path / kind, name="n0", client_scheme="https", tls=ClientTLS(pki.ca.cert),
+                  extra=[*live.flags(), f"--listen-metrics-urls=https://127.0.0.1:{port}"])
+               for (kind, mk), port in zip((("etcd", etcd_proc), ("ds", datastore_proc)), metrics,
+                                           strict=True)]
     start_all(procs, servers)
-    for s in servers:
+
+    def health(port: int, ca: Path) -> int | str:
+        return https_get(f"https://127.0.0.1:{port}/health", ssl.create_default_context(
+            cafile=str(ca)))
+
+    for s, port in zip(servers, metrics, strict=True):
         assert ctl_ok(s.client_url, f"--cacert={pki.ca.cert}", "put", "k", "1"), s.kind
+        assert health(port, pki.ca.cert) == 200, s.kind
     install(pki.rogue_ca.issue("rotated"))
+    for s, port in zip(servers, metrics, strict=True):  # the metrics listener follows too
+        assert health(port, pki.rogue_ca.cert) == 200, s.kind
+        assert health(port, pki.ca.cert) != 200, s.kind
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda a: ctl_ok(a[0].client_url, f"--cacert={a[1]}", "get", "k"),
                           [(s, ca) for s in servers for ca in (pki.rogue_ca.cert, pki.ca.cert)]))

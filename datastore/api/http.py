@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlparse
 
@@ -174,8 +175,11 @@ async def _respond(s: EtcdServer, method: str, target: str) -> tuple[int, str, s
 _PHRASES = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-async def _handle(s: EtcdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(s: EtcdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  tls: Callable[[], ssl.SSLContext] | None = None) -> None:
     try:
+        if tls is not None:  # TLS per connection, so a replaced certificate is picked up
+            await asyncio.wait_for(writer.start_tls(tls()), 10)
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         method, target, _ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         status, ctype, body = await _respond(s, method, target)
@@ -200,7 +204,7 @@ async def serve_http(s: EtcdServer, urls: tuple[str, ...]) -> list[asyncio.Serve
         if p.scheme not in ("http", "https") or not p.hostname or not p.port:
             raise ValueError(f"--listen-metrics-urls: {u!r} is not http(s)://HOST:PORT")
         # prepare_tls checked that an https URL has the client certificate and key
-        ctx = s.cfg.client_tls.ssl_server_context() if p.scheme == "https" else None
+        tls = s.cfg.client_tls.ssl_context_source() if p.scheme == "https" else None
         servers.append(await asyncio.start_server(
-            lambda r, w: _handle(s, r, w), p.hostname, p.port, ssl=ctx))
+            lambda r, w, tls=tls: _handle(s, r, w, tls), p.hostname, p.port))
     return servers

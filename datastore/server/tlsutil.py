@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,24 @@ class TLSInfo:
             ca = server_cert
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                             certificate_chain=cert)
+
+    def ssl_context_source(self) -> Callable[[], ssl.SSLContext]:
+        """A source of server contexts that follows certificate/key replacement (per
+        connection, like the gRPC listeners); a failed reload keeps the last good one."""
+        cache: list = [self._mtimes(), self.ssl_server_context()]
+
+        def current() -> ssl.SSLContext:
+            try:
+                now = self._mtimes()
+                if now != cache[0]:
+                    cache[1] = self.ssl_server_context()
+                    cache[0] = now
+                    log.info("reloaded TLS certificate", extra={"cert_file": self.cert_file})
+            except (OSError, ssl.SSLError) as e:
+                log.warning("cannot reload certificate", extra={"error": str(e)})
+            return cache[1]
+
+        return current
 
     def ssl_server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
