@@ -180,14 +180,20 @@ def test_etcdctl_lock_holder_excludes_lock_rpc(stubs: Stubs, ctl: Callable[..., 
     nxt.interrupt()
 
 
-def test_lock_waiter_that_gives_up_leaves_the_queue(stubs: Stubs) -> None:
+def test_waiters_that_give_up_leave_the_queue(stubs: Stubs) -> None:
     first = stubs.grant()
     stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=first), timeout=RPC_TIMEOUT)
+    stubs.election.Campaign(epb.CampaignRequest(name=b"e", lease=first, value=b"a"),
+                            timeout=RPC_TIMEOUT)
     second = stubs.grant()
-    pending = stubs.lock.Lock.future(lpb.LockRequest(name=b"q", lease=second), timeout=WAIT * 2)
-    wait_for(lambda: len(stubs.keys(b"q/")) == 2, "the second waiter's key")
-    pending.cancel()
-    wait_for(lambda: len(stubs.keys(b"q/")) == 1, "the cancelled waiter's key to go")
+    lock = stubs.lock.Lock.future(lpb.LockRequest(name=b"q", lease=second), timeout=WAIT * 2)
+    campaign = stubs.election.Campaign.future(
+        epb.CampaignRequest(name=b"e", lease=second, value=b"b"), timeout=WAIT * 2)
+    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"e/")) == 2, "the waiters' keys")
+    lock.cancel()
+    campaign.cancel()
+    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"e/")) == 1,
+             "the cancelled waiters' keys to go")
     # Locking again with the holder's lease is a no-op that returns the same key.
     again = stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=first), timeout=RPC_TIMEOUT)
     assert again.key == f"q/{first:x}".encode()
