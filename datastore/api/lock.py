@@ -29,7 +29,7 @@ import grpc
 
 from datastore.api.v3lockpb import v3lock_pb2 as pb
 from datastore.api.v3lockpb import v3lock_pb2_grpc
-from datastore.client import Client
+from datastore.client import Client, TLSConfig
 from datastore.client.errors import ClientError
 from datastore.client.recipes import Mutex, Session
 from datastore.client.recipes.waiting import lease_key
@@ -48,15 +48,24 @@ class RecipeError(Exception):
     """A service-level failure; etcd 3.4 returns these as UNKNOWN with this text."""
 
 
-def self_target(server: EtcdServer) -> str:
-    """host:port of this member's first client URL, with a wildcard host made loopback."""
-    url = urlparse(server.cfg.listen_client_urls[0])
+def self_endpoint(server: EtcdServer) -> tuple[str, TLSConfig | None]:
+    """Where and how the member reaches its own client port.
+
+    A plain-HTTP client URL is preferred; with only https ones the member dials with its
+    own certificate (as the trust root when self-signed by --auto-tls, and as the client
+    certificate when the listener demands one). A wildcard host is dialled on loopback.
+    """
+    urls = list(server.cfg.listen_client_urls)
+    url = urlparse(next((u for u in urls if u.startswith("http://")), urls[0]))
     host = url.hostname or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{url.port}"
+    target = f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+    tls = getattr(server.cfg, "client_tls", None)  # present once TLS is configurable
+    if url.scheme != "https" or tls is None:
+        return target, None
+    return target, TLSConfig(ca_file=tls.trusted_ca_file or tls.cert_file,
+                             cert_file=tls.cert_file or None, key_file=tls.key_file or None)
 
 
 class SelfClient:
@@ -73,10 +82,10 @@ class SelfClient:
     @property
     def client(self) -> Client:
         if self._client is None:
-            target = self_target(self.server)
-            self._client = Client([target], timeout=SELF_CLIENT_TIMEOUT)
+            target, tls = self_endpoint(self.server)
+            self._client = Client([target], timeout=SELF_CLIENT_TIMEOUT, tls=tls)
             log.info("lock/election services use the member's own client URL",
-                     extra={"target": target})
+                     extra={"target": target, "tls": tls is not None})
         return self._client
 
     async def session(self, lease: int) -> Session:
