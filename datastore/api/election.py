@@ -40,15 +40,6 @@ ERR_MISSING_LEADER_KEY = '"leader" field must be provided'
 NO_LEASE = -1  # etcd's Leader/Observe sessions: a lease ID that is never used or granted
 
 
-class ResumedElection(Election):
-    """concurrency.ResumeElection: act as the leader a LeaderKey describes."""
-
-    def __init__(self, session: Session, leader: pb.LeaderKey) -> None:
-        super().__init__(session, leader.name)
-        self.key, self.rev = leader.key, leader.rev
-        self._campaigning = True  # proclaim/resign check ownership with a txn on key+rev
-
-
 def _leader_key(r: pb.ProclaimRequest | pb.ResignRequest) -> pb.LeaderKey:
     if not r.HasField("leader"):
         raise RecipeError(ERR_MISSING_LEADER_KEY)
@@ -79,7 +70,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                        ctx: grpc.aio.ServicerContext) -> pb.ProclaimResponse:
         try:
             leader = _leader_key(r)
-            e = ResumedElection(await self.c.session(leader.lease), leader)
+            e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
+                                leader.rev)
             await e.proclaim(r.value)
         except (ClientError, RecipeError) as err:
             await fail(ctx, err)
@@ -88,7 +80,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     async def Resign(self, r: pb.ResignRequest, ctx: grpc.aio.ServicerContext) -> pb.ResignResponse:
         try:
             leader = _leader_key(r)
-            e = ResumedElection(await self.c.session(leader.lease), leader)
+            e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
+                                leader.rev)
             await e.resign()  # a key that is not the leader's: nothing deleted, no error
         except (ClientError, RecipeError) as err:
             await fail(ctx, err)
