@@ -11,11 +11,14 @@ queued (its key exists), then give it NEGATIVE_WINDOW seconds to misbehave.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -317,3 +320,15 @@ def test_election_errors_match_etcd(stubs: Stubs) -> None:
     assert (again.leader.key, again.leader.rev) == (won.leader.key, won.leader.rev)
     got = stubs.election.Leader(epb.LeaderRequest(name=b"e"), timeout=RPC_TIMEOUT)
     assert got.kv.value == b"v2" and got.kv.version == 2
+
+
+# --------------------------------------------------------------------------- README
+
+def test_readme_example_runs() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Lock and election services", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"README example failed:\n{r.stdout}\n{r.stderr}"
+    for promised in re.findall(r"print\(.*\)\s+# (\S+)", code):
+        assert promised in r.stdout.split(), f"README example did not print {promised!r}:\n{r.stdout}"
