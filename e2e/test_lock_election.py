@@ -197,6 +197,11 @@ def test_waiters_that_give_up_leave_the_queue(stubs: Stubs) -> None:
     campaign.cancel()
     wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"e/")) == 1,
              "the cancelled waiters' keys to go")
+    # A caller whose deadline passes while waiting leaves the queue too.
+    code, _ = rpc_error(lambda: stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=second),
+                                                timeout=NEGATIVE_WINDOW))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: len(stubs.keys(b"q/")) == 1, "the timed-out waiter's key to go")
     # Locking again with the holder's lease is a no-op that returns the same key.
     again = stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=first), timeout=RPC_TIMEOUT)
     assert again.key == f"q/{first:x}".encode()
