@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from datastore.api.v3electionpb import v3election_pb2 as epb
 from datastore.api.v3electionpb import v3election_pb2_grpc
 from datastore.api.v3lockpb import v3lock_pb2 as lpb
 from datastore.api.v3lockpb import v3lock_pb2_grpc
-from datastore.testing.procs import ETCDCTL_BIN, ServerProc
+from datastore.testing.procs import ETCDCTL_BIN, ServerProc, free_port
 
 NEGATIVE_WINDOW = 1.0  # s a queued waiter gets to (wrongly) acquire
 WAIT = 20.0  # s for conditions; generous because the CI machine is shared
@@ -205,6 +206,44 @@ def test_waiters_that_give_up_leave_the_queue(stubs: Stubs) -> None:
     # Locking again with the holder's lease is a no-op that returns the same key.
     again = stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=first), timeout=RPC_TIMEOUT)
     assert again.key == f"q/{first:x}".encode()
+
+
+@pytest.mark.parametrize("kind", ["target", "etcd"])
+def test_abandoned_calls_leave_no_watchers(kind: str, server_factory: ServerFactory) -> None:
+    """Waiting Lock/Campaign calls and Observe streams each hold a watch on the member;
+    callers that go away must not leave them behind."""
+    metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+    proc = server_factory(kind, extra=["--listen-metrics-urls", metrics_url[:-len("/metrics")]])
+    s = Stubs(proc)
+
+    def watchers() -> int:
+        with urllib.request.urlopen(metrics_url, timeout=RPC_TIMEOUT) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                    return int(float(line.split()[1]))
+        raise AssertionError("no etcd_debugging_mvcc_watcher_total in /metrics")
+
+    try:
+        holder = s.grant()
+        s.lock.Lock(lpb.LockRequest(name=b"w", lease=holder), timeout=RPC_TIMEOUT)
+        s.election.Campaign(epb.CampaignRequest(name=b"w", lease=holder, value=b"v"),
+                            timeout=RPC_TIMEOUT)
+        baseline = watchers()
+        calls: list[grpc.Future] = []
+        for _ in range(3):
+            lease = s.grant()
+            calls.append(s.lock.Lock.future(lpb.LockRequest(name=b"w", lease=lease), timeout=WAIT * 2))
+            calls.append(s.election.Campaign.future(
+                epb.CampaignRequest(name=b"w", lease=lease, value=b"c"), timeout=WAIT * 2))
+            stream = s.election.Observe(epb.LeaderRequest(name=b"w"), timeout=WAIT * 2)
+            next(stream)
+            calls.append(stream)  # type: ignore[arg-type]
+        wait_for(lambda: watchers() >= baseline + 9, "a watch per waiter and observer")
+        for c in calls:
+            c.cancel()
+        wait_for(lambda: watchers() == baseline, "the abandoned calls' watches to go")
+    finally:
+        s.channel.close()
 
 
 def test_lock_errors_match_etcd(stubs: Stubs) -> None:
