@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e_util import ServerFactory
+from e2e_util import ServerFactory, make_proc
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
@@ -39,9 +39,14 @@ WAIT = 20.0  # s for conditions; generous because the CI machine is shared
 RPC_TIMEOUT = 10.0
 
 
-@pytest.fixture(params=["target", "etcd"])
-def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> ServerProc:
-    return server_factory(request.param)
+@pytest.fixture(scope="module", params=["target", "etcd"])
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """One server per kind for the module (starts dominate the runtime): every test uses
+    its own lock and election names."""
+    proc = make_proc(request.param, tmp_path_factory.mktemp(request.param)).start()
+    yield proc
+    proc.stop()
 
 
 class Stubs:
@@ -140,31 +145,31 @@ def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
 
 def test_lock_rpc_holder_excludes_etcdctl_lock(stubs: Stubs, ctl: Callable[..., Ctl]) -> None:
     lease = stubs.grant()
-    held = stubs.lock.Lock(lpb.LockRequest(name=b"mylock", lease=lease), timeout=RPC_TIMEOUT)
-    assert held.key == f"mylock/{lease:x}".encode()  # Go's Mutex layout: <name>/<lease hex>
-    assert [kv.key for kv in stubs.keys(b"mylock/")] == [held.key]
+    held = stubs.lock.Lock(lpb.LockRequest(name=b"lock1", lease=lease), timeout=RPC_TIMEOUT)
+    assert held.key == f"lock1/{lease:x}".encode()  # Go's Mutex layout: <name>/<lease hex>
+    assert [kv.key for kv in stubs.keys(b"lock1/")] == [held.key]
 
-    waiter = ctl("lock", "mylock")
-    wait_for(lambda: len(stubs.keys(b"mylock/")) == 2, "etcdctl's waiter key")
+    waiter = ctl("lock", "lock1")
+    wait_for(lambda: len(stubs.keys(b"lock1/")) == 2, "etcdctl's waiter key")
     assert waiter.wait_lines(1, timeout=NEGATIVE_WINDOW) == [], "etcdctl got a held lock"
 
     unlocked = stubs.lock.Unlock(lpb.UnlockRequest(key=held.key), timeout=RPC_TIMEOUT)
     got = waiter.wait_lines(1)
-    assert got[:1] == [stubs.keys(b"mylock/")[0].key.decode()], got
-    assert stubs.keys(b"mylock/")[0].create_revision < unlocked.header.revision
+    assert got[:1] == [stubs.keys(b"lock1/")[0].key.decode()], got
+    assert stubs.keys(b"lock1/")[0].create_revision < unlocked.header.revision
     waiter.interrupt()
-    assert stubs.keys(b"mylock/") == []
+    assert stubs.keys(b"lock1/") == []
 
 
 def test_etcdctl_lock_holder_excludes_lock_rpc(stubs: Stubs, ctl: Callable[..., Ctl]) -> None:
-    holder = ctl("lock", "mylock")
+    holder = ctl("lock", "lock2")
     holder_key = holder.wait_lines(1)[:1]
-    assert holder_key and holder_key[0].startswith("mylock/"), holder_key
+    assert holder_key and holder_key[0].startswith("lock2/"), holder_key
 
     lease = stubs.grant()
-    pending = stubs.lock.Lock.future(lpb.LockRequest(name=b"mylock", lease=lease), timeout=WAIT * 2)
-    my_key = f"mylock/{lease:x}".encode()
-    wait_for(lambda: [kv.key for kv in stubs.keys(b"mylock/")] == [holder_key[0].encode(), my_key],
+    pending = stubs.lock.Lock.future(lpb.LockRequest(name=b"lock2", lease=lease), timeout=WAIT * 2)
+    my_key = f"lock2/{lease:x}".encode()
+    wait_for(lambda: [kv.key for kv in stubs.keys(b"lock2/")] == [holder_key[0].encode(), my_key],
              "the Lock RPC's waiter key behind etcdctl's")
     with pytest.raises(grpc.FutureTimeoutError):
         pending.result(timeout=NEGATIVE_WINDOW)
@@ -172,31 +177,31 @@ def test_etcdctl_lock_holder_excludes_lock_rpc(stubs: Stubs, ctl: Callable[..., 
     holder.interrupt()  # etcdctl closes its session: its key goes with the lease
     got = pending.result(timeout=WAIT)
     assert got.key == my_key
-    assert [kv.key for kv in stubs.keys(b"mylock/")] == [my_key]
+    assert [kv.key for kv in stubs.keys(b"lock2/")] == [my_key]
     # the lock's header is at least the revision that released the predecessor
-    assert got.header.revision >= stubs.keys(b"mylock/")[0].create_revision + 1
+    assert got.header.revision >= stubs.keys(b"lock2/")[0].create_revision + 1
 
     # Revoking the owner's lease releases the lock too.
-    nxt = ctl("lock", "mylock")
-    wait_for(lambda: len(stubs.keys(b"mylock/")) == 2, "etcdctl's waiter key")
+    nxt = ctl("lock", "lock2")
+    wait_for(lambda: len(stubs.keys(b"lock2/")) == 2, "etcdctl's waiter key")
     stubs.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=RPC_TIMEOUT)
-    assert nxt.wait_lines(1)[:1] == [stubs.keys(b"mylock/")[0].key.decode()]
+    assert nxt.wait_lines(1)[:1] == [stubs.keys(b"lock2/")[0].key.decode()]
     nxt.interrupt()
 
 
 def test_waiters_that_give_up_leave_the_queue(stubs: Stubs) -> None:
     first = stubs.grant()
     stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=first), timeout=RPC_TIMEOUT)
-    stubs.election.Campaign(epb.CampaignRequest(name=b"e", lease=first, value=b"a"),
+    stubs.election.Campaign(epb.CampaignRequest(name=b"qe", lease=first, value=b"a"),
                             timeout=RPC_TIMEOUT)
     second = stubs.grant()
     lock = stubs.lock.Lock.future(lpb.LockRequest(name=b"q", lease=second), timeout=WAIT * 2)
     campaign = stubs.election.Campaign.future(
-        epb.CampaignRequest(name=b"e", lease=second, value=b"b"), timeout=WAIT * 2)
-    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"e/")) == 2, "the waiters' keys")
+        epb.CampaignRequest(name=b"qe", lease=second, value=b"b"), timeout=WAIT * 2)
+    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"qe/")) == 2, "the waiters' keys")
     lock.cancel()
     campaign.cancel()
-    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"e/")) == 1,
+    wait_for(lambda: len(stubs.keys(b"q/")) == len(stubs.keys(b"qe/")) == 1,
              "the cancelled waiters' keys to go")
     # A caller whose deadline passes while waiting leaves the queue too.
     code, _ = rpc_error(lambda: stubs.lock.Lock(lpb.LockRequest(name=b"q", lease=second),
@@ -320,21 +325,21 @@ def test_campaign_proclaim_resign_with_etcdctl_elect(stubs: Stubs, ctl: Callable
 
 
 def test_campaign_waits_for_etcdctl_leader(stubs: Stubs, ctl: Callable[..., Ctl]) -> None:
-    leader = ctl("elect", "e", "first")
+    leader = ctl("elect", "e2", "first")
     (lead_key, value), = _observed(leader, 1)
     assert value == "first"
     lease = stubs.grant()
     pending = stubs.election.Campaign.future(
-        epb.CampaignRequest(name=b"e", lease=lease, value=b"second"), timeout=WAIT * 2)
-    wait_for(lambda: len(stubs.keys(b"e/")) == 2, "the Campaign RPC's candidate key")
+        epb.CampaignRequest(name=b"e2", lease=lease, value=b"second"), timeout=WAIT * 2)
+    wait_for(lambda: len(stubs.keys(b"e2/")) == 2, "the Campaign RPC's candidate key")
     with pytest.raises(grpc.FutureTimeoutError):
         pending.result(timeout=NEGATIVE_WINDOW)
-    observer = ctl("elect", "-l", "e")
+    observer = ctl("elect", "-l", "e2")
     assert _observed(observer, 1) == [(lead_key, "first")]
 
     leader.interrupt()
     won = pending.result(timeout=WAIT)
-    assert won.leader.key == f"e/{lease:x}".encode()
+    assert won.leader.key == f"e2/{lease:x}".encode()
     assert _observed(observer, 2)[1] == (won.leader.key.decode(), "second")
 
 
@@ -347,22 +352,22 @@ def test_election_errors_match_etcd(stubs: Stubs) -> None:
                                                      timeout=RPC_TIMEOUT)) == missing
     assert rpc_error(lambda: stubs.election.Resign(epb.ResignRequest(), timeout=RPC_TIMEOUT)) == missing
     assert rpc_error(lambda: stubs.election.Campaign(
-        epb.CampaignRequest(name=b"e", lease=0x999, value=b"v"), timeout=RPC_TIMEOUT)) == (
+        epb.CampaignRequest(name=b"e3", lease=0x999, value=b"v"), timeout=RPC_TIMEOUT)) == (
         unknown, "etcdserver: requested lease not found")
 
     lease = stubs.grant()
-    won = stubs.election.Campaign(epb.CampaignRequest(name=b"e", lease=lease, value=b"v1"),
+    won = stubs.election.Campaign(epb.CampaignRequest(name=b"e3", lease=lease, value=b"v1"),
                                   timeout=RPC_TIMEOUT)
     not_leader = (unknown, "election: not leader")
-    for bad in (epb.LeaderKey(name=b"e", key=b"e/other", rev=won.leader.rev, lease=lease),
-                epb.LeaderKey(name=b"e", key=won.leader.key, rev=won.leader.rev + 1, lease=lease)):
+    for bad in (epb.LeaderKey(name=b"e3", key=b"e3/other", rev=won.leader.rev, lease=lease),
+                epb.LeaderKey(name=b"e3", key=won.leader.key, rev=won.leader.rev + 1, lease=lease)):
         assert rpc_error(lambda b=bad: stubs.election.Proclaim(
             epb.ProclaimRequest(leader=b, value=b"x"), timeout=RPC_TIMEOUT)) == not_leader
     # Campaigning again on the same lease keeps the candidacy and proclaims the new value.
-    again = stubs.election.Campaign(epb.CampaignRequest(name=b"e", lease=lease, value=b"v2"),
+    again = stubs.election.Campaign(epb.CampaignRequest(name=b"e3", lease=lease, value=b"v2"),
                                     timeout=RPC_TIMEOUT)
     assert (again.leader.key, again.leader.rev) == (won.leader.key, won.leader.rev)
-    got = stubs.election.Leader(epb.LeaderRequest(name=b"e"), timeout=RPC_TIMEOUT)
+    got = stubs.election.Leader(epb.LeaderRequest(name=b"e3"), timeout=RPC_TIMEOUT)
     assert got.kv.value == b"v2" and got.kv.version == 2
 
 
