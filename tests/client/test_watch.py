@@ -108,6 +108,7 @@ def test_watch_resumes_across_member_restart(datastore_server: EmbeddedServer) -
             evs = await collect(w, 10)
             await w.cancel()
             assert [e.kv.value for e in evs] == [str(i).encode() for i in range(10)]
+            assert (await c.get("/r/0")).kvs[0].value == b"0", "data kept across the restart"
     run(body())
 
 
