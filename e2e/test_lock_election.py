@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -361,8 +362,8 @@ def test_election_errors_match_etcd(stubs: Stubs) -> None:
     not_leader = (unknown, "election: not leader")
     for bad in (epb.LeaderKey(name=b"e3", key=b"e3/other", rev=won.leader.rev, lease=lease),
                 epb.LeaderKey(name=b"e3", key=won.leader.key, rev=won.leader.rev + 1, lease=lease)):
-        assert rpc_error(lambda b=bad: stubs.election.Proclaim(
-            epb.ProclaimRequest(leader=b, value=b"x"), timeout=RPC_TIMEOUT)) == not_leader
+        req = epb.ProclaimRequest(leader=bad, value=b"x")
+        assert rpc_error(partial(stubs.election.Proclaim, req, timeout=RPC_TIMEOUT)) == not_leader
     # Campaigning again on the same lease keeps the candidacy and proclaims the new value.
     again = stubs.election.Campaign(epb.CampaignRequest(name=b"e3", lease=lease, value=b"v2"),
                                     timeout=RPC_TIMEOUT)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 
 ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "datastore" / "api"
@@ -47,7 +48,7 @@ def test_lock_and_election_protos_match_etcd_names() -> None:
                                                   "Resign"]
     assert election.methods_by_name["Observe"].server_streaming
 
-    def fields(msg: type) -> dict[str, int]:
+    def fields(msg: type[Message]) -> dict[str, int]:
         return {f.name: f.number for f in msg.DESCRIPTOR.fields}
 
     assert fields(lk.LockRequest) == {"name": 1, "lease": 2}

@@ -20,13 +20,14 @@ recipe returns key-values, not the read's header).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
 from datastore.api.lock import RecipeError, SelfClient, fail, withdraw_if_abandoned
+from datastore.api.mvccpb.kv_pb2 import KeyValue
 from datastore.api.v3electionpb import v3election_pb2 as pb
 from datastore.api.v3electionpb import v3election_pb2_grpc
 from datastore.client.errors import ClientError
@@ -97,8 +98,10 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     async def Observe(self, r: pb.LeaderRequest,
                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaderResponse]:
         # Like etcd, a failing client call just ends the stream (Observe's channel closes).
+        # aclosing: a stream closed at our yield must also end the recipe's watch.
+        updates = cast(AsyncGenerator[KeyValue, None], self._observer(r.name).observe())
         try:
-            async with aclosing(self._observer(r.name).observe()) as updates:
+            async with aclosing(updates):
                 async for kv in updates:
                     yield pb.LeaderResponse(header=self.s.header(), kv=kv)
         except ClientError:
