@@ -252,6 +252,28 @@ def test_abandoned_calls_leave_no_watchers(kind: str, server_factory: ServerFact
         s.channel.close()
 
 
+@pytest.mark.parametrize("kind", ["target", "etcd"])
+def test_member_with_waiting_calls_stops_promptly(kind: str, server_factory: ServerFactory) -> None:
+    """Waiters cancelled by shutdown must not hold the process up on clean-up calls to
+    the member that is going away."""
+    proc = server_factory(kind)
+    s = Stubs(proc)
+    try:
+        s.lock.Lock(lpb.LockRequest(name=b"sl"), timeout=RPC_TIMEOUT)
+        s.election.Campaign(epb.CampaignRequest(name=b"se", value=b"1"), timeout=RPC_TIMEOUT)
+        lock = s.lock.Lock.future(lpb.LockRequest(name=b"sl"), timeout=WAIT * 2)
+        campaign = s.election.Campaign.future(epb.CampaignRequest(name=b"se", value=b"2"),
+                                              timeout=WAIT * 2)
+        wait_for(lambda: len(s.keys(b"sl/")) == len(s.keys(b"se/")) == 2, "both waiters' keys")
+        started = time.monotonic()
+        assert proc.stop(timeout=30) in (0, -signal.SIGTERM)  # etcd dies by the signal
+        assert time.monotonic() - started < 5.0
+        for call in (lock, campaign):
+            assert call.exception(timeout=RPC_TIMEOUT) is not None
+    finally:
+        s.channel.close()
+
+
 def test_lock_errors_match_etcd(stubs: Stubs) -> None:
     code, msg = rpc_error(lambda: stubs.lock.Lock(lpb.LockRequest(name=b"x", lease=0x1234),
                                                   timeout=RPC_TIMEOUT))

@@ -19,7 +19,6 @@ Semantics kept from etcd 3.4 (e2e/test_lock_election.py checks them against it):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -41,6 +40,7 @@ log = logging.getLogger("datastore.api.lock")
 
 SESSION_TTL = 60  # etcd's concurrency.NewSession default TTL, used when the caller gives no lease
 SELF_CLIENT_TIMEOUT = 10.0  # s per request: above the server's own request timeout (7 s)
+CLEANUP_TIMEOUT = 2.0  # s for deleting the key of a caller that went away
 T = TypeVar("T")
 
 
@@ -108,17 +108,21 @@ async def withdraw_if_abandoned(work: Coroutine[Any, Any, T], client: Client, ke
     that same instant, releases it.)
     """
     task = asyncio.ensure_future(work)
+    # An exception the recipe raises after we stopped listening is expected: retrieve it.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         task.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await task
+        # Bounded, and cancellable by a second cancel: at shutdown the member that would
+        # answer these calls is going away.
+        await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
         try:
-            await client.delete(key)
-        except ClientError as e:
-            log.warning("could not delete an abandoned lock/election key",
-                        extra={"key": key.decode(errors="replace"), "error": e.details})
+            await asyncio.wait_for(client.delete(key), CLEANUP_TIMEOUT)
+        except (ClientError, TimeoutError) as e:
+            log.warning("could not delete an abandoned lock/election key", extra={
+                "key": key.decode(errors="replace"),
+                "error": e.details if isinstance(e, ClientError) else "timed out"})
         raise
 
 
