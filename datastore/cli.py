@@ -22,7 +22,7 @@ log = logging.getLogger("datastore")
 
 async def _serve(ns: argparse.Namespace) -> int:
     from datastore.api.grpcserver import build_grpc_server
-    from datastore.api.http import serve_http
+    from datastore.gateway import serve_member
     from datastore.server.etcdserver import EtcdServer
     from datastore.server.transport import PeerTransport
 
@@ -35,11 +35,12 @@ async def _serve(ns: argparse.Namespace) -> int:
     await server.start()
     server.cluster_ops.start()
     await grpc_server.start()
-    http_servers = await serve_http(server, cfg.listen_metrics_urls)
+    http_gateway = await serve_member(server)  # metrics URLs and --listen-client-http-urls
     log.info("serving client requests", extra={
         "member": cfg.name, "data_dir": cfg.resolved_data_dir,
         "client_urls": list(cfg.listen_client_urls), "member_id": f"{server.member_id:x}",
         "peer_urls": list(cfg.listen_peer_urls), "metrics_urls": list(cfg.listen_metrics_urls),
+        "client_http_urls": list(cfg.listen_client_http_urls),
         "client_tls": not cfg.client_tls.empty(), "peer_tls": not cfg.peer_tls.empty(),
         "version": VERSION})
     stop = asyncio.Event()
@@ -48,8 +49,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    for h in http_servers:
-        h.close()
+    await http_gateway.close()
     await grpc_server.stop(grace=1.0)
     await server.cluster_ops.stop()
     await transport.stop()

@@ -45,6 +45,7 @@ class Config:
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
     listen_metrics_urls: tuple[str, ...] = ()
+    listen_client_http_urls: tuple[str, ...] = ()  # the JSON gateway only (etcd 3.5)
     client_tls: TLSInfo = field(default_factory=TLSInfo)
     peer_tls: TLSInfo = field(default_factory=TLSInfo)
     client_auto_tls: bool = False
@@ -127,6 +128,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--experimental-lease-checkpoint-interval", default="10s")
     a("--experimental-watch-progress-notify-interval", default="10m")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
+    a("--listen-client-http-urls", default="",
+      help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
     a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
     # TLS, with etcd's names: client side (client URLs and https metrics URLs) ...
     a("--cert-file", default="", help="client server TLS certificate file")
@@ -251,6 +254,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
+        listen_client_http_urls=(split_urls(ns.listen_client_http_urls)
+                                 if ns.listen_client_http_urls else ()),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
                            trusted_ca_file=ns.trusted_ca_file,
                            client_cert_auth=ns.client_cert_auth),
@@ -298,7 +303,7 @@ def prepare_tls(cfg: Config) -> Config:
         if not is_secure(url) and client.client_cert_auth:
             log.warning("scheme is HTTP while --client-cert-auth is enabled; ignoring client "
                         "cert auth for this URL", extra={"client_url": url})
-    for url in cfg.listen_metrics_urls:
+    for url in (*cfg.listen_metrics_urls, *cfg.listen_client_http_urls):
         if is_secure(url) and client.empty():
             raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
                              f"CertFile are not presented (give --cert-file and --key-file, "
