@@ -48,6 +48,16 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             isLearner=s.member_id in s.storage.conf_state.learners)
 
     async def Alarm(self, r: rpc.AlarmRequest, ctx: grpc.aio.ServicerContext) -> rpc.AlarmResponse:
+        # etcd 3.4 panics on an unknown action and stores an alarm type it does not know
+        # (which then breaks Status and /health): refuse both before anything is written.
+        if r.action not in (rpc.AlarmRequest.GET, rpc.AlarmRequest.ACTIVATE,
+                            rpc.AlarmRequest.DEACTIVATE):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"etcdserver: unknown alarm action {r.action} (use GET, ACTIVATE "
+                            f"or DEACTIVATE)")
+        if r.action == rpc.AlarmRequest.ACTIVATE and r.alarm not in (rpc.NOSPACE, rpc.CORRUPT):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"etcdserver: unknown alarm type {r.alarm} (NOSPACE or CORRUPT)")
         if r.action == rpc.AlarmRequest.GET:
             resp = rpc.AlarmResponse(header=self.s.header())
             resp.alarms.extend(a for a in self.s.alarms.list()
