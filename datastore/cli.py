@@ -1,4 +1,5 @@
-"""The ``datastore`` command: ``serve`` (the default), ``snapshot restore``, ``bench``, ``version``."""
+"""The ``datastore`` command: ``serve`` (the default), ``snapshot restore``, ``bench``, ``version``,
+``grpc-proxy start``, ``gateway start``."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     sub.add_parser("version", help="print the version")
+    from datastore.proxy.cli import add_gateway_arguments, add_grpc_proxy_arguments
+    add_grpc_proxy_arguments(sub.add_parser("grpc-proxy", help="etcd's gRPC proxy"))
+    add_gateway_arguments(sub.add_parser("gateway", help="etcd's L4 (TCP) gateway"))
     env_warnings: list[str] = []
     if argv[0] == "serve":
         # ETCD_<FLAG> / DATASTORE_<FLAG> variables become flag defaults (etcd's behaviour)
@@ -100,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     for w in env_warnings:
         log.warning(w)
     try:
+        if ns.cmd == "grpc-proxy":
+            from datastore.proxy.cli import run_grpc_proxy
+            return asyncio.run(run_grpc_proxy(ns))
+        if ns.cmd == "gateway":
+            from datastore.proxy.cli import run_tcp_gateway
+            return asyncio.run(run_tcp_gateway(ns))
         if ns.cmd == "snapshot":
             from datastore.server.restore import restore_snapshot
             restore_snapshot(ns.file, config_from_args(ns))
