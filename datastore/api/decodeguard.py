@@ -7,7 +7,9 @@ and so etcd, answers ``INTERNAL`` with ``grpc: error unmarshalling request: ...`
 unary request and ``grpc: failed to unmarshal the received message ...`` for a message
 on a client stream. This interceptor takes decoding over from grpcio (the handler gets
 raw bytes) to answer the same way, and logs at most one warning per
-``WARN_INTERVAL_S`` with the number of requests refused since the last one.
+``WARN_INTERVAL_S`` with the number of requests refused since the last one. A unary
+method left to its generated default (``NotImplementedError``) answers UNIMPLEMENTED
+without a traceback too.
 """
 
 from __future__ import annotations
@@ -84,7 +86,11 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             uu = h.unary_unary
 
             async def unary_unary(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
-                return await uu(await one(raw, ctx), ctx)
+                request = await one(raw, ctx)
+                try:
+                    return await uu(request, ctx)
+                except NotImplementedError:  # a generated stub's default: no traceback either
+                    await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
             return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=ser)
         if h.unary_stream is not None:
             us = h.unary_stream

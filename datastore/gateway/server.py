@@ -188,7 +188,7 @@ def parse_many(route: Route, text: str) -> list[pbmessage.Message]:
             value, pos = dec.raw_decode(text, pos)
             out.append(parse_one(route, json.dumps(value)))
         except (ValueError, RecursionError) as e:
-            log.info("gateway: stopped decoding a streaming request body", extra={"error": str(e)})
+            log.debug("gateway: stopped decoding a streaming request body", extra={"error": str(e)})
             return out
 
 
