@@ -435,7 +435,10 @@ def test_certificate_rotation_without_restart_like_etcd(pki: PKI, tmp_path: Path
         assert health(port, pki.ca.cert) == 200, s.kind
     install(pki.rogue_ca.issue("rotated"))
     for s, port in zip(servers, metrics, strict=True):  # the metrics listener follows too
-        assert health(port, pki.rogue_ca.cert) == 200, s.kind
+        deadline = time.monotonic() + 30  # ours re-checks the files every 2 s
+        while health(port, pki.rogue_ca.cert) != 200:
+            assert time.monotonic() < deadline, s.kind
+            time.sleep(0.05)  # poll interval of the condition above
         assert health(port, pki.ca.cert) != 200, s.kind
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda a: ctl_ok(a[0].client_url, f"--cacert={a[1]}", "get", "k"),
