@@ -1,7 +1,7 @@
 """The static StatefulSet's own container command starts a real 3-member cluster.
 
 No Kubernetes API server runs here, so each pod is played by a local process running the
-command `kubectl kustomize manifests/static` renders (see manifest_cmd for the few
+command `kubectl kustomize manifests/static` renders (see tests/manifests/localrun.py for the few
 substitutions). The real etcdctl then uses the cluster.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from cluster_util import wait_for
-from manifest_cmd import member_proc, member_spec, metrics_port, port_block
 
 from datastore.testing.procs import ServerProc, etcdctl
+from tests.manifests.localrun import member_proc, member_spec, metrics_port, port_block
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datastore.testing.procs import ServerProc, free_port
-from tests.manifests.render import Obj, one, render
+
+from .render import Obj, one, render
 
 NAMESPACE = "default"
 PORT_STRIDE = 10  # ordinal k: client base+10k, peer base+10k+1, metrics base+10k+2
@@ -80,7 +81,7 @@ def substitute(script: str, replacements: dict[str, str]) -> str:
     for old, new in replacements.items():
         count = script.count(old)
         assert count == 1, (f"the manifest's command has {old!r} {count} times, expected once: "
-                            "update the substitutions in e2e/manifest_cmd.py to match the manifest")
+                            "update the substitutions in tests/manifests/localrun.py to match the manifest")
         script = script.replace(old, new)
     return script
 
