@@ -96,8 +96,12 @@ def datastore_shim(directory: Path) -> Path:
 
 
 def member_proc(spec: MemberSpec, ordinal: int, base_port: int, workdir: Path,
-                mounts: dict[str, Path] | None = None) -> ServerProc:
-    """ServerProc running the manifest's command as pod <sts>-<ordinal> would."""
+                volumes: dict[str, Path] | None = None) -> ServerProc:
+    """ServerProc running the manifest's command as pod <sts>-<ordinal> would.
+
+    ``volumes`` maps a volume name of the pod (e.g. a TLS Secret's) to a local directory
+    holding what Kubernetes would mount there; args that name files in it are pointed there.
+    """
     name = spec.pod_name(ordinal)
     client, peer, metrics = (base_port + PORT_STRIDE * ordinal + j for j in range(3))
     command = spec.container["command"]
@@ -114,8 +118,12 @@ def member_proc(spec: MemberSpec, ordinal: int, base_port: int, workdir: Path,
     }
     script = substitute(command[2], replacements)
     args = list(spec.container.get("args", []))
-    for mount_path, local in (mounts or {}).items():
+    for volume, local in (volumes or {}).items():
+        mount_path = spec.mount_path(volume)
+        assert any(mount_path + "/" in a for a in args), f"no arg uses volume {volume}"
         args = [a.replace(mount_path + "/", f"{local}/") for a in args]
+    leftover = [a for a in args if "/etc/" in a or "/var/" in a]
+    assert not leftover, f"args name files of volumes the test did not provide: {leftover}"
     env = {"HOSTNAME": name, "PATH": f"{datastore_shim(workdir / 'bin')}{os.pathsep}{os.environ['PATH']}"}
     fields = {"metadata.name": name, "metadata.namespace": NAMESPACE}
     for e in spec.container.get("env", []):
