@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -69,3 +70,16 @@ def test_every_image_is_the_project_image() -> None:
             spec = obj.get("spec", {}).get("template", {}).get("spec")
             for c in (spec or {}).get("containers", []):
                 assert c["image"] == "ghcr.io/datastore/datastore:0.1.0", (directory, c["name"])
+
+
+def test_pods_run_as_the_image_user() -> None:
+    """runAsUser/runAsGroup name the Containerfile's USER (fsGroup too, for the volumes)."""
+    text = (MANIFESTS.parent / "Containerfile").read_text()
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", text, re.M)
+    assert 'ENTRYPOINT ["datastore", "serve"]' in text
+    for directory in ("operator", "static", "static/tls"):
+        for obj in render(directory):
+            if obj["kind"] in ("Deployment", "StatefulSet"):
+                sc = obj["spec"]["template"]["spec"]["securityContext"]
+                assert (str(sc["runAsUser"]), str(sc["runAsGroup"])) == user, directory
+                assert str(sc.get("fsGroup", user[1])) == user[1], directory
