@@ -46,6 +46,15 @@ def member_list(procs: list[ServerProc]) -> list[dict[str, object]]:
     return sorted(json.loads(out)["members"], key=lambda m: str(m.get("name", "")))
 
 
+def started_members(procs: list[ServerProc]) -> list[dict[str, object]] | None:
+    """The member list once it has 3 started members (None meanwhile, also on errors)."""
+    try:
+        ms = member_list(procs)
+    except subprocess.SubprocessError:
+        return None  # a member still electing or catching up: poll again
+    return ms if len(ms) == 3 and all(m.get("name") and m.get("clientURLs") for m in ms) else None
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -57,12 +66,7 @@ def http_status(url: str) -> int:
 def test_static_statefulset_command_forms_a_cluster(static_cluster: list[ServerProc]) -> None:
     procs = static_cluster
     spec = member_spec("static")
-
-    def all_started() -> list[dict[str, object]] | None:
-        ms = member_list(procs)
-        return ms if len(ms) == 3 and all(m.get("name") and m.get("clientURLs") for m in ms) else None
-
-    members = wait_for(all_started, timeout=60, what="3 started members")
+    members = wait_for(lambda: started_members(procs), timeout=60, what="3 started members")
     assert [m["name"] for m in members] == ["datastore-0", "datastore-1", "datastore-2"]
     for m, p in zip(members, procs, strict=True):
         assert m["peerURLs"] == [p.peer_url] and m["clientURLs"] == [p.client_url]
@@ -87,14 +91,15 @@ def test_restarted_pod_rejoins_with_its_data(static_cluster: list[ServerProc]) -
     """A pod restart runs the same command (--initial-cluster-state new) on its old data."""
     procs = static_cluster
     etcdctl(procs[0].endpoint, "put", "k", "before")
-    ids = {m["name"]: m["ID"] for m in member_list(procs)}
+    ids = {m["name"]: m["ID"] for m in wait_for(lambda: started_members(procs), timeout=60)}
     procs[1].kill()
     etcdctl(procs[0].endpoint, "put", "k", "while-down")
     procs[1].launch().wait_ready(timeout=90)
     wait_for(lambda: etcdctl(procs[1].endpoint, "get", "k", "--print-value-only",
-                             "--consistency=s").stdout.strip() == b"while-down",
+                             "--consistency=s", check=False).stdout.strip() == b"while-down",
              timeout=60, what="restarted member catches up")
-    assert {m["name"]: m["ID"] for m in member_list(procs)} == ids
+    members = wait_for(lambda: started_members(procs), timeout=60)
+    assert {m["name"]: m["ID"] for m in members} == ids
 
 
 def test_command_refuses_a_pod_name_without_ordinal(tmp_path: Path) -> None:

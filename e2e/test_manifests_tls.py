@@ -77,8 +77,10 @@ def test_tls_overlay_command_forms_an_https_cluster(
     eps = ",".join(https(p) for p in procs)
 
     def started() -> dict[str, dict[str, object]] | None:
-        out = etcdctl(eps, *tls_args(ca, client), "member", "list", "-w", "json").stdout
-        ms = json.loads(out)["members"]
+        r = etcdctl(eps, *tls_args(ca, client), "member", "list", "-w", "json", check=False)
+        if r.returncode != 0:
+            return None  # a member still electing or catching up: poll again
+        ms = json.loads(r.stdout)["members"]
         ok = len(ms) == 3 and all(m.get("name") and m.get("clientURLs") for m in ms)
         return {str(m["name"]): m for m in ms} if ok else None
 
