@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .checks import hardening_gaps, named_port, restricted_violations, selects
@@ -82,12 +84,15 @@ def test_probes_use_the_metrics_port(objs: list[Obj]) -> None:
     assert "--listen-metrics-urls http://0.0.0.0:2381" in c["command"][2]
 
 
-def test_data_dir_is_on_the_claim(objs: list[Obj]) -> None:
+def test_data_dir_is_on_the_claim_and_the_quota_fits(objs: list[Obj]) -> None:
     sts = sts_of(objs)
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     mounts = {m["name"]: m["mountPath"] for m in member(objs)["volumeMounts"]}
+    script = member(objs)["command"][2]
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
-    assert f"--data-dir {mounts[claim['metadata']['name']]}/data" in member(objs)["command"][2]
+    assert f"--data-dir {mounts[claim['metadata']['name']]}/data" in script
+    (quota,) = re.findall(r"--quota-backend-bytes (\d+)", script)
+    assert int(quota) <= 2**30 // 2, "NOSPACE must trip long before the volume is full"
 
 
 def test_member_command_shape(objs: list[Obj]) -> None:
