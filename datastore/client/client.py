@@ -60,10 +60,15 @@ class Client:
                   revision: int = 0, limit: int = 0, serializable: bool = False,
                   keys_only: bool = False, count_only: bool = False,
                   sort_order: str | int | None = None,
-                  sort_target: str | int | None = None) -> rpc.RangeResponse:
+                  sort_target: str | int | None = None, min_mod_revision: int = 0,
+                  max_mod_revision: int = 0, min_create_revision: int = 0,
+                  max_create_revision: int = 0) -> rpc.RangeResponse:
         req = range_request(key, prefix=prefix, range_end=range_end, revision=revision, limit=limit,
                             serializable=serializable, keys_only=keys_only, count_only=count_only,
-                            sort_order=sort_order, sort_target=sort_target)
+                            sort_order=sort_order, sort_target=sort_target,
+                            min_mod_revision=min_mod_revision, max_mod_revision=max_mod_revision,
+                            min_create_revision=min_create_revision,
+                            max_create_revision=max_create_revision)
         return await self._unary(stubs.KVStub, "Range", req, Retry.REPEATABLE)
 
     async def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0,

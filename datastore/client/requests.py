@@ -52,11 +52,15 @@ def range_request(key: KeyLike, *, prefix: bool = False, range_end: KeyLike | No
                   revision: int = 0, limit: int = 0, serializable: bool = False,
                   keys_only: bool = False, count_only: bool = False,
                   sort_order: str | int | None = None,
-                  sort_target: str | int | None = None) -> rpc.RangeRequest:
+                  sort_target: str | int | None = None, min_mod_revision: int = 0,
+                  max_mod_revision: int = 0, min_create_revision: int = 0,
+                  max_create_revision: int = 0) -> rpc.RangeRequest:
     k, end = key_range(key, prefix, range_end)
     return rpc.RangeRequest(
         key=k, range_end=end, revision=revision, limit=limit, serializable=serializable,
-        keys_only=keys_only, count_only=count_only,
+        keys_only=keys_only, count_only=count_only, min_mod_revision=min_mod_revision,
+        max_mod_revision=max_mod_revision, min_create_revision=min_create_revision,
+        max_create_revision=max_create_revision,
         sort_order=_enum(_SORT_ORDER, sort_order, "sort_order"),  # type: ignore[arg-type]
         sort_target=_enum(_SORT_TARGET, sort_target, "sort_target"))  # type: ignore[arg-type]
 
