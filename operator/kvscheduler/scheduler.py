@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
@@ -73,7 +73,6 @@ class Stats:
     fenced: int = 0
     unschedulable_writes: int = 0
     terms: int = 0
-    bound_keys: list[str] = field(default_factory=list)
 
 
 class _LostLeadership(Exception):
@@ -356,7 +355,6 @@ class Scheduler:
         resp = await self._write(key, mod_revision, obj.encode(new), "bind")
         if resp is not None:
             self.stats.binds += 1
-            self.stats.bound_keys.append(key)
             self.queue.attempts.pop(key, None)
             logkv(logging.INFO, "bound", pod=key, node=node, revision=resp.header.revision)
 
