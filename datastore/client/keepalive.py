@@ -64,9 +64,10 @@ class KeepAlive:
                 if await self._stream(ep):
                     return
                 why = "stream closed"
-            except (grpc.aio.AioRpcError, TimeoutError) as e:
+            except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+                # InvalidStateError: grpc refuses a write on a call that already ended.
                 why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) \
-                    else "no answer in time"
+                    else "no answer in time" if isinstance(e, TimeoutError) else "stream ended"
             self.pool.failed(ep, why)
             if time.monotonic() >= self._deadline:
                 await self._declare_lost("no renewal succeeded before the TTL ran out")

@@ -113,6 +113,8 @@ class Watch:
                         return
                     why = "stream closed by the server"
                     backoff = BACKOFF_START
+                except asyncio.InvalidStateError:  # grpc refuses a write on an ended call
+                    why = "stream ended"
                 except grpc.aio.AioRpcError as e:
                     if self._cancelled:
                         return

@@ -12,7 +12,7 @@ When the watch's revision has been compacted (or the watch fails for good) it re
 and calls the handlers for the difference between the cache and the fresh list, so the
 handlers always see a consistent sequence of changes and the cache converges to the
 store. Handlers may be plain functions or coroutines; they run in the informer's task,
-one at a time, in revision order.
+one at a time, in revision order; an exception in a handler is logged, not fatal.
 """
 
 from __future__ import annotations
@@ -35,9 +35,16 @@ Handler = Callable[..., Awaitable[object] | object]
 async def _call(h: Handler | None, *args: KeyValue) -> None:
     if h is None:
         return
-    r = h(*args)
-    if inspect.isawaitable(r):
-        await r
+    try:
+        r = h(*args)
+        if inspect.isawaitable(r):
+            await r
+    except Exception:
+        # One failing handler call must not stop the informer (the cache is already
+        # updated); the traceback goes to the log for the owner to fix.
+        log.exception("informer handler failed", extra={
+            "handler": getattr(h, "__qualname__", repr(h)),
+            "key": args[-1].key.decode(errors="replace")})
 
 
 class Informer:
