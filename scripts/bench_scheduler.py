@@ -141,8 +141,8 @@ def main() -> int:
                   f"scheduler cpu {res['sched_cpu_s']:.2f}s)", file=sys.stderr, flush=True)
             results.setdefault(kind, []).append(res)
     med = {k: statistics.median(x["pods_per_s"] for x in v) for k, v in results.items()}
-    lines = [f"kvscheduler, {a.pods} pods over 20 nodes, {a.cluster} member(s), median of {a.rounds} round(s)",
-             "", "| store | pods/s | seconds | scheduler CPU s |", "|---|---:|---:|---:|"]
+    title = f"kvscheduler, {a.pods} pods over 20 nodes, {a.cluster} member(s), median of {a.rounds} round(s)"
+    lines = [title, "", "| store | pods/s | seconds | scheduler CPU s |", "|---|---:|---:|---:|"]
     for k, v in results.items():
         secs = statistics.median(x["seconds"] for x in v)
         cpu = statistics.median(x["sched_cpu_s"] for x in v)
