@@ -48,6 +48,7 @@ log = logging.getLogger("kvscheduler")
 
 ELECTION_PREFIX = "/kvscheduler/leader"
 SCHEDULED_BY = "kvscheduler.datastore.io/scheduled-by"
+INFLIGHT_GRACE = 2.0  # seconds in-flight writes get to finish when a term ends
 
 
 def logkv(level: int, event: str, **fields: Any) -> None:
@@ -215,6 +216,10 @@ class Scheduler:
                       reason="bind fenced" if self._lost.is_set() else "session lease lost")
             finally:
                 self.leading.clear()
+                # Let binds already sent report their outcome (applied, conflict or fenced)
+                # for a short while; cancel what is left.
+                if self._inflight:
+                    await asyncio.wait(set(self._inflight), timeout=INFLIGHT_GRACE)
                 for t in list(self._inflight):
                     t.cancel()
                 await asyncio.gather(*self._inflight, return_exceptions=True)
