@@ -57,9 +57,10 @@ def make_nodes(n: int = 20) -> list[Any]:
 
 
 def make_pods(n: int, rng: random.Random) -> tuple[list[Any], set[str]]:
-    """n pods sized so every 'normal' one fits whatever the order, plus a few that never fit.
-    Returns the pods and the keys of the never-fitting ones."""
+    """n pods: most fit whatever the order; 'pinned-*' ones compete for one small node (some
+    fit, some not); a few never fit anywhere. Returns the pods and the never-fitting keys."""
     pods, never = [], set()
+    pinned_share = 30 / n  # 30 pods x 200m = 6 cpu for a 4-cpu node
     for i in range(n):
         cpu = rng.choice(["50m", "100m", "200m"])
         mem = rng.choice(["64Mi", "128Mi", "256Mi"])
@@ -73,6 +74,10 @@ def make_pods(n: int, rng: random.Random) -> tuple[list[Any], set[str]]:
                              tolerations=[GPU_TOL])
         elif kind < 0.26:
             p = obj.make_pod(f"tolerant-{i}", cpu, mem, tolerations=[GPU_TOL])
+        elif kind < 0.26 + pinned_share:
+            # More than node-00 (4 cpu) can take: its room is contended by concurrent binds,
+            # and whatever is left over must end up Unschedulable.
+            p = obj.make_pod(f"pinned-{i}", "200m", mem, node_selector={"kubernetes.io/hostname": "node-00"})
         else:
             p = obj.make_pod(f"web-{i}", cpu, mem)
         pods.append(p)
@@ -140,6 +145,20 @@ class Recorder:
         return sum(1 for p in self.pods().values() if p["spec"].get("nodeName"))
 
 
+def decided_count(rec: Recorder, pods: list[Any]) -> int:
+    """How many of these pods are bound or marked unschedulable, per the history."""
+    cur = rec.pods()
+    n = 0
+    for p in pods:
+        d = cur.get(obj.key_of(p))
+        if d is None:
+            continue
+        conds = {c["type"]: c for c in d.get("status", {}).get("conditions", [])}
+        if d["spec"].get("nodeName") or conds.get("PodScheduled", {}).get("status") == "False":
+            n += 1
+    return n
+
+
 def pending_decided(rec: Recorder, keys: set[str]) -> bool:
     pods = rec.pods()
     for k in keys:
@@ -188,9 +207,20 @@ def check_history(rec: Recorder, nodes: list[Any], pods: list[Any], never: set[s
         assert ni.requested.milli_cpu <= ni.allocatable.milli_cpu
         assert ni.requested.memory <= ni.allocatable.memory
     assert all(n == 1 for n in binds.values())
+    final_infos = list(infos.values())
+    contended = [0, 0]  # pinned pods left unbound, bound
     for p in pods:
         key = obj.key_of(p)
         final = last[key]
+        if key not in placed:
+            # Left unbound: it must say why, and really fit nowhere in the final state
+            # (nothing was deleted, so the room only shrank since it was decided).
+            cond = obj.pod_condition(final, "PodScheduled")
+            assert cond is not None and (cond.status, cond.reason) == ("False", "Unschedulable"), key
+            assert not feasible(final, final_infos)[0], f"{key} is Unschedulable but fits"
+        if key.rsplit("/", 1)[1].startswith("pinned-"):
+            contended[key in placed] += 1
+            continue
         if key in never:
             assert key not in placed, f"{key} should fit nowhere but was bound to {placed.get(key)}"
             cond = obj.pod_condition(final, "PodScheduled")
@@ -200,6 +230,8 @@ def check_history(rec: Recorder, nodes: list[Any], pods: list[Any], never: set[s
             assert key in placed, f"{key} was never bound"
             cond = obj.pod_condition(final, "PodScheduled")
             assert cond is not None and cond.status == "True"
+    if any(obj.key_of(p).rsplit("/", 1)[1].startswith("pinned-") for p in pods):
+        assert contended[0] > 0 and contended[1] > 0, f"node-00 was not contended: {contended}"
     return by
 
 
@@ -308,7 +340,7 @@ def run_faulty_schedule(tmp_path: Path, procs: list[Any], n_pods: int, seed: int
 
         # 1. kill -9 the scheduler leader mid-run; s1 takes over after the lease TTL.
         create_all(c, phases[0])
-        wait_for(lambda: rec.bound_count() >= quarter // 2, 60, "first binds")
+        wait_for(lambda: decided_count(rec, phases[0]) >= quarter // 2, 60, "first decisions")
         note("kill -9 scheduler leader s0")
         scheds[0].kill()
         wait_for(lambda: election_order(c)[:1] == ["s1"], 60, "s1 elected after s0 was killed")
@@ -321,14 +353,16 @@ def run_faulty_schedule(tmp_path: Path, procs: list[Any], n_pods: int, seed: int
         note("SIGSTOP s2")
         scheds[2].signal(19)  # SIGSTOP
         create_all(c, phases[1])
-        wait_for(lambda: rec.bound_count() >= quarter + quarter // 2, 60, "binds while m2 leads")
+        wait_for(lambda: decided_count(rec, phases[0] + phases[1]) >= quarter + quarter // 2, 60,
+                 "decisions while m2 leads")
         note("kill -9 datastore leader m2")
         s2_member.kill()
         cluster.wait_leader()
         note("datastore has a new leader")
         # 3. writes continue on m0/m1, then compact past everything m2 ever sent to s2.
         create_all(c, phases[2])
-        wait_for(lambda: rec.bound_count() >= 3 * quarter, 90, "phase 3 bound without m2")
+        wait_for(lambda: decided_count(rec, phases[0] + phases[1] + phases[2]) == 3 * quarter, 90,
+                 "phases 1-3 decided without m2")
         note(f"compact at {rec.revision}")
         c.compact(rec.revision)
         s2_member.start()

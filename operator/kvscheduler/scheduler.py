@@ -49,6 +49,7 @@ log = logging.getLogger("kvscheduler")
 ELECTION_PREFIX = "/kvscheduler/leader"
 SCHEDULED_BY = "kvscheduler.datastore.io/scheduled-by"
 INFLIGHT_GRACE = 2.0  # seconds in-flight writes get to finish when a term ends
+RETRY_INITIAL, RETRY_MAX = 0.1, 2.0  # backoff of a bind whose outcome is unknown
 
 
 def logkv(level: int, event: str, **fields: Any) -> None:
@@ -318,17 +319,25 @@ class Scheduler:
     async def _write(self, key: str, mod_revision: int, value: bytes, what: str) -> rpc.TxnResponse | None:
         """The fenced write; None when it did not apply (and why has been handled)."""
         compare, success, failure = self._fenced_txn(key, mod_revision, value)
-        try:
-            resp = await self.c.txn(compare=compare, success=success, failure=failure)
-        except ClientError as e:
-            # Outcome unknown: if it applied, the watch shows it; if not, we decide again.
-            # Either way the mod_revision compare keeps a second bind from succeeding.
-            self.stats.bind_errors += 1
-            logkv(logging.WARNING, f"{what}_error", pod=key, error=str(e))
-            self.cache.forget(key)
-            self.queue.retry_later(key)
-            self._wake.set()
-            return None
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                resp = await self.c.txn(compare=compare, success=success, failure=failure)
+                break
+            except ClientError as e:
+                self.stats.bind_errors += 1
+                if what != "bind":
+                    logkv(logging.WARNING, f"{what}_error", pod=key, error=str(e))
+                    self.queue.retry_later(key)
+                    self._wake.set()
+                    return None
+                # Outcome unknown: the Txn may still apply (a timed-out proposal can commit
+                # later). Keep the pod charged to this node and send the same Txn again: both
+                # compare the same mod_revision, so at most one applies, to this node. Freeing
+                # the room now could let the next decision overcommit the node.
+                logkv(logging.WARNING, "bind_retry", pod=key, error=str(e), delay=delay)
+                await asyncio.sleep(delay)  # retry backoff, not synchronisation
+                delay = min(delay * 2, RETRY_MAX)
         if resp.succeeded:
             return resp
         self.cache.forget(key)
@@ -351,6 +360,8 @@ class Scheduler:
                 self.queue.add(key)
         else:
             self._forget_pod(key)  # deleted meanwhile
+        # The room this pod was charged for is free again: parked pods may fit now.
+        self._requeue_parked("bind failed", key)
         self._wake.set()
         return None
 
