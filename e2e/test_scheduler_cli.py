@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cluster_util import wait_for
 
-from datastore.testing.procs import ServerProc, datastore_proc
+from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc
 
 PODS = """
 apiVersion: v1
@@ -103,3 +103,15 @@ def test_demo_one_command(tmp_path: Path, server: ServerProc) -> None:
     assert "0/7 nodes are available" in out
     assert "47 bound, 3 unschedulable" in out, out
     assert time.monotonic() - t0 < 150
+
+
+@pytest.mark.timeout(180)
+def test_demo_on_real_etcd(tmp_path: Path) -> None:
+    """The scheduler speaks only the etcd API: the same flow runs with etcd 3.4 as the store."""
+    etcd = etcd_proc(tmp_path).start()
+    try:
+        r = cli("kvscheduler", "demo", "--endpoints", etcd.endpoint, "--pods", "20", timeout=150)
+    finally:
+        etcd.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "27 bound, 3 unschedulable" in r.stdout, r.stdout
