@@ -79,8 +79,11 @@ def test_failover_across_leader_kill(cluster: Cluster) -> None:
                 assert (await c.get("/fo/", prefix=True, count_only=True)).count >= len(acked)
             assert c.pool.current != leader.endpoint
             print(f"acked {len(acked)}, failed {failed}")
-            assert len(failed) <= 1, failed
-            assert len(acked) >= 39
+            # Only writes in flight around the election may fail (ambiguously, so the client
+            # does not resend them); once a leader is back every write goes through.
+            assert len(failed) <= 3, failed
+            assert all(f"/fo/{i:03d}" in acked for i in range(10)), "writes before the kill"
+            assert all(f"/fo/{i:03d}" in acked for i in range(25, 40)), failed
             got = {kv.key.decode() for kv in (await c.get("/fo/", prefix=True)).kvs}
             assert set(acked) <= got
     run(body())

@@ -26,7 +26,7 @@ from typing import TypeVar
 import grpc
 
 from datastore import errors as etcd_errors
-from datastore.client.errors import from_rpc_error
+from datastore.client.errors import ClientClosedError, from_rpc_error
 
 log = logging.getLogger("datastore.client")
 T = TypeVar("T")
@@ -111,12 +111,15 @@ class Pool:
         self._index = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.learners: set[str] = set()  # endpoints that refused a request as a learner
+        self.closed = False
 
     @property
     def current(self) -> str:
         return self.endpoints[self._index]
 
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
+        if self.closed:
+            raise ClientClosedError()
         ep = strip_scheme(endpoint) if endpoint else self.current
         ch = self._channels.get(ep)
         if ch is None:
@@ -144,6 +147,7 @@ class Pool:
             "failed": endpoint, "next": self.current, "reason": why})
 
     async def close(self) -> None:
+        self.closed = True
         chans, self._channels = list(self._channels.values()), {}
         for ch in chans:
             await ch.close()

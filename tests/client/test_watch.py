@@ -108,6 +108,7 @@ def test_watch_resumes_across_member_restart(datastore_server: EmbeddedServer) -
             evs = await collect(w, 10)
             await w.cancel()
             assert [e.kv.value for e in evs] == [str(i).encode() for i in range(10)]
+            assert (await c.get("/r/0")).kvs[0].value == b"0", "data kept across the restart"
     run(body())
 
 
@@ -130,3 +131,15 @@ def test_progress_notifications_advance_the_resume_revision() -> None:
                 assert w.next_rev == rev + 1 > before
                 await w.cancel()
         run(body())
+
+
+def test_requested_progress(datastore_server_session: EmbeddedServer, prefix: str) -> None:
+    async def body() -> None:
+        async with Client([datastore_server_session.endpoint]) as c, c.watch(prefix + "quiet") as w:
+            await w.wait_created()
+            rev = (await c.put(prefix + "other", "x")).header.revision
+            assert await w.request_progress()
+            batch = await anext(w)
+            assert batch.progress and not batch.events and batch.revision >= rev
+            assert w.next_rev == batch.revision + 1
+    run(body())

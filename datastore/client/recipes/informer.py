@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
 from datastore.client.client import Client
 from datastore.client.connection import BACKOFF_MAX, BACKOFF_START
-from datastore.client.errors import ClientError, CompactedError
+from datastore.client.errors import ClientClosedError, ClientError, CompactedError
 from datastore.client.requests import KeyLike, to_bytes
 
 log = logging.getLogger("datastore.client")
@@ -102,6 +102,8 @@ class Informer:
                 log.info("informer relisting: watch revision compacted", extra={
                     "prefix": self.prefix.decode(errors="replace"), "revision": self.revision,
                     "compact_revision": e.compact_revision})
+            except ClientClosedError:
+                return
             except ClientError as e:
                 log.warning("informer relisting after error", extra={
                     "prefix": self.prefix.decode(errors="replace"), "error": str(e)})
