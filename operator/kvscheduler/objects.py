@@ -51,12 +51,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def encode(obj: k8s.V1Pod | k8s.V1Node) -> bytes:
     d = to_dict(obj)
-    if isinstance(obj, k8s.V1Node):
-        d.setdefault("apiVersion", "v1")
-        d.setdefault("kind", "Node")
-    else:
-        d.setdefault("apiVersion", "v1")
-        d.setdefault("kind", "Pod")
+    d.setdefault("apiVersion", "v1")
+    d.setdefault("kind", "Node" if isinstance(obj, k8s.V1Node) else "Pod")
     return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
 
 
