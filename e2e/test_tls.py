@@ -333,8 +333,13 @@ def test_auto_tls_cluster_like_etcd(tmp_path: Path, procs: list[ServerProc]) -> 
         members = clusters[kind]
         cp, pp = free_port(), free_port()
         url = f"https://127.0.0.1:{pp}"
-        assert ctl_ok(members[0].client_url, *flags, "member", "add", "a3", "--learner",
-                      f"--peer-urls={url}"), kind
+        # strict reconfig: etcd refuses ("unhealthy cluster") until the leader has been
+        # connected to every voter for 5 s, which a loaded machine can delay: retry until then
+        deadline = time.monotonic() + 60
+        while not ctl_ok(members[0].client_url, *flags, "member", "add", "a3", "--learner",
+                         f"--peer-urls={url}"):
+            assert time.monotonic() < deadline, kind
+            time.sleep(0.5)  # poll interval of the condition above
         initial = ",".join([*(f"{m.name}={m.peer_url}" for m in members), f"a3={url}"])
         joiners[kind] = mk(tmp_path / kind, name="a3", client_port=cp, peer_port=pp,
                            state="existing", initial_cluster=initial, peer_scheme="https",
