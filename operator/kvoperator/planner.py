@@ -16,7 +16,7 @@ tried (the first that applies wins):
    existing`` and an initial cluster built from the live member list.
 3. Fewer live voters than a quorum: nothing destructive; Degraded with what to do.
 4. A member that lost its data (it has started once, its data is gone), keeps crashing
-   or whose process reports another member or cluster ID is removed, so that it is
+   (and is not healthy right now) or whose process reports another member or cluster ID is removed, so that it is
    re-added with a new ID and fresh data -- only when the rest keeps a quorum.
 5. A process/pod whose slot has no member in the list is deleted with its data.
 6. Membership changes only while every voter is live: a learner is promoted once it
@@ -167,7 +167,7 @@ def _failure(o: Observed, m: Member) -> str:
     started = bool(m.name)
     if started and (w is None or not w.has_data):
         return f"member {m.name} ({m.id:x}) lost its data"
-    if w is not None and w.restarts >= CRASHLOOP_RESTARTS:
+    if w is not None and w.restarts >= CRASHLOOP_RESTARTS and not is_live(o, m):
         return f"member {o.member_name(m.ordinal)} ({m.id:x}) keeps crashing ({w.restarts} restarts)"
     if w is not None and w.phase is Phase.RUNNING and st is not None:
         if st.member_id != m.id:
