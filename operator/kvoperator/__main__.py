@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -37,9 +38,13 @@ def _local(ns: argparse.Namespace) -> int:
 def _kube(ns: argparse.Namespace) -> int:
     from kvoperator.kube import run_kubernetes
 
+    tls = None
+    if ns.ca_file or ns.cert_file:
+        from datastore.client import TLSConfig
+        tls = TLSConfig(ns.ca_file, ns.cert_file, ns.key_file)
     return asyncio.run(_run_until_signal(
         lambda stop: run_kubernetes(stop, namespace=ns.namespace, kubeconfig=ns.kubeconfig,
-                                    interval=ns.interval)))
+                                    interval=ns.interval, health_port=ns.health_port, tls=tls)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
     run.add_argument("--kubeconfig", default=None, help="default: in-cluster config, then ~/.kube/config")
     run.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
+    run.add_argument("--health-port", type=int, default=8080, help="serve /healthz here (0.0.0.0)")
+    run.add_argument("--ca-file", default=os.environ.get("KVOPERATOR_CA_FILE"),
+                     help="CA of the members' client certificates (https client URLs)")
+    run.add_argument("--cert-file", default=os.environ.get("KVOPERATOR_CERT_FILE"),
+                     help="client certificate the operator presents (client-cert-auth)")
+    run.add_argument("--key-file", default=os.environ.get("KVOPERATOR_KEY_FILE"))
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(ns.log_level)
     if ns.cmd == "local":

@@ -16,8 +16,9 @@ tried (the first that applies wins):
    existing`` and an initial cluster built from the live member list.
 3. Fewer live voters than a quorum: nothing destructive; Degraded with what to do.
 4. A member that lost its data (it has started once, its data is gone), keeps crashing
-   (and is not healthy right now) or whose process reports another member or cluster ID is removed, so that it is
-   re-added with a new ID and fresh data -- only when the rest keeps a quorum.
+   (and is not healthy now) or whose process reports another member or cluster ID is
+   removed, so that it is re-added with a new ID and fresh data -- only when the rest
+   keeps a quorum.
 5. A process/pod whose slot has no member in the list is deleted with its data.
 6. Membership changes only while every voter is live: a learner is promoted once it
    has caught up (or removed when it is not needed), never two learners; then scale up
