@@ -1,0 +1,169 @@
+"""Endpoints, channels and the failover/retry rule for unary calls.
+
+One ``grpc.aio`` channel per endpoint, created on first use. Requests go to the
+*current* endpoint; an answer that says "this member cannot serve you" (UNAVAILABLE,
+``etcdserver: no leader``, a learner's refusal) makes the pool move on to the next one.
+
+Whether the failed call is then retried follows etcd's clientv3 (retry_interceptor.go):
+*repeatable* calls (reads, lease calls, member list, status...) are retried on any
+UNAVAILABLE; *non-repeatable* calls (writes, member changes, compaction, defragment) only
+when the request provably never ran: the connection could not be made, or the member
+rejected it up front (no leader, learner). A write that may have been applied is never
+sent twice; the caller gets the error and decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from datastore import errors as etcd_errors
+from datastore.client.errors import from_rpc_error
+
+log = logging.getLogger("datastore.client")
+T = TypeVar("T")
+
+# The member rejected the request before executing it: safe to send elsewhere.
+_REJECTED_UNEXECUTED = frozenset({
+    etcd_errors.ErrNoLeader.message,
+    etcd_errors.ErrNotSupportedForLearner.message,
+    etcd_errors.ErrNotCapable.message,
+})
+# grpc's wording when no connection could be made (the request never left the client).
+_NOT_SENT_MARKERS = ("failed to connect to all addresses", "Connection refused",
+                     "no address available", "no connection available")
+BACKOFF_START, BACKOFF_MAX = 0.05, 0.5
+CHANNEL_OPTIONS = [
+    # A member that comes back must be usable again within about a second.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Notice a silently dead member on a long-lived stream (watch, keep-alive).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class Retry(enum.Enum):
+    REPEATABLE = "repeatable"  # idempotent: retried after any UNAVAILABLE
+    NON_REPEATABLE = "non_repeatable"  # retried only if it certainly did not run
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """PEM files for TLS: the CA that signed the servers, and optionally a client cert/key."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(p: str | None) -> bytes | None:
+            return Path(p).read_bytes() if p else None
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+def strip_scheme(ep: str) -> str:
+    for scheme in ("http://", "https://", "unix://"):
+        if ep.startswith(scheme):
+            return ep[len(scheme):]
+    return ep
+
+
+def moves_on(e: grpc.RpcError) -> bool:
+    """This member cannot serve requests now: use the next endpoint."""
+    code = e.code() if hasattr(e, "code") else None
+    return code == grpc.StatusCode.UNAVAILABLE or (e.details() or "") in _REJECTED_UNEXECUTED
+
+
+def not_sent(e: grpc.RpcError) -> bool:
+    details = e.details() or ""
+    return details in _REJECTED_UNEXECUTED or any(m in details for m in _NOT_SENT_MARKERS)
+
+
+def safe_to_retry(e: grpc.RpcError, policy: Retry) -> bool:
+    if policy is Retry.REPEATABLE:
+        return moves_on(e)
+    return not_sent(e)
+
+
+class Pool:
+    """The endpoints of one Client and a channel to each."""
+
+    def __init__(self, endpoints: Sequence[str] | str, tls: TLSConfig | None = None,
+                 timeout: float = 5.0) -> None:
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not eps:
+            raise ValueError("Client needs at least one endpoint, e.g. ['127.0.0.1:2379']")
+        self.endpoints = [strip_scheme(e) for e in eps]
+        self.tls = tls
+        self.timeout = timeout
+        self._index = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def current(self) -> str:
+        return self.endpoints[self._index]
+
+    def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
+        ep = strip_scheme(endpoint) if endpoint else self.current
+        ch = self._channels.get(ep)
+        if ch is None:
+            if self.tls is not None:
+                ch = grpc.aio.secure_channel(ep, self.tls.credentials(), options=CHANNEL_OPTIONS)
+            else:
+                ch = grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
+            self._channels[ep] = ch
+        return ch
+
+    def failed(self, endpoint: str, why: str) -> None:
+        """``endpoint`` could not serve a request: later requests go to the next one."""
+        if endpoint == self.current and len(self.endpoints) > 1:
+            self._index = (self._index + 1) % len(self.endpoints)
+            log.info("client endpoint failover", extra={
+                "failed": endpoint, "next": self.current, "reason": why})
+
+    async def close(self) -> None:
+        chans, self._channels = list(self._channels.values()), {}
+        for ch in chans:
+            await ch.close()
+
+    async def call(self, invoke: Callable[[grpc.aio.Channel, float], Awaitable[T]], policy: Retry,
+                   endpoint: str | None = None, budget: float | None = None) -> T:
+        """Run ``invoke(channel, per_try_timeout)`` with failover and etcd's retry rule.
+
+        With ``endpoint`` set, only that member is asked (no failover)."""
+        deadline = time.monotonic() + (self.timeout if budget is None else budget)
+        backoff = BACKOFF_START
+        tried_this_round = 0
+        while True:
+            ep = strip_scheme(endpoint) if endpoint else self.current
+            remaining = deadline - time.monotonic()
+            try:
+                return await invoke(self.channel(ep), max(remaining, 0.001))
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e, ep)
+                if endpoint is None and moves_on(e):
+                    self.failed(ep, err.details)
+                retry = endpoint is None and safe_to_retry(e, policy)
+                if not retry or time.monotonic() >= deadline:
+                    raise err from None
+                tried_this_round += 1
+                if tried_this_round >= len(self.endpoints):
+                    # Every member refused once: give the cluster time (e.g. an election).
+                    tried_this_round = 0
+                    pause = min(backoff, max(deadline - time.monotonic(), 0))
+                    await asyncio.sleep(pause)  # retry backoff, not synchronisation
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+
+
