@@ -312,6 +312,7 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_operator_local_soak(op: Operator) -> None:
     """Random sizes and faults for a few minutes; the same checks after every step."""
     rnd = random.Random(int(os.environ.get("KVOP_SOAK_SEED", "7")))

@@ -166,7 +166,11 @@ def _failure(o: Observed, m: Member) -> str:
         return ""
     w, st = o.workloads.get(m.ordinal), o.statuses.get(m.ordinal)
     started = bool(m.name)
-    if started and (w is None or not w.has_data):
+    # A running process keeps its open files, and a fresh learner publishes its name right
+    # after creating its data dir (which the observation may have looked at just before):
+    # only a member that is not running and has no data has lost it.
+    running = w is not None and w.phase in (Phase.RUNNING, Phase.PENDING)
+    if started and not running and (w is None or not w.has_data):
         return f"member {m.name} ({m.id:x}) lost its data"
     if w is not None and w.restarts >= CRASHLOOP_RESTARTS and not is_live(o, m):
         return f"member {o.member_name(m.ordinal)} ({m.id:x}) keeps crashing ({w.restarts} restarts)"
@@ -237,6 +241,7 @@ def plan(o: Observed) -> Action:
         if after_v >= 1 and after_live >= quorum(after_v):
             return Action(ActionKind.REMOVE_MEMBER, f"{why}: removing it to re-add it with a new ID "
                           "and fresh data", "ReplacingMember", ordinal=m.ordinal, member_id=m.id)
+        # Defensive: every failure above implies "not live", so rule 3 already covers this.
         return Action(ActionKind.DEGRADED, f"{why}, but removing it would leave {after_live} live of "
                       f"{after_v} voters, below a quorum: waiting for other members to recover",
                       "ReplaceBlocked", ordinal=m.ordinal, member_id=m.id)
@@ -270,15 +275,16 @@ def plan(o: Observed) -> Action:
                           f"{nv} voters, size {o.size}", "ScalingDown",
                           ordinal=m.ordinal, member_id=m.id)
         st = o.statuses.get(m.ordinal) if m.ordinal is not None else None
+        label = m.name or o.member_name(m.ordinal if m.ordinal is not None else 0)
         if not is_live(o, m) or st is None:
-            return Action(ActionKind.WAIT, f"learner {o.member_name(m.ordinal or 0)} is starting",
+            return Action(ActionKind.WAIT, f"learner {label} is starting",
                           "ScalingUp", ordinal=m.ordinal, member_id=m.id)
         target = max((_applied(o, x) for x in voters if x.id == leader), default=0)
         if st.applied_index > 0 and st.applied_index * 100 >= target * LEARNER_READY_PERCENT:
-            return Action(ActionKind.PROMOTE, f"learner {m.name} has caught up (applied "
+            return Action(ActionKind.PROMOTE, f"learner {label} has caught up (applied "
                           f"{st.applied_index} of {target}): promoting it", "ScalingUp",
                           ordinal=m.ordinal, member_id=m.id)
-        return Action(ActionKind.WAIT, f"learner {m.name} is catching up (applied "
+        return Action(ActionKind.WAIT, f"learner {label} is catching up (applied "
                       f"{st.applied_index} of {target})", "ScalingUp", ordinal=m.ordinal, member_id=m.id)
     if nv < o.size:
         free = next(i for i in range(len(members) + len(o.workloads) + 1)

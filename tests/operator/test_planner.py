@@ -144,9 +144,12 @@ CASES = [
      "3 healthy voters"),
     ("stale-process-replaced", _stale_process(), ActionKind.REMOVE_MEMBER, 2, "does not match"),
     ("other-cluster-replaced", _other_cluster(), ActionKind.REMOVE_MEMBER, 1, "does not match"),
-    ("replace-blocked-without-quorum-of-rest",
-     with_workload(without_status(cluster(3), 2), Workload(0, Phase.RUNNING, has_data=False), 0),
-     ActionKind.DEGRADED, 0, "below a quorum"),
+    ("running-member-without-data-dir-not-replaced-yet",  # fresh learner raced the observation
+     with_workload(cluster(3), Workload(2, Phase.RUNNING, has_data=False), 2), ActionKind.NONE, None,
+     "3 healthy voters"),
+    ("lost-data-of-two-blocked-by-quorum",
+     with_workload(with_workload(cluster(3), Workload(1, Phase.EXITED, has_data=False), 1),
+                   Workload(2, Phase.EXITED, has_data=False), 2), ActionKind.DEGRADED, None, "quorum lost"),
     # quorum loss: nothing destructive, say what to do
     ("quorum-lost-degraded", without_status(cluster(3), 1, 2), ActionKind.DEGRADED, None, "snapshot"),
     ("quorum-lost-no-cleanup", members_without(without_status(cluster(4), 1, 2), 3),
