@@ -28,7 +28,8 @@ def _local(ns: argparse.Namespace) -> int:
     from kvoperator.local import LocalPlatform
     from kvoperator.reconcile import Reconciler
 
-    platform = LocalPlatform(Path(ns.manifest), Path(ns.workdir), ns.base_port)
+    platform = LocalPlatform(Path(ns.manifest), Path(ns.workdir), ns.base_port,
+                             crd=Path(ns.crd) if ns.crd else None)
     rec = Reconciler(platform, ClientClusterAPI(), interval=ns.interval)
     log.info("operator started", extra={"platform": "local", "manifest": ns.manifest,
                                         "workdir": str(platform.workdir), "base_port": ns.base_port})
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     loc.add_argument("--base-port", type=int, required=True,
                      help="member i: client port P+10i, peer P+10i+1, metrics P+10i+2")
     loc.add_argument("--interval", type=float, default=1.0, help="seconds between passes when idle")
+    loc.add_argument("--crd", default=None, help="validate the manifest against this CRD "
+                     "(default: manifests/crd/datastoreclusters.yaml of the checkout, if there)")
     run = sub.add_parser("run", help="reconcile DatastoreCluster objects in a Kubernetes cluster")
     run.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
     run.add_argument("--kubeconfig", default=None, help="default: in-cluster config, then ~/.kube/config")

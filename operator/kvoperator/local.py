@@ -36,6 +36,7 @@ log = logging.getLogger("kvoperator.local")
 BACKOFF_BASE_S = 0.5  # a member that exited is restarted after 0.5 s, 1 s, 2 s, ... (max 10 s)
 BACKOFF_MAX_S = 10.0
 STOP_TIMEOUT_S = 10.0
+DEFAULT_CRD = Path(__file__).resolve().parents[2] / "manifests" / "crd" / "datastoreclusters.yaml"
 
 
 def _proc_args(pid: int) -> list[str] | None:
@@ -52,7 +53,8 @@ def _proc_args(pid: int) -> list[str] | None:
 
 class LocalPlatform:
     def __init__(self, manifest: Path, workdir: Path, base_port: int,
-                 python: str = sys.executable, extra_args: tuple[str, ...] = ()) -> None:
+                 python: str = sys.executable, extra_args: tuple[str, ...] = (),
+                 crd: Path | None = None) -> None:
         self.manifest = Path(manifest)
         self.workdir = Path(workdir).resolve()
         self.base_port = base_port
@@ -63,6 +65,9 @@ class LocalPlatform:
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> child we started
         self._status: dict[str, Any] | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
+        crd = crd if crd is not None else DEFAULT_CRD
+        # Validate edits as the API server would, when the CRD is at hand (a checkout).
+        self.schema = specmod.crd_schema(yaml.safe_load(crd.read_text())) if crd.exists() else None
 
     # ---- the manifest -------------------------------------------------------------------
     async def load_spec(self) -> ClusterSpec | None:
@@ -79,7 +84,11 @@ class LocalPlatform:
         self._spec_key = key
         try:
             raw = self.manifest.read_bytes()
-            spec = specmod.parse(yaml.safe_load(raw) or {})
+            obj = yaml.safe_load(raw) or {}
+            errors = specmod.schema_errors(obj, self.schema) if self.schema else []
+            if errors:
+                raise specmod.SpecError("; ".join(errors))
+            spec = specmod.parse(obj)
         except (OSError, yaml.YAMLError, specmod.SpecError) as e:
             log.warning("manifest not valid; keeping the last good one (fix the file)",
                         extra={"manifest": str(self.manifest), "error": str(e)})
