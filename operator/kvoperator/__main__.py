@@ -43,9 +43,16 @@ def _kube(ns: argparse.Namespace) -> int:
     if ns.ca_file or ns.cert_file:
         from datastore.client import TLSConfig
         tls = TLSConfig(ns.ca_file, ns.cert_file, ns.key_file)
-    return asyncio.run(_run_until_signal(
-        lambda stop: run_kubernetes(stop, namespace=ns.namespace, kubeconfig=ns.kubeconfig,
-                                    interval=ns.interval, health_port=ns.health_port, tls=tls)))
+    from kubernetes.config import ConfigException
+
+    try:
+        return asyncio.run(_run_until_signal(
+            lambda stop: run_kubernetes(stop, namespace=ns.namespace, kubeconfig=ns.kubeconfig,
+                                        interval=ns.interval, health_port=ns.health_port, tls=tls)))
+    except ConfigException as e:
+        print(f"kvoperator: no Kubernetes API to talk to ({e}); run it in a cluster (in-cluster "
+              "config) or pass --kubeconfig FILE", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
