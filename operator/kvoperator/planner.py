@@ -169,7 +169,7 @@ def _failure(o: Observed, m: Member) -> str:
     # A running process keeps its open files, and a fresh learner publishes its name right
     # after creating its data dir (which the observation may have looked at just before):
     # only a member that is not running and has no data has lost it.
-    running = w is not None and w.phase in (Phase.RUNNING, Phase.PENDING)
+    running = w is not None and w.phase is Phase.RUNNING
     if started and not running and (w is None or not w.has_data):
         return f"member {m.name} ({m.id:x}) lost its data"
     if w is not None and w.restarts >= CRASHLOOP_RESTARTS and not is_live(o, m):

@@ -135,6 +135,9 @@ CASES = [
     # replacement
     ("data-lost-replaced", with_workload(cluster(3), Workload(2, Phase.EXITED, has_data=False), 2),
      ActionKind.REMOVE_MEMBER, 2, "lost its data"),
+    ("data-lost-pod-pending-without-pvc-replaced",
+     with_workload(cluster(3), Workload(1, Phase.PENDING, has_data=False), 1), ActionKind.REMOVE_MEMBER, 1,
+     "lost its data"),
     ("data-lost-no-workload-replaced", with_workload(cluster(3), None, 1), ActionKind.REMOVE_MEMBER, 1,
      "new ID"),
     ("crashloop-replaced", with_workload(cluster(3), Workload(0, Phase.EXITED, CRASHLOOP_RESTARTS), 0),
