@@ -104,7 +104,26 @@ def quota_bytes(storage_size: str) -> int:
     return int(min(total / 2, 8 * 2**30))
 
 
-def member_pod(s: ClusterSpec, i: int, initial_cluster: str, state: str, learner: bool) -> dict[str, Any]:
+class DNSURLs:
+    """Member URLs from the pods' stable DNS names (what runs in a real cluster)."""
+
+    def client_url(self, s: ClusterSpec, i: int) -> str:
+        return client_url(s, i)
+
+    def peer_url(self, s: ClusterSpec, i: int) -> str:
+        return peer_url(s, i)
+
+    def ordinal_of(self, s: ClusterSpec, url: str) -> int | None:
+        parts = (urlparse(url).hostname or "").split(".")
+        if len(parts) < 2 or parts[1] != headless_name(s) or not parts[0].startswith(f"{s.name}-"):
+            return None
+        tail = parts[0][len(s.name) + 1:]
+        return int(tail) if tail.isdigit() else None
+
+
+def member_pod(s: ClusterSpec, i: int, initial_cluster: str, state: str, learner: bool,
+               urls: DNSURLs | None = None) -> dict[str, Any]:
+    urls = urls or DNSURLs()
     name = member_name(s, i)
     cscheme = "https" if s.tls.server_secret_name else "http"
     pscheme = "https" if s.tls.peer_secret_name else "http"
@@ -112,9 +131,9 @@ def member_pod(s: ClusterSpec, i: int, initial_cluster: str, state: str, learner
         f"--name={name}",
         f"--data-dir={DATA_MOUNT}/data",
         f"--listen-client-urls={cscheme}://0.0.0.0:{CLIENT_PORT}",
-        f"--advertise-client-urls={client_url(s, i)}",
+        f"--advertise-client-urls={urls.client_url(s, i)}",
         f"--listen-peer-urls={pscheme}://0.0.0.0:{PEER_PORT}",
-        f"--initial-advertise-peer-urls={peer_url(s, i)}",
+        f"--initial-advertise-peer-urls={urls.peer_url(s, i)}",
         f"--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}",
         f"--initial-cluster={initial_cluster}",
         f"--initial-cluster-state={state}",
@@ -388,7 +407,9 @@ def real_clients(kubeconfig: str | None = None) -> KubeClients:
 class KubernetesPlatform:
     """The Platform of one DatastoreCluster, over the caches and the client surface."""
 
-    def __init__(self, k: KubeClients, crs: ListWatch, pods: ListWatch, namespace: str, name: str) -> None:
+    def __init__(self, k: KubeClients, crs: ListWatch, pods: ListWatch, namespace: str, name: str,
+                 urls: DNSURLs | None = None) -> None:
+        self.urls = urls or DNSURLs()
         self.k = k
         self.crs = crs
         self.pods = pods
@@ -415,18 +436,13 @@ class KubernetesPlatform:
         return self.spec
 
     def client_url(self, ordinal: int) -> str:
-        return client_url(self._s(), ordinal)
+        return self.urls.client_url(self._s(), ordinal)
 
     def peer_url(self, ordinal: int) -> str:
-        return peer_url(self._s(), ordinal)
+        return self.urls.peer_url(self._s(), ordinal)
 
     def ordinal_of(self, url: str) -> int | None:
-        s = self._s()
-        parts = (urlparse(url).hostname or "").split(".")
-        if len(parts) < 2 or parts[1] != headless_name(s) or not parts[0].startswith(f"{s.name}-"):
-            return None
-        tail = parts[0][len(s.name) + 1:]
-        return int(tail) if tail.isdigit() else None
+        return self.urls.ordinal_of(self._s(), url)
 
     def _my_pods(self) -> dict[int, dict[str, Any]]:
         out = {}
@@ -468,7 +484,7 @@ class KubernetesPlatform:
         learner = any(m.is_learner for m in (self.observed.members or ()) if m.ordinal == ordinal) \
             if self.observed is not None else False
         await asyncio.to_thread(self.k.core.create_namespaced_pod, ns,
-                                member_pod(s, ordinal, initial_cluster, state, learner))
+                                member_pod(s, ordinal, initial_cluster, state, learner, self.urls))
 
     async def delete_member(self, ordinal: int, delete_data: bool) -> None:
         s = self._s()
@@ -558,7 +574,8 @@ class KubeOperator:
     """Watches DatastoreClusters and member pods; reconciles every cluster, one action each."""
 
     def __init__(self, k: KubeClients, api: ClusterAPI, namespace: str | None = None,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0, urls: DNSURLs | None = None) -> None:
+        self.urls = urls
         self.k = k
         self.api = api
         self.interval = interval
@@ -597,7 +614,8 @@ class KubeOperator:
         for key in sorted(keys):
             rec = self.reconcilers.get(key)
             if rec is None:
-                rec = Reconciler(KubernetesPlatform(self.k, self.crs, self.pods, *key), self.api)
+                rec = Reconciler(KubernetesPlatform(self.k, self.crs, self.pods, *key, urls=self.urls),
+                                 self.api)
                 self.reconcilers[key] = rec
             try:
                 out[key] = await rec.reconcile_once()

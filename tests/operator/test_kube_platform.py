@@ -1,7 +1,7 @@
 """KubernetesPlatform against a recording stand-in of the ``kubernetes`` client surface.
 
-There is no API server here. ``FakeKube`` keeps objects by kind and records every call;
-its watch replays queued events and can answer ``410 Gone``. The members' Cluster API is
+There is no API server here. ``kvoperator.testing.FakeKube`` keeps objects by kind and
+records every call; its watch replays queued events and can answer ``410 Gone``. The members' Cluster API is
 unreachable in these tests (no pod runs), so the planner sees only pods and PVCs: which
 is exactly the part of the decision the Kubernetes side owns.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from kvoperator import spec as specmod
 from kvoperator.etcdapi import ClusterAPIError
 from kvoperator.kube import (
     ROLE_LABEL,
-    KubeClients,
     KubeOperator,
     KubernetesPlatform,
     ListWatch,
@@ -35,6 +33,7 @@ from kvoperator.kube import (
     pod_workload,
 )
 from kvoperator.planner import ActionKind, Member, Observed, Phase
+from kvoperator.testing import FakeKube
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "prod"
@@ -45,94 +44,6 @@ def cr(size: int = 3, **spec: Any) -> dict[str, Any]:
             "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": 4,
                          "resourceVersion": "1"},
             "spec": {"size": size, **spec}}
-
-
-class Recorder:
-    """One API group of the stand-in: every method call is recorded and served from `store`."""
-
-    def __init__(self, kube: FakeKube) -> None:
-        self.kube = kube
-
-    def __getattr__(self, method: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.kube.calls.append((method, args, kwargs))
-            return self.kube.serve(method, args, kwargs)
-        return call
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self.store: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
-            "pod": {}, "pvc": {}, "service": {}, "pdb": {}, "cr": {}, "event": {}}
-        self.rv = 100
-        self.watch_script: dict[str, list[Any]] = {}  # list method -> events or exceptions
-        self.core, self.policy, self.custom = Recorder(self), Recorder(self), Recorder(self)
-
-    def clients(self) -> KubeClients:
-        from kubernetes.client import ApiClient
-        return KubeClients(self.core, self.policy, self.custom, self.watch,
-                           ApiClient().sanitize_for_serialization)
-
-    def _rv(self) -> str:
-        self.rv += 1
-        return str(self.rv)
-
-    def serve(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-        kinds = {"pod": "pod", "persistent_volume_claim": "pvc", "service": "service",
-                 "pod_disruption_budget": "pdb", "event": "event"}
-        verb = method.split("_", 1)[0]
-        kind = next((v for k, v in kinds.items() if method.endswith(k) or method.endswith(k + "s")
-                     or f"_{k}_for" in method), "cr")
-        if method.startswith("list"):
-            items = list(self.store[kind].values())
-            if "label_selector" in kw:
-                want = dict(x.split("=", 1) for x in kw["label_selector"].split(","))
-                items = [o for o in items if all(o["metadata"].get("labels", {}).get(k) == v
-                                                 for k, v in want.items())]
-            return {"metadata": {"resourceVersion": str(self.rv)}, "items": items}
-        if verb == "create":
-            ns, body = args
-            key = (ns, body["metadata"].get("name") or f"{body['metadata']['generateName']}{self.rv}")
-            if key in self.store[kind]:
-                raise ApiException(status=409, reason="AlreadyExists")
-            obj = {**body, "metadata": {**body["metadata"], "namespace": ns, "name": key[1],
-                                        "resourceVersion": self._rv()}}
-            self.store[kind][key] = obj
-            return obj
-        if verb == "delete":
-            name, ns = args[0], args[1]
-            if (ns, name) not in self.store[kind]:
-                raise ApiException(status=404, reason="NotFound")
-            return self.store[kind].pop((ns, name))
-        if method == "patch_namespaced_custom_object_status":
-            _g, _v, ns, _p, name, body = args
-            self.store["cr"][(ns, name)]["status"] = body["status"]
-            return self.store["cr"][(ns, name)]
-        if verb == "patch":
-            name, ns, body = args
-            obj = self.store[kind][(ns, name)]
-            for part, val in body.items():
-                if isinstance(val, dict) and isinstance(obj.get(part), dict):
-                    for k, v in val.items():
-                        if isinstance(v, dict) and isinstance(obj[part].get(k), dict):
-                            obj[part][k] = {**obj[part][k], **v}
-                        else:
-                            obj[part][k] = v
-                else:
-                    obj[part] = val
-            return obj
-        raise AssertionError(f"unexpected call {method}")
-
-    def watch(self, fn: Any, **kw: Any) -> Iterator[dict[str, Any]]:
-        self.calls.append(("watch", (getattr(fn, "__name__", str(fn)),), kw))
-        for ev in self.watch_script.pop(kw.get("plural") or "pods", []):
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-
-    def made(self, method: str) -> list[Any]:
-        return [args for m, args, _ in self.calls if m == method]
 
 
 class Unreachable:
