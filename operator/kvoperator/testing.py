@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import signal
 import subprocess
@@ -44,8 +45,10 @@ class _Recorder:
 
     def __getattr__(self, method: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
+            # Copies, as the wire would make: later changes to the objects do not rewrite history.
+            args, kwargs = copy.deepcopy(args), copy.deepcopy(kwargs)
             self._kube.calls.append((method, args, kwargs))
-            return self._kube.serve(method, args, kwargs)
+            return copy.deepcopy(self._kube.serve(method, copy.deepcopy(args), kwargs))
         call.__name__ = method
         return call
 
