@@ -302,7 +302,14 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
         wait_for(lambda: op.converged(5), "convergence at 5 after the operator restart", diag=op.diag)
         check_cluster(op, writer)
 
+        # the member to remove first is the leader: leadership moves away before MemberRemove
+        eps = ",".join(op.endpoint(i) for i in range(5))
+        etcdctl(eps, "move-leader", member_ids(op)[f"{NAME}-4"])
+        wait_for(lambda: op.status().get("leaderID") == member_ids(op)[f"{NAME}-4"], "e2e-4 to lead")
         op.scale(3)
+        actions = [json.loads(line) for line in op.log.read_text().splitlines() if '"action"' in line]
+        moved = [a for a in actions if a.get("action") == "MoveLeader" and a.get("outcome") == "done"]
+        assert moved and f"{NAME}-4 is to be removed and is the leader" in moved[0]["reason"], actions[-12:]
         check_cluster(op, writer)
         op.scale(1)
         check_cluster(op, writer)
