@@ -20,7 +20,8 @@ tried (the first that applies wins):
    removed, so that it is re-added with a new ID and fresh data -- only when the rest
    keeps a quorum.
 5. A process/pod whose slot has no member in the list is deleted with its data.
-6. Membership changes only while every voter is live: a learner is promoted once it
+6. Membership changes only while every voter is live (and every member is one of
+   ours: a member added by hand outside the slots is reported): a learner is promoted once it
    has caught up (or removed when it is not needed), never two learners; then scale up
    (lowest free ordinal, MemberAdd as learner) or down (highest ordinal: move the
    leadership away first, then MemberRemove; rule 5 then deletes its process and data).
@@ -255,6 +256,13 @@ def plan(o: Observed) -> Action:
                           ordinal=ordinal, delete_data=True)
 
     # 6. Membership changes: only while every voter is live.
+    foreign = [m for m in members if m.ordinal is None]
+    if foreign:
+        m = foreign[0]
+        return Action(ActionKind.DEGRADED, f"member {m.name or '?'} ({m.id:x}, {', '.join(m.peer_urls)}) "
+                      "is not one of this cluster's slots, so its health cannot be checked and no "
+                      f"membership change is safe: remove it (etcdctl member remove {m.id:x}) if it "
+                      "does not belong here", "ForeignMember", member_id=m.id)
     sick = [m for m in voters if not is_live(o, m)]
     if sick:
         names = ", ".join(m.name or f"{m.id:x}" for m in sick)

@@ -159,6 +159,9 @@ CASES = [
      ActionKind.DEGRADED, None, "quorum lost"),
     ("single-member-lost-data", with_workload(cluster(1), Workload(0, Phase.EXITED, has_data=False), 0),
      ActionKind.DEGRADED, None, "quorum lost"),
+    ("foreign-member-reported", replace(cluster(3), members=(*(cluster(3).members or ()),
+                                                             Member(0x777, "x", ("http://10.0.0.9:2380",)))),
+     ActionKind.DEGRADED, None, "etcdctl member remove 777"),
     ("no-leader-waits", replace(cluster(3), statuses={i: replace(s, leader_id=mid(i))
                                                       for i, s in cluster(3).statuses.items()}),
      ActionKind.WAIT, None, "leader"),
