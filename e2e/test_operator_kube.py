@@ -101,6 +101,7 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     harness.kubelet.close()
 
 
+@pytest.mark.timeout(600)
 def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
     h.drive(lambda: h.converged(1), "the first member")
     assert h.pods()["db-0"]["metadata"]["labels"][ROLE_LABEL] == "voter"

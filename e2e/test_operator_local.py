@@ -270,6 +270,7 @@ def member_ids(op: Operator) -> dict[str, str]:
     return {m["name"]: m["id"] for m in op.status().get("members", [])}
 
 
+@pytest.mark.timeout(600)  # ~1 min here; many waits on a loaded machine
 def test_operator_local_scale_and_faults(op: Operator) -> None:
     wait_for(lambda: op.converged(1), "the first member", diag=op.diag)
     writer = Writer(op.endpoint(0))
