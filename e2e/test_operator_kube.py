@@ -86,6 +86,29 @@ class Harness:
     def pods(self) -> dict[str, dict[str, Any]]:
         return {k[1]: v for k, v in self.kube.store["pod"].items()}
 
+    def check_hashes(self) -> None:
+        """HashKV at one revision is equal on every member (each has applied it)."""
+        from datastore.client import Client
+
+        eps = [m["clientURL"].split("://", 1)[1] for m in self.cr["status"]["members"]]
+
+        async def go() -> None:
+            async with Client(eps[:1], timeout=10.0) as c:
+                rev = (await c.put("probe", "x")).header.revision
+                deadline = time.monotonic() + WAIT_S
+                while True:
+                    hashes = set()
+                    for ep in eps:
+                        try:
+                            hashes.add((await c.hash_kv(ep, revision=rev)).hash)
+                        except Exception as e:  # not applied up to rev yet
+                            hashes.add(repr(e))
+                    if len(hashes) == 1:
+                        return
+                    assert time.monotonic() < deadline, f"HashKV differs at {rev}: {hashes}"
+                    await asyncio.sleep(0.1)  # poll interval of the condition above
+        asyncio.run(go())
+
     def check_member_list(self) -> None:
         out = json.loads(etcdctl(self.endpoint(0), "member", "list", "-w", "json").stdout)
         listed = sorted((f"{m['ID']:x}", m["name"], m["peerURLs"][0], m["clientURLs"][0],
@@ -119,6 +142,7 @@ def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
     assert {p["metadata"]["labels"][ROLE_LABEL] for p in h.pods().values()} == {"voter"}  # promoted
     assert h.kube.store["pdb"][KEY]["spec"]["minAvailable"] == 2
     h.check_member_list()
+    h.check_hashes()
     ids = h.ids()
 
     # kill -9 a container: the kubelet restarts it in place; same member, no new pod
@@ -139,6 +163,7 @@ def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
     h.drive(lambda: h.ids().get("db-2") not in (None, ids["db-2"]) and h.converged(3), "db-2 replaced")
     assert h.ids()["db-0"] == ids["db-0"] and h.ids()["db-1"] == ids["db-1"]
     h.check_member_list()
+    h.check_hashes()
 
     h.scale(1)
     assert set(h.pods()) == {"db-0"}
