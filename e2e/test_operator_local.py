@@ -158,6 +158,23 @@ class Operator:
                 and conds.get("Degraded", {}).get("status") == "False"
                 and conds.get("Available", {}).get("status") == "True")
 
+    def status_mtime(self) -> float:
+        try:
+            return (self.workdir / "status.yaml").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def kill9_member_and_wait_restart(self, i: int, size: int) -> None:
+        """kill -9 member i; wait for its restart and for a converged status written after it
+        (the status before the restart also said converged)."""
+        pid = self.member_pids()[i]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: self.member_pids().get(i) not in (None, pid), f"member {i} restarted",
+                 diag=self.diag)
+        seen = time.time()
+        wait_for(lambda: self.status_mtime() > seen and self.converged(size),
+                 f"a converged status after member {i} restarted", diag=self.diag)
+
     def wait_converged(self, n: int, what: str) -> None:
         wait_for(lambda: self.converged(n), f"convergence at size {n} ({what})", diag=self.diag)
 
@@ -281,10 +298,7 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
 
         # kill -9 a member: restarted with its data, same member ID
         ids = member_ids(op)
-        pid = op.member_pids()[2]
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: op.member_pids().get(2) not in (None, pid), "member 2 restarted", diag=op.diag)
-        wait_for(lambda: op.converged(3), "recovery after kill -9", diag=op.diag)
+        op.kill9_member_and_wait_restart(2, 3)
         assert member_ids(op) == ids
 
         # delete a member's data and kill it: replaced with a new ID
@@ -335,9 +349,9 @@ def test_operator_local_soak(op: Operator) -> None:
                 size = rnd.choice([n for n in (1, 3, 5) if n != size])
                 op.scale(size)
             elif step == "kill":
-                victim = rnd.randrange(1, size)
-                os.kill(op.member_pids()[victim], signal.SIGKILL)
-                op.wait_converged(size, "recovery after kill -9")
+                ids = member_ids(op)
+                op.kill9_member_and_wait_restart(rnd.randrange(1, size), size)
+                assert member_ids(op) == ids
             elif step == "wipe":
                 victim = rnd.randrange(1, size)
                 pid = op.member_pids()[victim]
