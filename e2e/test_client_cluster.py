@@ -79,8 +79,11 @@ def test_failover_across_leader_kill(cluster: Cluster) -> None:
                 assert (await c.get("/fo/", prefix=True, count_only=True)).count >= len(acked)
             assert c.pool.current != leader.endpoint
             print(f"acked {len(acked)}, failed {failed}")
-            assert len(failed) <= 1, failed
-            assert len(acked) >= 39
+            # Only writes in flight around the election may fail (ambiguously, so the client
+            # does not resend them); once a leader is back every write goes through.
+            assert len(failed) <= 3, failed
+            assert all(f"/fo/{i:03d}" in acked for i in range(10)), "writes before the kill"
+            assert all(f"/fo/{i:03d}" in acked for i in range(25, 40)), failed
             got = {kv.key.decode() for kv in (await c.get("/fo/", prefix=True)).kvs}
             assert set(acked) <= got
     run(body())
@@ -189,6 +192,7 @@ def test_learner_is_skipped_for_requests_it_refuses(cluster: Cluster) -> None:
         async with Client([new.endpoint, cluster.procs[0].endpoint], timeout=10) as c:
             await c.put("/learner/k", "v")  # refused by the learner, retried on a voter
             assert c.pool.current == cluster.procs[0].endpoint
+            assert c.pool.learners == {new.endpoint}
             assert (await c.get("/learner/k")).kvs[0].value == b"v"
             st = await c.status(new.endpoint)  # Status is allowed on a learner
             assert st.isLearner

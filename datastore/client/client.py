@@ -10,6 +10,7 @@ Responses are the generated ``etcdserverpb`` messages. Failover and retries foll
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,9 @@ class Client:
                  tls: TLSConfig | None = None) -> None:
         self.pool = Pool(endpoints, tls, timeout)
         self.timeout = timeout
+        # Background streams this client started, ended by close().
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+        self._keepalives: weakref.WeakSet[KeepAlive] = weakref.WeakSet()
 
     @property
     def endpoints(self) -> list[str]:
@@ -47,6 +51,11 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        """End this client's watches and keep-alives, then close its channels."""
+        for w in list(self._watches):
+            await w.cancel()
+        for ka in list(self._keepalives):
+            await ka.stop()
         await self.pool.close()
 
     async def _unary(self, stub: Any, method: str, req: Any, policy: Retry,
@@ -96,9 +105,11 @@ class Client:
               start_revision: int = 0, prev_kv: bool = False, progress_notify: bool = False,
               filters: Iterable[str | int] = ()) -> Watch:
         """An async iterator of event batches that resumes across member failures."""
-        return Watch(self.pool, key, prefix=prefix, range_end=range_end,
-                     start_revision=start_revision, prev_kv=prev_kv,
-                     progress_notify=progress_notify, filters=filters)
+        w = Watch(self.pool, key, prefix=prefix, range_end=range_end,
+                  start_revision=start_revision, prev_kv=prev_kv,
+                  progress_notify=progress_notify, filters=filters)
+        self._watches.add(w)
+        return w
 
     # ---- Lease ----------------------------------------------------------------------------
     async def lease_grant(self, ttl: int, id: int = 0) -> rpc.LeaseGrantResponse:  # noqa: A002
@@ -119,7 +130,9 @@ class Client:
 
     def keep_alive(self, lease_id: int, on_lost: LostCallback | None = None) -> KeepAlive:
         """Keep ``lease_id`` alive in a background task until ``stop()`` or its loss."""
-        return KeepAlive(self.pool, lease_id, on_lost).start()
+        ka = KeepAlive(self.pool, lease_id, on_lost).start()
+        self._keepalives.add(ka)
+        return ka
 
     # ---- Cluster --------------------------------------------------------------------------
     async def member_list(self, linearizable: bool = False) -> rpc.MemberListResponse:

@@ -26,7 +26,7 @@ from typing import TypeVar
 import grpc
 
 from datastore import errors as etcd_errors
-from datastore.client.errors import from_rpc_error
+from datastore.client.errors import ClientClosedError, from_rpc_error
 
 log = logging.getLogger("datastore.client")
 T = TypeVar("T")
@@ -110,12 +110,16 @@ class Pool:
         self.timeout = timeout
         self._index = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.learners: set[str] = set()  # endpoints that refused a request as a learner
+        self.closed = False
 
     @property
     def current(self) -> str:
         return self.endpoints[self._index]
 
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
+        if self.closed:
+            raise ClientClosedError()
         ep = strip_scheme(endpoint) if endpoint else self.current
         ch = self._channels.get(ep)
         if ch is None:
@@ -127,13 +131,23 @@ class Pool:
         return ch
 
     def failed(self, endpoint: str, why: str) -> None:
-        """``endpoint`` could not serve a request: later requests go to the next one."""
-        if endpoint == self.current and len(self.endpoints) > 1:
-            self._index = (self._index + 1) % len(self.endpoints)
-            log.info("client endpoint failover", extra={
-                "failed": endpoint, "next": self.current, "reason": why})
+        """``endpoint`` could not serve a request: later requests go to the next one.
+
+        A member that refused as a learner is remembered and passed over while any other
+        endpoint is left, so learners are not asked again for what they refuse."""
+        if etcd_errors.ErrNotSupportedForLearner.message in why:
+            self.learners.add(endpoint)
+        if endpoint != self.current or len(self.endpoints) == 1:
+            return
+        n = len(self.endpoints)
+        order = [(self._index + i) % n for i in range(1, n + 1)]
+        voters = [i for i in order if self.endpoints[i] not in self.learners]
+        self._index = (voters or order)[0]
+        log.info("client endpoint failover", extra={
+            "failed": endpoint, "next": self.current, "reason": why})
 
     async def close(self) -> None:
+        self.closed = True
         chans, self._channels = list(self._channels.values()), {}
         for ch in chans:
             await ch.close()
@@ -153,7 +167,9 @@ class Pool:
                 return await invoke(self.channel(ep), max(remaining, 0.001))
             except grpc.aio.AioRpcError as e:
                 err = from_rpc_error(e, ep)
-                if endpoint is None and moves_on(e):
+                if endpoint is None and (moves_on(e) or e.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                    # A member that let the deadline pass may be cut off from the cluster:
+                    # the next call tries another one.
                     self.failed(ep, err.details)
                 retry = endpoint is None and safe_to_retry(e, policy)
                 if not retry or time.monotonic() >= deadline:

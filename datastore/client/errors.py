@@ -12,8 +12,9 @@ import grpc
 from datastore import errors as etcd_errors
 
 __all__ = [
-    "ClientError", "CompactedError", "ElectionNotLeaderError", "LeaseLostError", "LeaseNotFoundError",
-    "LockTimeoutError", "NoLeaderError", "NotSupportedForLearnerError", "from_rpc_error",
+    "ClientClosedError", "ClientError", "CompactedError", "ElectionNotLeaderError", "LeaseLostError",
+    "LeaseNotFoundError", "LockTimeoutError", "NoLeaderError", "NotSupportedForLearnerError",
+    "from_rpc_error",
 ]
 
 
@@ -60,6 +61,13 @@ class LeaseLostError(ClientError):
     def __init__(self, lease_id: int, details: str = "lease expired or revoked") -> None:
         super().__init__(grpc.StatusCode.NOT_FOUND, f"{details}: lease {lease_id:x}")
         self.lease_id = lease_id
+
+
+class ClientClosedError(ClientError):
+    """The Client was closed; its watches, keep-alives and calls end with this."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.CANCELLED, "client closed")
 
 
 class LockTimeoutError(ClientError):

@@ -20,6 +20,7 @@ import grpc
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
 from datastore.client.connection import BACKOFF_MAX, BACKOFF_START, Pool
+from datastore.client.errors import ClientClosedError
 
 log = logging.getLogger("datastore.client")
 LostCallback = Callable[[int], Awaitable[object] | object]
@@ -64,6 +65,8 @@ class KeepAlive:
                 if await self._stream(ep):
                     return
                 why = "stream closed"
+            except ClientClosedError:
+                return
             except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
                 # InvalidStateError: grpc refuses a write on a call that already ended.
                 why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) \

@@ -42,13 +42,13 @@ class _Target:
         if self._field == "value":
             c.value = to_bytes(other)  # type: ignore[arg-type]
         else:
-            setattr(c, self._field, int(other))  # type: ignore[arg-type]
+            setattr(c, self._field, int(other))
         return c
 
-    def __eq__(self, other: object) -> rpc.Compare:  # type: ignore[override]
+    def __eq__(self, other: object) -> rpc.Compare:
         return self._cmp(rpc.Compare.EQUAL, other)  # type: ignore[arg-type]
 
-    def __ne__(self, other: object) -> rpc.Compare:  # type: ignore[override]
+    def __ne__(self, other: object) -> rpc.Compare:
         return self._cmp(rpc.Compare.NOT_EQUAL, other)  # type: ignore[arg-type]
 
     def __lt__(self, other: int | KeyLike) -> rpc.Compare:

@@ -61,6 +61,8 @@ class Watch:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = False
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._served = False  # the current stream got its watch created
+        self._progress_requested = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __aiter__(self) -> Watch:
@@ -79,6 +81,20 @@ class Watch:
     async def wait_created(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Wait until the watch is registered (events after this point are not missed)."""
         await asyncio.wait_for(self.created.wait(), timeout)
+
+    async def request_progress(self) -> bool:
+        """Ask the member for a progress notification: the next batch with ``progress``
+        tells the revision up to which every event was delivered. False when no stream
+        is up right now (ask again later)."""
+        call = self._call
+        if call is None or not self.created.is_set():
+            return False
+        self._progress_requested = True
+        try:
+            await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+        return True
 
     async def cancel(self) -> None:
         self._cancelled = True
@@ -108,6 +124,7 @@ class Watch:
         try:
             while not self._cancelled:
                 ep = self.pool.current
+                self._served = False
                 try:
                     if await self._stream(ep):
                         return
@@ -122,6 +139,8 @@ class Watch:
                         raise ClientError(e.code(), e.details() or "", ep) from None
                     why = f"{e.code().name}: {e.details()}"
                 self.pool.failed(ep, why)
+                if self._served:  # the stream worked for a while: retry quickly again
+                    backoff = BACKOFF_START
                 self.resumes += 1
                 log.info("watch resuming", extra={"endpoint": ep, "next_rev": self.next_rev,
                                                   "reason": why})
@@ -147,6 +166,7 @@ class Watch:
                 if resp is grpc.aio.EOF:
                     return False
                 if resp.created and not resp.canceled:
+                    self._served = True
                     if self.next_rev == 0:
                         self.next_rev = resp.header.revision + 1
                     self.created.set()
@@ -183,5 +203,6 @@ class Watch:
         elif not had_events:
             # A progress notification: everything up to this revision was sent.
             self.next_rev = max(self.next_rev, last.header.revision + 1)
-            if self.progress_notify:
+            if self.progress_notify or self._progress_requested:
+                self._progress_requested = False
                 self._queue.put_nowait(WatchBatch([], last.header.revision, True, parts))

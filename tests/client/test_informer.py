@@ -77,3 +77,21 @@ def test_informer_cache_equals_fresh_list_after_writes_deletes_and_compaction(
 async def _in_sync(c: Client, inf: Informer) -> bool:
     fresh = await c.get(PREFIX, prefix=True)
     return inf.revision >= fresh.header.revision - 1 and inf.cache == {kv.key: kv for kv in fresh.kvs}
+
+
+def test_informer_survives_a_failing_handler(datastore_server_session: EmbeddedServer, prefix: str) -> None:
+    async def body() -> None:
+        async with Client([datastore_server_session.endpoint]) as c:
+            added: list[bytes] = []
+
+            def on_add(kv: KeyValue) -> None:
+                if kv.key.endswith(b"bad"):
+                    raise ValueError("handler bug")
+                added.append(kv.key)
+            async with Informer(c, prefix, on_add=on_add) as inf:
+                await inf.wait_synced(20)
+                await c.put(prefix + "bad", "1")
+                await c.put(prefix + "good", "2")
+                await until(lambda: added == [(prefix + "good").encode()], what="later events handled")
+                assert set(inf.cache) == {(prefix + "bad").encode(), (prefix + "good").encode()}
+    run(body())

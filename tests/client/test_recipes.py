@@ -114,7 +114,13 @@ def test_election_campaign_proclaim_observe_resign(datastore_server_session: Emb
             assert not (await c.txn([fence], [op_put(prefix + "data", "stale")])).succeeded
             assert (await e2.leader()).key == e2.key
             obs.cancel()
-            await e2.resign()
+            # a resumed election (same session, known key and rev) acts as the leader
+            resumed = Election.resume(s2, name, e2.key, e2.rev)
+            await resumed.proclaim("four")
+            assert (await e1.leader()).value == b"four"
+            await resumed.resign()
+            with pytest.raises(NoLeaderError):
+                await e1.leader()
     run(body())
 
 
@@ -170,4 +176,25 @@ def test_service_registry(datastore_server_session: EmbeddedServer, prefix: str)
             await r2.keepalive.stop()
             await until(lambda: seen[-1] == {}, what="i2 expired")
             task.cancel()
+    run(body())
+
+
+def test_crashed_leader_is_replaced_after_its_ttl_and_fenced(datastore_server_session: EmbeddedServer,
+                                                             prefix: str) -> None:
+    """The leader stops renewing (as if it crashed): once its lease expires the waiting
+    candidate is elected, and the old leader's fenced writes fail."""
+    async def body() -> None:
+        async with Client([datastore_server_session.endpoint]) as c, Session(c, ttl=10) as s2:
+            s1 = await Session(c, ttl=2).open()
+            old, new = Election(s1, prefix + "el"), Election(s2, prefix + "el")
+            await old.campaign("old")
+            fence = old.is_leader_cmp()
+            waiting = asyncio.create_task(new.campaign("new", timeout=30))
+            await until(lambda: _has_keys(c, prefix + "el/", 2), what="candidate queued")
+            await s1.orphan()  # no more keep-alive: the lease runs out after its TTL
+            await waiting
+            assert (await new.leader()).value == b"new"
+            assert not (await c.txn([fence], [op_put(prefix + "state", "stale")])).succeeded
+            assert (await c.txn([new.is_leader_cmp()], [op_put(prefix + "state", "fresh")])).succeeded
+            await new.resign()
     run(body())

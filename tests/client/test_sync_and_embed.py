@@ -29,18 +29,25 @@ def test_sync_client_watch_and_keep_alive(datastore_server_session: EmbeddedServ
         assert ka.lost.wait(20)
 
 
-def test_embedded_server_in_process_and_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_server_in_process() -> None:
     with EmbeddedServer(in_process=True) as srv, SyncClient([srv.endpoint]) as c:
         c.put("k", "v")
         assert c.get("k").kvs[0].value == b"v"
-    # a child with a caller-owned data dir keeps its data across restarts
-    srv = EmbeddedServer(data_dir=tmp_path).start()
-    try:
-        with SyncClient([srv.endpoint]) as c:
-            c.put("k", "kept")
-            srv.kill()
-            srv.restart()
-            assert c.get("k").kvs[0].value == b"kept"
-    finally:
-        srv.stop()
-    assert tmp_path.exists()
+        data_dir = srv.base
+    assert not data_dir.exists(), "a temporary data dir is removed on stop"
+
+
+def test_plugin_serves_a_project_outside_this_repo(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A project that only depends on the installed package gets the fixtures from the
+    ``pytest11`` entry point (no conftest, run from an unrelated directory)."""
+    import subprocess
+    import sys
+    (tmp_path / "test_uses_fixture.py").write_text(
+        "def test_it(datastore_server, datastore_client):\n"
+        "    assert datastore_server.endpoint.startswith('127.0.0.1:')\n"
+        "    datastore_client.put('k', 'v')\n"
+        "    assert datastore_client.get('k').kvs[0].value == b'v'\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout

@@ -108,4 +108,38 @@ def test_watch_resumes_across_member_restart(datastore_server: EmbeddedServer) -
             evs = await collect(w, 10)
             await w.cancel()
             assert [e.kv.value for e in evs] == [str(i).encode() for i in range(10)]
+            assert (await c.get("/r/0")).kvs[0].value == b"0", "data kept across the restart"
+    run(body())
+
+
+def test_progress_notifications_advance_the_resume_revision() -> None:
+    """With progress_notify, quiet periods yield empty progress batches, and the watch's
+    resume point follows them (so a later resume does not start from far behind)."""
+    with EmbeddedServer(extra_flags=["--experimental-watch-progress-notify-interval", "200ms"]) as srv:
+        async def body() -> None:
+            async with Client([srv.endpoint]) as c:
+                w = c.watch("/quiet/", prefix=True, progress_notify=True)
+                await w.wait_created()
+                before = w.next_rev
+                for i in range(3):
+                    await c.put(f"/elsewhere/{i}", "x")  # revisions move, our keys do not
+                rev = (await c.get("/elsewhere/0")).header.revision
+                async for batch in w:
+                    if batch.progress and batch.revision >= rev:
+                        assert not batch.events
+                        break
+                assert w.next_rev == rev + 1 > before
+                await w.cancel()
+        run(body())
+
+
+def test_requested_progress(datastore_server_session: EmbeddedServer, prefix: str) -> None:
+    async def body() -> None:
+        async with Client([datastore_server_session.endpoint]) as c, c.watch(prefix + "quiet") as w:
+            await w.wait_created()
+            rev = (await c.put(prefix + "other", "x")).header.revision
+            assert await w.request_progress()
+            batch = await anext(w)
+            assert batch.progress and not batch.events and batch.revision >= rev
+            assert w.next_rev == batch.revision + 1
     run(body())

@@ -32,6 +32,14 @@ class Election:
         self.header: rpc.ResponseHeader | None = None
         self._campaigning = False
 
+    @classmethod
+    def resume(cls, session: Session, name: KeyLike, key: bytes, rev: int) -> Election:
+        """Act as the leader (or candidate) owning ``key`` created at ``rev`` (Go's
+        ResumeElection), e.g. after a restart that kept the session's lease."""
+        e = cls(session, name)
+        e.key, e.rev, e._campaigning = key, rev, True
+        return e
+
     async def campaign(self, value: KeyLike, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Become a candidate and wait until elected (at most ``timeout``: LockTimeoutError).
 

@@ -12,7 +12,7 @@ When the watch's revision has been compacted (or the watch fails for good) it re
 and calls the handlers for the difference between the cache and the fresh list, so the
 handlers always see a consistent sequence of changes and the cache converges to the
 store. Handlers may be plain functions or coroutines; they run in the informer's task,
-one at a time, in revision order.
+one at a time, in revision order; an exception in a handler is logged, not fatal.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
 from datastore.client.client import Client
 from datastore.client.connection import BACKOFF_MAX, BACKOFF_START
-from datastore.client.errors import ClientError, CompactedError
+from datastore.client.errors import ClientClosedError, ClientError, CompactedError
 from datastore.client.requests import KeyLike, to_bytes
 
 log = logging.getLogger("datastore.client")
@@ -35,9 +35,16 @@ Handler = Callable[..., Awaitable[object] | object]
 async def _call(h: Handler | None, *args: KeyValue) -> None:
     if h is None:
         return
-    r = h(*args)
-    if inspect.isawaitable(r):
-        await r
+    try:
+        r = h(*args)
+        if inspect.isawaitable(r):
+            await r
+    except Exception:
+        # One failing handler call must not stop the informer (the cache is already
+        # updated); the traceback goes to the log for the owner to fix.
+        log.exception("informer handler failed", extra={
+            "handler": getattr(h, "__qualname__", repr(h)),
+            "key": args[-1].key.decode(errors="replace")})
 
 
 class Informer:
@@ -95,6 +102,8 @@ class Informer:
                 log.info("informer relisting: watch revision compacted", extra={
                     "prefix": self.prefix.decode(errors="replace"), "revision": self.revision,
                     "compact_revision": e.compact_revision})
+            except ClientClosedError:
+                return
             except ClientError as e:
                 log.warning("informer relisting after error", extra={
                     "prefix": self.prefix.decode(errors="replace"), "error": str(e)})

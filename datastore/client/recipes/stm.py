@@ -52,8 +52,8 @@ class STM:
             return self._values[k]
         if k not in self.reads:
             snapshot = self.isolation in (Isolation.SERIALIZABLE_SNAPSHOT, Isolation.SERIALIZABLE)
-            resp = await self.client.get(k, revision=self._base_rev if snapshot else 0,
-                                         serializable=bool(self._base_rev and snapshot))
+            # Linearizable even at a fixed revision: a lagging member could not serve it.
+            resp = await self.client.get(k, revision=self._base_rev if snapshot else 0)
             if not self._base_rev:
                 self._base_rev = resp.header.revision
             self.reads[k] = resp
