@@ -385,8 +385,19 @@ class KubeClients:
         self.to_dict = to_dict
 
 
+def clients_from(api: Any) -> KubeClients:
+    """The operator's client surface over one ``kubernetes.client.ApiClient``."""
+    from kubernetes import client, watch
+
+    def watch_fn(fn: Callable[..., Any], **kw: Any) -> Iterator[Any]:
+        # timeout_seconds makes stream() raise 410 to us instead of retrying on its own.
+        return iter(watch.Watch().stream(fn, **kw))
+    return KubeClients(client.CoreV1Api(api), client.PolicyV1Api(api), client.CustomObjectsApi(api),
+                       watch_fn, api.sanitize_for_serialization)
+
+
 def real_clients(kubeconfig: str | None = None) -> KubeClients:
-    from kubernetes import client, config, watch
+    from kubernetes import client, config
 
     try:
         if kubeconfig:
@@ -395,13 +406,7 @@ def real_clients(kubeconfig: str | None = None) -> KubeClients:
             config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    api = client.ApiClient()
-
-    def watch_fn(fn: Callable[..., Any], **kw: Any) -> Iterator[Any]:
-        # timeout_seconds makes stream() raise 410 to us instead of retrying on its own.
-        return iter(watch.Watch().stream(fn, **kw))
-    return KubeClients(client.CoreV1Api(api), client.PolicyV1Api(api), client.CustomObjectsApi(api),
-                       watch_fn, api.sanitize_for_serialization)
+    return clients_from(client.ApiClient())
 
 
 class KubernetesPlatform:
