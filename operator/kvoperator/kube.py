@@ -422,8 +422,6 @@ class KubernetesPlatform:
         self.name = name
         self.spec: ClusterSpec | None = None
         self.observed: Observed | None = None
-        self._services_made = False
-        self._pdb_voters: int | None = None
 
     async def load_spec(self) -> ClusterSpec | None:
         obj = self.crs.get(self.namespace, self.name)
@@ -521,16 +519,23 @@ class KubernetesPlatform:
         """Services and PDB exist; pod role labels follow the member list (learner/voter)."""
         self.observed = o
         s = self._s()
-        if not self._services_made:
-            for svc in (headless_service(s), client_service(s)):
+        sel = f"{SELECTOR_LABEL}={s.name}"
+        # Level-triggered like the rest: a Service or PDB deleted by hand comes back next pass.
+        have = {x["metadata"]["name"] for x in self.k.to_dict(await asyncio.to_thread(
+            self.k.core.list_namespaced_service, self.namespace, label_selector=sel)).get("items") or []}
+        for svc in (headless_service(s), client_service(s)):
+            if svc["metadata"]["name"] not in have:
                 await self._create_or_patch(self.k.core.create_namespaced_service,
                                             self.k.core.patch_namespaced_service, svc)
-            self._services_made = True
         voters = sum(1 for m in o.members or () if not m.is_learner) if o.members is not None else 0
-        if voters and voters != self._pdb_voters:
-            await self._create_or_patch(self.k.policy.create_namespaced_pod_disruption_budget,
-                                        self.k.policy.patch_namespaced_pod_disruption_budget, pdb(s, voters))
-            self._pdb_voters = voters
+        if voters:
+            budgets = {x["metadata"]["name"]: x for x in self.k.to_dict(await asyncio.to_thread(
+                self.k.policy.list_namespaced_pod_disruption_budget, self.namespace,
+                label_selector=sel)).get("items") or []}
+            want = pdb(s, voters)
+            if (budgets.get(s.name) or {}).get("spec") != want["spec"]:
+                await self._create_or_patch(self.k.policy.create_namespaced_pod_disruption_budget,
+                                            self.k.policy.patch_namespaced_pod_disruption_budget, want)
         if o.members is None:
             return
         pods = self._my_pods()

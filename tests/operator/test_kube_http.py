@@ -33,7 +33,8 @@ class APIServer:
         self.requests: list[dict[str, Any]] = []
         self.lists: dict[str, list[dict[str, Any]]] = {
             "/apis/datastore.dev/v1alpha1/datastoreclusters": [CR], "/api/v1/pods": [],
-            f"/api/v1/namespaces/{NS}/persistentvolumeclaims": []}
+            f"/api/v1/namespaces/{NS}/persistentvolumeclaims": [], f"/api/v1/namespaces/{NS}/services": [],
+            f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets": []}
         self.watches: dict[str, list[dict[str, Any]]] = {}
         self.rv = 40
         server = self

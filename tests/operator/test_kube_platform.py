@@ -211,6 +211,10 @@ def test_bootstrap_creates_pvc_pod_services_pdb_status_event() -> None:
     assert conds["Available"]["status"] == "False" and conds["Progressing"]["reason"] == "Bootstrapping"
     (ns, ev), = kube.made("create_namespaced_event")
     assert ev["reason"] == "Bootstrap" and ev["type"] == "Normal"
+    # level-triggered: a Service deleted by hand is created again on the next pass
+    kube.core.delete_namespaced_service("db", NS)
+    asyncio.run(op.pass_once())
+    assert [b["metadata"]["name"] for _, b in kube.made("create_namespaced_service")][2:] == ["db"]
     assert ev["involvedObject"] == {"apiVersion": "datastore.dev/v1alpha1", "kind": "DatastoreCluster",
                                     "name": "db", "namespace": NS, "uid": "u-1"}
 
