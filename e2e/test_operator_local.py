@@ -370,3 +370,32 @@ def test_operator_local_soak(op: Operator) -> None:
             check_cluster(op, writer)
     finally:
         writer.close()
+
+
+@pytest.mark.timeout(600)
+def test_operator_local_quorum_loss_changes_nothing(op: Operator) -> None:
+    """Two of three members frozen (SIGSTOP): Degraded/QuorumLost, nothing removed or
+    restarted; once they resume, the same members converge again."""
+    op.scale(3)
+    ids, pids = member_ids(op), op.member_pids()
+    lines_before = len(op.log.read_text().splitlines())
+    for i in (1, 2):
+        os.kill(pids[i], signal.SIGSTOP)
+    try:
+        def quorum_lost() -> bool:
+            c = {x["type"]: x for x in op.status().get("conditions", [])}
+            return (c.get("Available", {}).get("reason") == "QuorumLost"
+                    and c.get("Degraded", {}).get("reason") == "QuorumLost")
+        wait_for(quorum_lost, "Degraded/QuorumLost", diag=op.diag)
+        conds = {x["type"]: x for x in op.status()["conditions"]}
+        assert "snapshot" in conds["Degraded"]["message"]  # says what the user can do
+    finally:
+        for i in (1, 2):
+            os.kill(pids[i], signal.SIGCONT)
+    resumed = time.time()
+    wait_for(lambda: op.status_mtime() > resumed and op.converged(3), "convergence after resume",
+             diag=op.diag)
+    assert member_ids(op) == ids and op.member_pids() == pids
+    new = [json.loads(line) for line in op.log.read_text().splitlines()[lines_before:] if '"action"' in line]
+    acted = [a for a in new if a.get("outcome") == "done"]
+    assert not acted, acted  # no restart, removal or deletion while the quorum was lost

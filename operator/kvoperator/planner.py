@@ -228,9 +228,10 @@ def plan(o: Observed) -> Action:
         down = ", ".join(m.name or f"{m.id:x}" for m in voters if not is_live(o, m))
         return Action(ActionKind.DEGRADED,
                       f"quorum lost: {live} of {nv} voters live, {quorum(nv)} needed (down: {down}); "
-                      "the operator changes nothing. Bring the members back with their data, or "
-                      "restore the cluster from a snapshot (etcdctl snapshot save from a backup, "
-                      "datastore snapshot restore, then recreate the cluster)", "QuorumLost")
+                      "the operator changes nothing. Bring the down members back with their data; "
+                      "if their data is gone, restore from a backup taken with `etcdctl snapshot "
+                      "save`: `datastore snapshot restore FILE` into fresh data dirs, then start a "
+                      "new cluster from them", "QuorumLost")
 
     # 4. Replace failed members: remove now; rules 5 and 6 re-add a fresh one.
     for m in sorted(members, key=_by_ordinal):
