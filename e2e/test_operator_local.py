@@ -253,10 +253,8 @@ def check_cluster(op: Operator, writer: Writer) -> None:
 
     async def check() -> None:
         async with Client([op.endpoint(0)], timeout=10.0) as c:
-            got = {}
-            for k in sorted(writer.acked):
-                r = await c.get(k)
-                got[k] = r.kvs[0].value.decode() if r.kvs else None
+            r = await c.get("k", prefix=True)  # one linearizable read of everything written
+            got = {kv.key.decode(): kv.value.decode() for kv in r.kvs}
             missing = {k: v for k, v in writer.acked.items() if got.get(k) != v}
             assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {list(missing)[:5]}"
             rev = (await c.get("k", count_only=True)).header.revision
@@ -307,6 +305,18 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: member_ids(op).get(f"{NAME}-2") not in (None, ids[f"{NAME}-2"])
                  and op.converged(3), "member 2 replaced with a new ID", diag=op.diag)
+        check_cluster(op, writer)
+
+        # a member that cannot start any more (its database is corrupt) crash-loops: after
+        # CRASHLOOP_RESTARTS restarts with back-off it is replaced with a new ID
+        ids = member_ids(op)
+        pid = op.member_pids()[1]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: op.member_pids().get(1) is None or op.member_pids()[1] != pid, "member 1 gone")
+        (op.workdir / f"{NAME}-1" / "state" / "CURRENT").write_text("MANIFEST-999999\n")
+        wait_for(lambda: member_ids(op).get(f"{NAME}-1") not in (None, ids[f"{NAME}-1"])
+                 and op.converged(3), "the crash-looping member 1 replaced", diag=op.diag)
+        assert "keeps crashing" in op.log.read_text()
         check_cluster(op, writer)
 
         # kill the operator in the middle of a scale-up, start it again

@@ -213,7 +213,7 @@ class LocalPlatform:
         if ordinal in self.pids():
             return  # already running: starting is idempotent
         prev = self._read_state(ordinal)
-        restart = self.data_dir(ordinal).is_dir()
+        restart = bool(prev.get("started"))  # started before and not healthy since (sync resets it)
         child = self._spawn(ordinal, self.argv(ordinal, initial_cluster, state))
         self._write_state(ordinal, {"started": time.time(), "pid": child.pid,
                                     "restarts": int(prev.get("restarts", 0)) + 1 if restart else 0})
