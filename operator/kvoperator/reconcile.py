@@ -97,6 +97,8 @@ class Reconciler:
         outcome, message = "planned", a.reason
         if a.changes_something:
             outcome, message = await self._act(a, o, spec)
+        elif a.kind is ActionKind.DEGRADED and (a.kind, a.reason + outcome) != self._last_logged:
+            await self.p.record(a, "degraded", a.reason)  # a Warning Event, once per new reason
         self._log(a, outcome, message)
         prev = await self.p.previous_status()
         st = build_status(o, a, now_rfc3339(), (prev or {}).get("conditions", []))

@@ -338,3 +338,18 @@ def test_scale_down_cleanup_deletes_pod_and_pvc() -> None:
     asyncio.run(p.delete_member(3, delete_data=True))
     assert kube.made("delete_namespaced_pod") == [("db-3", NS)]
     assert kube.made("delete_namespaced_persistent_volume_claim") == [("data-db-3", NS)]
+
+
+def test_degraded_is_a_warning_event_once() -> None:
+    kube = FakeKube()
+    kube.store["cr"][(NS, "db")] = cr(1)
+    pod = member_pod(spec(1), 0, "", "new", False)
+    pod["status"] = {"phase": "Failed"}
+    kube.store["pod"][(NS, "db-0")] = pod  # no PVC: no member has data left
+    op = operator(kube)
+    for _ in range(2):
+        a = asyncio.run(op.pass_once())[(NS, "db")]
+        assert a is not None and a.kind is ActionKind.DEGRADED
+    (_ns, ev), = kube.made("create_namespaced_event")
+    assert ev["type"] == "Warning" and ev["reason"] == "Degraded" and "snapshot" in ev["message"]
+    assert not kube.made("create_namespaced_pod") and not kube.made("delete_namespaced_pod")
