@@ -61,7 +61,7 @@ class LocalPlatform:
         self.python = python
         self.extra_args = extra_args
         self.spec: ClusterSpec | None = None
-        self._spec_key: tuple[float, int] | None = None
+        self._spec_key = ""  # sha256 of the manifest last read
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> child we started
         self._status: dict[str, Any] | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -73,17 +73,16 @@ class LocalPlatform:
     async def load_spec(self) -> ClusterSpec | None:
         """Re-read the manifest when it changed; keep the last good spec on a bad edit."""
         try:
-            st = self.manifest.stat()
+            raw = self.manifest.read_bytes()  # small: compare contents, not mtimes (coarse clocks)
         except OSError as e:
             log.warning("cannot read the manifest", extra={"manifest": str(self.manifest),
                                                            "error": str(e)})
             return self.spec
-        key = (st.st_mtime, st.st_size)
-        if key == self._spec_key:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest == self._spec_key:
             return self.spec
-        self._spec_key = key
+        self._spec_key = digest
         try:
-            raw = self.manifest.read_bytes()
             obj = yaml.safe_load(raw) or {}
             errors = specmod.schema_errors(obj, self.schema) if self.schema else []
             if errors:
@@ -94,7 +93,7 @@ class LocalPlatform:
                         extra={"manifest": str(self.manifest), "error": str(e)})
             return self.spec
         if not spec.generation:  # a local file has no API server to count generations
-            spec = _with_generation(spec, self._generation(hashlib.sha256(raw).hexdigest()))
+            spec = _with_generation(spec, self._generation(digest))
         if self.spec is None or spec != self.spec:
             log.info("manifest loaded", extra={"manifest": str(self.manifest), "size": spec.size,
                                                "generation": spec.generation})
