@@ -254,3 +254,15 @@ def test_no_action_leaves_fewer_live_voters_than_a_quorum(o: Observed) -> None:
     if a.kind in (ActionKind.ADD_LEARNER, ActionKind.PROMOTE, ActionKind.MOVE_LEADER):
         assert all(is_live(o, m) for m in voters)  # one change at a time, only when all healthy
         assert sum(m.is_learner for m in members) + (a.kind is ActionKind.ADD_LEARNER) <= 1
+
+
+def test_planner_is_pure() -> None:
+    """No I/O: the planner imports nothing beyond value types (checked, not just promised)."""
+    import ast
+
+    import kvoperator.planner as mod
+
+    tree = ast.parse(open(mod.__file__).read())  # noqa: SIM115
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "collections.abc", "dataclasses", "enum"}, imported
