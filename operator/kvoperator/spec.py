@@ -21,6 +21,9 @@ class TLSSpec:
     client_secret_name: str = ""
 
 
+DEFAULT_SIZE = 3  # manifests/crd: spec.size default
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
@@ -53,7 +56,7 @@ def parse(obj: Mapping[str, Any]) -> ClusterSpec:
     if not name:
         raise SpecError("metadata.name is required (members are named <name>-<ordinal>)")
     spec = obj.get("spec") or {}
-    size = spec.get("size", 1)
+    size = spec.get("size", DEFAULT_SIZE)  # the CRD's default, which the API server applies
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise SpecError(f"spec.size must be an integer >= 1, got {size!r}")
     storage = spec.get("storage") or {}
