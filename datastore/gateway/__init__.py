@@ -28,7 +28,8 @@ async def serve_member(server: EtcdServer) -> Gateway:
 
     gw = Gateway(target, tls.credentials() if tls is not None else None, fallback,
                  max_body=4 * cfg.max_request_bytes + 64 * 1024)
-    source = cfg.client_tls.ssl_context_source() if not cfg.client_tls.empty() else None
     for url in (*cfg.listen_metrics_urls, *cfg.listen_client_http_urls):
-        await gw.listen(url, source)
+        # prepare_tls checked that an https URL has the client certificate and key
+        tls = cfg.client_tls.reloading_ssl_context() if url.startswith("https://") else None
+        await gw.listen(url, tls)
     return gw

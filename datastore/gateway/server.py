@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import grpc
@@ -57,6 +57,17 @@ TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 HEADER_LIMIT = 64 * 1024
 IDLE_TIMEOUT_S = 120.0  # an idle keep-alive connection is closed after this
+
+CERT_REFRESH_S = 2.0
+
+
+class Reloadable(Protocol):
+    """A server SSLContext replaced in place when its files change (tlsutil.ReloadingSSLContext)."""
+
+    ctx: ssl.SSLContext
+
+    def refresh(self) -> None: ...
+
 
 # (method, target) -> (status, content type, body): the member's non-gateway endpoints
 Fallback = Callable[[str, str], Awaitable[tuple[int, str, str]]]
@@ -207,20 +218,35 @@ class Gateway:
         self.max_body = max_body
         self.servers: list[asyncio.Server] = []
         self._conns: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def listen(self, url: str, tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+    async def listen(self, url: str, tls: Reloadable | None = None) -> None:
+        """Serve on ``url``; an https URL needs ``tls`` (TLS at accept, as the metrics URL)."""
         p = urlparse(url)
         if p.scheme not in ("http", "https") or not p.hostname or not p.port:
             raise ValueError(f"{url!r} is not http(s)://HOST:PORT")
         if p.scheme == "https" and tls is None:
             raise ValueError(f"{url}: https needs --cert-file and --key-file (or --auto-tls)")
-        self.servers.append(await asyncio.start_server(
-            lambda r, w: self._connection(r, w, tls if p.scheme == "https" else None),
-            p.hostname, p.port, limit=HEADER_LIMIT))
+        tls = tls if p.scheme == "https" else None
+        srv = await asyncio.start_server(lambda r, w: self._connection(r, w, tls),
+                                         p.hostname, p.port, limit=HEADER_LIMIT,
+                                         ssl=tls.ctx if tls is not None else None)
+        self.servers.append(srv)
+        if tls is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._refresh(srv, tls)))
+
+    @staticmethod
+    async def _refresh(srv: asyncio.Server, tls: Reloadable) -> None:
+        """Pick up a rotated certificate even when no request comes."""
+        while srv.is_serving():
+            await asyncio.sleep(CERT_REFRESH_S)  # a polling period, not a synchronisation
+            tls.refresh()
 
     async def close(self) -> None:
         for s in self.servers:
             s.close()
+        for t in self._tasks:
+            t.cancel()
         for t in list(self._conns):
             t.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
@@ -228,13 +254,13 @@ class Gateway:
 
     # ---- connections ------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          tls: Callable[[], ssl.SSLContext] | None) -> None:
+                          tls: Reloadable | None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
         try:
-            if tls is not None:  # per connection, so a replaced certificate is picked up
-                await asyncio.wait_for(writer.start_tls(tls()), 10)
+            if tls is not None:
+                tls.refresh()  # for the next connection: this one's handshake is done
             while True:
                 try:
                     req = await asyncio.wait_for(read_request(reader, self.max_body),
