@@ -194,6 +194,12 @@ SEQUENCE: list[tuple[str, Any]] = [
     ("/v3/kv/range", {"key": b64("d/a"), "revision": "100"}),
     ("/v3/kv/range", {"key": b64("d/a"), "serializable": True, "unknown_field": 1}),
     ("/v3/kv/range", {"key": ""}),
+    # bytes are strict standard base64, as Go decodes them (not silently trimmed)
+    ("/v3/kv/range", {"key": "!!!"}),
+    ("/v3/kv/range", {"key": "Zm9vYg"}),
+    ("/v3/kv/range", {"key": "Zg="}),
+    ("/v3/kv/range", {"key": "Zm9v\n"}),
+    ("/v3/kv/txn", {"compare": [{"key": "Zm-v", "target": "VALUE", "value": "eA=="}]}),
     ("/v3/kv/txn", {"compare": [{"key": b64("d/a"), "result": "EQUAL", "target": "VALUE",
                                  "value": b64("1")}],
                     "success": [{"request_put": {"key": b64("d/c"), "value": b64("4")}},

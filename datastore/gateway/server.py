@@ -172,12 +172,76 @@ def error_body(code: grpc.StatusCode, message: str) -> bytes:
     return dumps({"error": message, "message": message, "code": code.value[0]})
 
 
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def go_base64_error(src: bytes) -> int | None:
+    """Where Go's base64.StdEncoding (etcd's gateway decodes bytes fields with it) finds
+    ``src`` corrupt, or None. It skips CR/LF and demands padding, quantum by quantum.
+    Protobuf's Python parser would instead drop stray characters silently (a typo would
+    name another key)."""
+    si, n = 0, len(src)
+    while si < n:
+        j = 0
+        while j < 4:
+            if si == n:
+                return None if j == 0 else si - j
+            c = src[si]
+            si += 1
+            if c in _B64_ALPHABET:
+                j += 1
+                continue
+            if c in b"\r\n":
+                continue
+            if c != ord("="):
+                return si - 1
+            if j in (0, 1):
+                return si - 1
+            if j == 2:  # a second "=" must follow
+                while si < n and src[si] in b"\r\n":
+                    si += 1
+                if si == n:
+                    return n
+                if src[si] != ord("="):
+                    return si - 1
+                si += 1
+            while si < n and src[si] in b"\r\n":
+                si += 1
+            return si if si < n else None
+    return None
+
+
+def _strict_bytes(value: Any) -> None:
+    if not isinstance(value, str):
+        return  # the parser reports the wrong type itself
+    at = go_base64_error(value.encode("utf-8", errors="replace"))
+    if at is not None:
+        raise ValueError(f"illegal base64 data at input byte {at}")
+
+
+def _check_bytes(desc: Any, obj: Any, depth: int = 0) -> None:
+    if not isinstance(obj, dict) or depth > 64:
+        return
+    fields = {**{f.json_name: f for f in desc.fields}, **{f.name: f for f in desc.fields}}
+    for k, v in obj.items():
+        f = fields.get(k)
+        if f is None or v is None:
+            continue
+        items = v if f.is_repeated and isinstance(v, list) else [v]
+        for item in items:
+            if f.type == f.TYPE_BYTES:
+                _strict_bytes(item)
+            elif f.message_type is not None and not f.message_type.GetOptions().map_entry:
+                _check_bytes(f.message_type, item, depth + 1)
+
+
 def parse_one(route: Route, text: str) -> pbmessage.Message:
     """One JSON object into the route's request message; ValueError with the reason."""
     msg = route.request()
     if not text.strip():
         return msg  # an empty body is an empty request, as in grpc-gateway (io.EOF ignored)
     try:
+        _check_bytes(msg.DESCRIPTOR, json.loads(text))
         json_format.Parse(text, msg, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as e:
         raise ValueError(str(e) or type(e).__name__) from None
