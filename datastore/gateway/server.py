@@ -431,13 +431,12 @@ class Gateway:
                 response_deserializer=route.response.FromString)(first, metadata=md)
         else:
             msgs = parse_many(route, text)
-            gone = asyncio.Event()
 
             async def requests() -> AsyncIterator[pbmessage.Message]:
                 for m in msgs:
                     yield m
                 if route.keep_sending:  # a watch stream lives until the client goes away
-                    await gone.wait()
+                    await asyncio.Event().wait()
 
             call = self.channel.stream_stream(
                 route.full_method, request_serializer=route.request.SerializeToString,
