@@ -304,3 +304,41 @@ def test_gateway_round_robin(tmp_path: Path, procs: list) -> None:
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10):
         pass  # a client that connects and leaves does not upset the gateway
     gw.wait_ready()
+
+
+def test_late_joiners_see_every_event_after_their_created_revision(tmp_path: Path,
+                                                                   procs: list) -> None:
+    """Watchers join a shared watch while writes go on: each sees exactly the events after
+    the revision of its ``created`` response, in order, with no gap."""
+    d, dmetrics = ds_with_metrics(tmp_path, procs)
+    proxy, _ = our_proxy(tmp_path, d.endpoint, procs, "--no-range-cache")
+    n_writes, n_watchers = 60, 6
+
+    async def run() -> list[tuple[int, list[int]]]:
+        async with grpc.aio.insecure_channel(proxy.endpoint) as ch, \
+                grpc.aio.insecure_channel(d.endpoint) as dch:
+            kv = rpc_pb2_grpc.KVStub(dch)
+            calls = []
+            out: list[tuple[int, list[int]]] = []
+            final = 0
+            for i in range(n_writes):
+                if i % (n_writes // n_watchers) == 0:  # a new watcher joins every 10 writes
+                    call = rpc_pb2_grpc.WatchStub(ch).Watch(iter([rpc.WatchRequest(
+                        create_request=rpc.WatchCreateRequest(key=b"j"))]))
+                    created = await call.read()
+                    assert created.created
+                    calls.append((created.header.revision, call))
+                final = (await kv.Put(rpc.PutRequest(key=b"j", value=b"%d" % i))).header.revision
+            for rev, call in calls:
+                revs: list[int] = []
+                while not revs or revs[-1] < final:
+                    resp = await asyncio.wait_for(call.read(), 60)
+                    revs.extend(ev.kv.mod_revision for ev in resp.events)
+                call.cancel()
+                out.append((rev, revs))
+            return out
+
+    results = asyncio.run(run())
+    for created_rev, revs in results:
+        assert revs == list(range(created_rev + 1, revs[-1] + 1)), (created_rev, revs[:5])
+    assert metric(dmetrics, "etcd_debugging_mvcc_watcher_total") <= 1

@@ -17,7 +17,8 @@ as etcd's grpc-proxy does:
   request for a lease whose keep-alive is in flight waits for that answer, and one made
   within ``TTL/6`` of the last answer is answered from it (TTL minus the time since), so a
   lease costs the cluster at most about six keep-alives per TTL however many clients
-  keep it alive.
+  keep it alive (a revoke through the proxy drops the remembered answer; a revoke
+  elsewhere, or expiry, shows up within TTL/6).
 - **Serializable ranges.** A serializable ``Range`` at the current revision is answered
   from a cache that the proxy's own watch over the whole keyspace invalidates (and so do
   writes forwarded by the proxy itself); without that watch (e.g. auth on and no rights)
@@ -53,6 +54,7 @@ log = logging.getLogger("datastore.proxy")
 WATCH = "/etcdserverpb.Watch/Watch"
 KEEPALIVE = "/etcdserverpb.Lease/LeaseKeepAlive"
 RANGE = "/etcdserverpb.KV/Range"
+REVOKE = "/etcdserverpb.Lease/LeaseRevoke"
 WRITES = {"/etcdserverpb.KV/Put", "/etcdserverpb.KV/DeleteRange", "/etcdserverpb.KV/Txn",
           "/etcdserverpb.Lease/LeaseRevoke"}
 REPEATABLE = {RANGE, "/etcdserverpb.Lease/LeaseTimeToLive", "/etcdserverpb.Lease/LeaseLeases",
@@ -494,6 +496,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 continue
             if method in WRITES:
                 self.cache.invalidate()
+                if method == REVOKE:  # answered keep-alives for it are no longer true
+                    self.keepalives.last.pop(rpc.LeaseRevokeRequest.FromString(raw).ID, None)
             elif cacheable:
                 self.cache.store(raw, token, resp, gen)
             return resp
