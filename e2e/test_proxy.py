@@ -231,6 +231,10 @@ def test_keepalive_and_range_cache_coalescing(tmp_path: Path, procs: list) -> No
         assert sread() == b"3"
         # a linearizable read is never cached
         assert pkv.Range(rpc.RangeRequest(key=b"c"), timeout=30).kvs[0].value == b"3"
+    # the JSON gateway on --metrics-addr goes through the proxy too
+    req = urllib.request.Request(pm + "/v3/kv/range", method="POST", data=b'{"key": "Yw=="}')
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["kvs"][0]["value"] == "Mw=="
 
 
 def _etcdctl_basics(endpoint: str, tag: str) -> None:
