@@ -46,6 +46,10 @@ def test_etcdctl_user_through_proxy(tmp_path: Path, procs: list) -> None:  # noq
         assert etcdctl(p, root, "get", "/b/1", "--consistency=s",
                        "--print-value-only").stdout.strip() == b"x"
     assert etcdctl(p, "get", "/a/1", check=False).returncode != 0  # no user at all
+    # leases through the proxy's shared keep-alive stream, under auth
+    lease = etcdctl(p, alice, "lease", "grant", "30").stdout.split()[1].decode()
+    assert b"keepalived" in etcdctl(p, alice, "lease", "keep-alive", "--once", lease).stdout
+    etcdctl(p, root, "lease", "revoke", lease)
     wrong = etcdctl(p, "--user=alice:nope", "get", "/a/1", check=False)
     assert wrong.returncode != 0 and b"authentication failed" in wrong.stderr
     # a watch through the proxy with alice's token: allowed on /a/, refused on /b/
