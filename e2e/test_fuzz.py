@@ -210,3 +210,35 @@ def test_fuzz_gateway_json(server: tuple[ServerProc, str]) -> None:
     print(f"{answered} malformed gateway requests; log grew {len(log)} bytes")
     assert "Traceback" not in log
     assert len(log) < 5_000, "malformed requests must not flood the log"
+
+
+def test_fuzz_through_the_proxy(server: tuple[ServerProc, str], tmp_path: Path) -> None:
+    """The gRPC proxy refuses undecodable payloads as the cluster would, forwards nothing."""
+    from test_proxy import our_proxy
+
+    p, _ = server
+    started: list = []
+    proxy, _metrics = our_proxy(tmp_path, p.endpoint, started)
+    try:
+        rng = random.Random(SEED + 1)
+        ident = lambda b: b  # noqa: E731
+        with p.channel() as ch, grpc.insecure_channel(proxy.endpoint) as pch:
+            rev0 = revision(ch)
+            refused = 0
+            for method, t in unary_methods():
+                call = pch.unary_unary(method, request_serializer=ident, response_deserializer=ident)
+                for raw in payloads(rng, t, 20):
+                    if decodes(t, raw):
+                        continue
+                    with pytest.raises(grpc.RpcError) as ei:
+                        call(raw, timeout=30)
+                    assert ei.value.code() == grpc.StatusCode.INTERNAL, (method, ei.value)
+                    refused += 1
+            assert refused > 300
+            assert revision(ch) == rev0
+            assert revision(pch) == rev0  # the proxy still serves
+        log = proxy.log.read_text(errors="replace")
+        assert "Traceback" not in log and len(log) < 5_000
+    finally:
+        for s in started:
+            s.stop()
