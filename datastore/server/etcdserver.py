@@ -169,6 +169,14 @@ class EtcdServer:
         """
         applied = self.applier.applied_index
         hs = self.storage.hard_state
+        if applied < self.storage.snap_meta.index:
+            # The entries between the two were compacted away: replaying is impossible and
+            # serving would expose a state missing acknowledged writes.
+            raise RuntimeError(
+                f"state applied up to {applied} but the raft log was compacted up to "
+                f"{self.storage.snap_meta.index}: the state db lost writes (power loss with "
+                f"an unsynced state db, or corruption); restore this member from a snapshot "
+                f"or remove and re-add it")
         if applied > hs.commit:
             if applied > self.storage.last_index():
                 raise RuntimeError(f"state applied up to {applied} but the raft log ends at "
@@ -400,6 +408,10 @@ class EtcdServer:
         applied = self.applier.applied_index
         if applied - self.storage.snap_meta.index > self.cfg.snapshot_count:
             keep_from = max(applied - self.cfg.snapshot_catchup_entries, 1)
+            # Power loss: the state db is never fsynced per apply (it is replayed from the
+            # log), so make it durable before dropping the entries that could replay it
+            # (etcd commits its backend before a snapshot for the same reason).
+            self.backend.sync()
             self.storage.compact(keep_from, self.storage.conf_state)
 
     def _on_soft_state(self, lead: int, state: StateType) -> None:

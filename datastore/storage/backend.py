@@ -9,6 +9,8 @@ because everything else can be replayed from the log after a crash.
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,10 @@ WAL_FAMILIES = ("raft_log", "raft_state")
 # lease: id(8B BE) -> LeaseRecord; members: id(8B BE) -> MemberRecord
 STATE_FAMILIES = ("key", "meta", "lease", "members")
 
+# TEST ONLY: skip the WAL fsync, so the power-loss tests can prove they detect a server
+# that acknowledges writes it never made durable. Never set this in production.
+UNSAFE_NO_FSYNC_ENV = "DATASTORE_UNSAFE_NO_FSYNC"
+
 
 def _options() -> Options:
     opts = Options(raw_mode=True)
@@ -52,6 +58,11 @@ class Backend:
             n: self.db.get_column_family_handle(n) for n in families
         }
         self._nosync = WriteOptions()
+        self._unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
+        if self._unsafe_no_fsync:
+            logging.getLogger("datastore.storage").warning(
+                "%s=1: writes are NOT fsynced; acknowledged writes can be lost on power "
+                "loss (test-only switch)", UNSAFE_NO_FSYNC_ENV, extra={"path": str(self.path)})
 
     def cf(self, name: str) -> Rdict:
         return self._cf[name]
@@ -68,8 +79,12 @@ class Backend:
         # the whole fsync; flush_wal(sync=True) releases it. Same durability: the batch is
         # in the WAL once write() returns, and flush_wal fsyncs the WAL.
         self.db.write(batch, self._nosync)
-        if sync:
+        if sync and not self._unsafe_no_fsync:
             self.db.flush_wal(True)
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync this database's WAL)."""
+        self.db.flush_wal(True)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self._cf[cf].get(key)
