@@ -21,6 +21,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
@@ -63,6 +64,22 @@ def failpoint(name: str) -> None:
         for h in logging.getLogger().handlers:
             h.flush()
         os._exit(97)
+
+
+def fatal_disk_error(what: str, err: BaseException) -> NoReturn:
+    """Exit at once when a disk write fails (EIO, ENOSPC, ...), like etcd's log.Fatal.
+
+    After a failed fsync the page cache may hold data the disk never got: going on (or
+    retrying the fsync, which can report success for lost data) could acknowledge a write
+    that a power loss would drop. The durable log on restart is the truth.
+    """
+    log.critical("%s; stopping so that no unpersisted write is acknowledged", what,
+                 extra={"error": str(err), "action": "check the disk (free space, I/O "
+                        "errors in the kernel log), then restart the member: it recovers "
+                        "from its durable raft log"})
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os._exit(1)
 
 
 class EtcdServer:
@@ -367,11 +384,17 @@ class EtcdServer:
                 persist = loop.run_in_executor(self._io, self.storage.save, rd.hard_state,
                                                rd.entries, rd.snapshot, True)
             else:
-                self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+                try:
+                    self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+                except Exception as e:  # any failed disk write is fatal
+                    fatal_disk_error("raft log write failed", e)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         if persist is not None:
-            await persist
+            try:
+                await persist
+            except Exception as e:  # any failed disk write is fatal
+                fatal_disk_error("raft log write failed", e)
         if rd.messages and self.transport is not None and not sent:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
@@ -389,7 +412,10 @@ class EtcdServer:
                 continue
             if e.data:
                 self.applier.apply_request(e.data, wb, out)
-        self.applier.finish(wb, out, last.index, last.term)
+        try:
+            self.applier.finish(wb, out, last.index, last.term)
+        except Exception as e:  # any failed disk write is fatal
+            fatal_disk_error("state db write failed", e)
         for req_id, result in out.results:
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
@@ -411,7 +437,10 @@ class EtcdServer:
             # Power loss: the state db is never fsynced per apply (it is replayed from the
             # log), so make it durable before dropping the entries that could replay it
             # (etcd commits its backend before a snapshot for the same reason).
-            self.backend.sync()
+            try:
+                self.backend.sync()
+            except Exception as e:  # any failed disk write is fatal
+                fatal_disk_error("state db sync failed", e)
             self.storage.compact(keep_from, self.storage.conf_state)
 
     def _on_soft_state(self, lead: int, state: StateType) -> None:

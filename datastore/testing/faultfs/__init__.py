@@ -56,15 +56,28 @@ class FaultDisk:
     def enospc_flag(self) -> Path:
         return self.shadow.parent / f"{self.shadow.name}.enospc"
 
+    @property
+    def eio_flag(self) -> Path:
+        return self.shadow.parent / f"{self.shadow.name}.eio"
+
     def env(self, eio_after: int | None = None) -> dict[str, str]:
-        """Environment for the member's process (merge into ``ServerProc.env``)."""
+        """Environment for the member's process (merge into ``ServerProc.env``).
+
+        ``eio_after``: once :meth:`arm_eio` is called, that many more fsync/fdatasync calls
+        succeed and every later one fails with EIO.
+        """
         self.shadow.mkdir(parents=True, exist_ok=True)
         env = {"LD_PRELOAD": str(self.shim), "FAULTFS_ROOT": str(self.data_dir.resolve()),
                "FAULTFS_SHADOW": str(self.shadow.resolve()),
                "FAULTFS_ENOSPC_FLAG": str(self.enospc_flag.resolve())}
         if eio_after is not None:
             env["FAULTFS_EIO_AFTER"] = str(eio_after)
+            env["FAULTFS_EIO_FLAG"] = str(self.eio_flag.resolve())
         return env
+
+    def arm_eio(self) -> None:
+        """Start counting towards the EIO failure set up with ``env(eio_after=N)``."""
+        self.eio_flag.touch()
 
     def fill(self) -> None:
         """The disk is full from now on: writes under the data dir fail with ENOSPC."""

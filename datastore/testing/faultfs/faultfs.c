@@ -12,6 +12,8 @@
  * Faults (all limited to fds/paths under FAULTFS_ROOT):
  *   FAULTFS_EIO_AFTER=N   the first N fsync/fdatasync calls succeed, every later one
  *                         fails with EIO (sticky, like a disk that went bad).
+ *   FAULTFS_EIO_FLAG=P    with FAULTFS_EIO_AFTER: count only the calls made while the
+ *                         file P exists (so a test arms the fault once the member is up).
  *   FAULTFS_ENOSPC_FLAG=P while the file P exists, write/pwrite/writev/fallocate/ftruncate
  *                         fail with ENOSPC (the test creates/removes P to fill/free the disk).
  */
@@ -34,6 +36,7 @@
 static char g_root[PATH_MAX];   /* absolute, no trailing slash; "" = shim inactive */
 static char g_shadow[PATH_MAX];
 static char g_enospc[PATH_MAX];
+static char g_eio_flag[PATH_MAX];
 static long g_eio_after = -1;   /* -1: never */
 static long g_syncs;            /* fsync/fdatasync calls under the root so far */
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -91,6 +94,8 @@ __attribute__((constructor)) static void faultfs_init(void) {
     }
     const char *e = getenv("FAULTFS_ENOSPC_FLAG");
     if (e) snprintf(g_enospc, sizeof g_enospc, "%s", e);
+    const char *f = getenv("FAULTFS_EIO_FLAG");
+    if (f) snprintf(g_eio_flag, sizeof g_eio_flag, "%s", f);
     const char *n = getenv("FAULTFS_EIO_AFTER");
     if (n && *n) g_eio_after = atol(n);
 }
@@ -169,11 +174,12 @@ static void persist(int fd) {
 }
 
 static int sync_common(int fd, int (*real)(int)) {
-    if (g_root[0] && fd_under_root(fd)) {
+    if (g_root[0] && g_eio_after >= 0 && fd_under_root(fd) &&
+            (!g_eio_flag[0] || g_syncs > 0 || access(g_eio_flag, F_OK) == 0)) {
         pthread_mutex_lock(&g_mu);
         long k = ++g_syncs;
         pthread_mutex_unlock(&g_mu);
-        if (g_eio_after >= 0 && k > g_eio_after) {
+        if (k > g_eio_after) {
             if (k == g_eio_after + 1) shim_log("injecting EIO from fsync call", "");
             errno = EIO;
             return -1;
