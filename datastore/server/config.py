@@ -44,6 +44,7 @@ class Config:
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
+    initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
     client_tls: TLSInfo = field(default_factory=TLSInfo)
     peer_tls: TLSInfo = field(default_factory=TLSInfo)
@@ -128,6 +129,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--experimental-watch-progress-notify-interval", default="10m")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
     a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
+    a("--experimental-initial-corrupt-check", default=False, type=parse_bool, nargs="?",
+      const=True, help="compare this member's HashKV with its peers' at start-up and refuse "
+                       "to serve on a mismatch")
     # TLS, with etcd's names: client side (client URLs and https metrics URLs) ...
     a("--cert-file", default="", help="client server TLS certificate file")
     a("--key-file", default="", help="client server TLS key file")
@@ -250,6 +254,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
+        initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
                            trusted_ca_file=ns.trusted_ca_file,

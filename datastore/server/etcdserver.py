@@ -48,7 +48,12 @@ from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
-from datastore.storage.backend import WAL_FAMILIES, Backend
+from datastore.storage.backend import (
+    CORRUPT_ACTION,
+    WAL_FAMILIES,
+    Backend,
+    CorruptDataError,
+)
 from datastore.util.clock import MonotonicClock
 
 log = logging.getLogger("datastore.server")
@@ -92,17 +97,23 @@ class EtcdServer:
         self.wal = Backend(data / "wal", WAL_FAMILIES)
         self.backend = Backend(data / "state")
         self.clock = MonotonicClock()
-        self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
-        self.kv = KVStore(self.backend, self.lessor)
-        self.hub = WatchHub(self.kv)
-        self.alarms = AlarmStore(self.backend)
-        self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms)
-        self.members = Membership(self.backend)
-        self.storage = DurableStorage(self.wal)
-        self._bootstrap()
-        self._finish_snapshot_install()
-        self.lessor.restore()
-        self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        try:
+            self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
+            self.kv = KVStore(self.backend, self.lessor)
+            self.hub = WatchHub(self.kv)
+            self.alarms = AlarmStore(self.backend)
+            self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms)
+            self.members = Membership(self.backend)
+            self.storage = DurableStorage(self.wal)
+            self._bootstrap()
+            self._finish_snapshot_install()
+            self.lessor.restore()
+            self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        except Exception as e:
+            # a damaged block is found only when read: here, before anything is served
+            if "Corruption" in str(e):
+                raise CorruptDataError(f"reading {data}: {e}; {CORRUPT_ACTION}") from e
+            raise
         self._reconcile_commit()
         self.member_id = self.members.local_id
         self.cluster_id = self.members.cluster_id
@@ -189,15 +200,13 @@ class EtcdServer:
         if applied < self.storage.snap_meta.index:
             # The entries between the two were compacted away: replaying is impossible and
             # serving would expose a state missing acknowledged writes.
-            raise RuntimeError(
+            raise CorruptDataError(
                 f"state applied up to {applied} but the raft log was compacted up to "
-                f"{self.storage.snap_meta.index}: the state db lost writes (power loss with "
-                f"an unsynced state db, or corruption); restore this member from a snapshot "
-                f"or remove and re-add it")
+                f"{self.storage.snap_meta.index}: the state db lost writes; {CORRUPT_ACTION}")
         if applied > hs.commit:
             if applied > self.storage.last_index():
-                raise RuntimeError(f"state applied up to {applied} but the raft log ends at "
-                                   f"{self.storage.last_index()}: the data dir is corrupt")
+                raise CorruptDataError(f"state applied up to {applied} but the raft log ends "
+                                       f"at {self.storage.last_index()}; {CORRUPT_ACTION}")
             self.storage.save(HardState(hs.term, hs.vote, applied), (), None, True)
 
     # ---- lifecycle ---------------------------------------------------------------------
