@@ -58,10 +58,10 @@ def lose_power(procs: list[ServerProc], disks: list[FaultDisk]) -> None:
 
 
 def run_rounds(proc: ServerProc, disk: FaultDisk, targets: list[int],
-               rng: random.Random) -> list[Ack]:
+               rng: random.Random, seed: int = SEED) -> list[Ack]:
     all_acks: list[Ack] = []
     for rnd, n in enumerate(targets):
-        ctx = f"seed={SEED} round={rnd} power-loss-after={n}"
+        ctx = f"seed={seed} round={rnd} power-loss-after={n}"
         w = Writers(proc, f"r{rnd}", rng)
         w.wait_acks(n)
         lose_power([proc], [disk])
@@ -97,8 +97,28 @@ def test_checker_detects_missing_fsync(tmp_path: Path, shim: Path) -> None:
         proc.stop()
 
 
+@pytest.mark.slow
+def test_power_loss_single_member_soak(tmp_path: Path, shim: Path) -> None:
+    rng = random.Random(SEED + 2)
+    proc, disk = member(tmp_path, shim, "soak", extra=SMALL_SNAPSHOTS)
+    try:
+        proc.start()
+        run_rounds(proc, disk, [rng.randint(1, 400) for _ in range(12)], rng, SEED + 2)
+    finally:
+        proc.stop()
+
+
 def test_power_loss_three_members_at_once(tmp_path: Path, shim: Path) -> None:
-    rng = random.Random(SEED + 1)
+    cluster_rounds(tmp_path, shim, SEED + 1, 1)
+
+
+@pytest.mark.slow
+def test_power_loss_three_members_soak(tmp_path: Path, shim: Path) -> None:
+    cluster_rounds(tmp_path, shim, SEED + 3, 6)
+
+
+def cluster_rounds(tmp_path: Path, shim: Path, seed: int, rounds: int) -> None:
+    rng = random.Random(seed)
     cluster = Cluster(tmp_path, 3, extra=SMALL_SNAPSHOTS)
     disks = [FaultDisk(p.data_dir, tmp_path / f"{p.name}.durable", shim) for p in cluster.procs]
     for p, d in zip(cluster.procs, disks, strict=True):
@@ -106,8 +126,8 @@ def test_power_loss_three_members_at_once(tmp_path: Path, shim: Path) -> None:
     try:
         cluster.start()
         all_acks: list[Ack] = []
-        for rnd, n in enumerate([rng.randint(100, 200)]):
-            ctx = f"seed={SEED + 1} round={rnd} cluster power loss after {n}"
+        for rnd, n in enumerate([rng.randint(100, 200) for _ in range(rounds)]):
+            ctx = f"seed={seed} round={rnd} cluster power loss after {n}"
             writers = [Writers(p, f"r{rnd}/{p.name}", rng) for p in cluster.procs]
             for w in writers:
                 w.wait_acks(n // 3)
