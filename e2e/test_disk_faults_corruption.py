@@ -23,6 +23,7 @@ from test_crash import Writers
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.mvccpb import kv_pb2
 from datastore.storage.backend import Backend
+from datastore.testing.faultfs import FaultDisk, build_shim
 from datastore.testing.procs import ServerProc, datastore_proc
 
 REFUSED_EXIT = 3
@@ -68,6 +69,30 @@ def test_corrupted_wal_record_refused(tmp_path: Path) -> None:
     log_file = newest(proc.data_dir / "wal", "*.log")
     data = bytearray(log_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
+    log_file.write_bytes(bytes(data))
+    refused(proc, "Corruption", "/wal")
+
+
+def test_corrupted_wal_record_after_power_loss_refused(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The state db is behind the log here (never synced), so only the log can tell.
+
+    RocksDB's default WAL recovery would end the log at the bad record and the member
+    would replay a shorter history, serving it without the acknowledged writes after it.
+    """
+    shim = build_shim(tmp_path_factory.getbasetemp() / "faultfs")
+    proc = datastore_proc(tmp_path, "plflip")
+    disk = FaultDisk(proc.data_dir, tmp_path / "plflip.durable", shim)
+    proc.env.update(disk.env())
+    proc.start()
+    w = Writers(proc, "plflip", random.Random(8))
+    w.wait_acks(100)
+    proc.kill()
+    w.join()
+    disk.pull_plug()
+    log_file = newest(proc.data_dir / "wal", "*.log")
+    data = bytearray(log_file.read_bytes())
+    data[len(data) // 3] ^= 0xFF
     log_file.write_bytes(bytes(data))
     refused(proc, "Corruption", "/wal")
 
