@@ -17,6 +17,7 @@ from datastore.server.config import (
     config_from_args,
     prepare_tls,
 )
+from datastore.storage.backend import CorruptDataError
 
 log = logging.getLogger("datastore")
 
@@ -29,6 +30,9 @@ async def _serve(ns: argparse.Namespace) -> int:
 
     cfg = prepare_tls(config_from_args(ns))  # auto-TLS certificates live in the data dir
     server = EtcdServer(cfg)
+    if cfg.initial_corrupt_check:  # before serving anything, as etcd does
+        from datastore.server.corrupt import initial_corrupt_check
+        await initial_corrupt_check(server, server.request_timeout())
     grpc_server = build_grpc_server(server)
     transport = PeerTransport(server)
     server.transport = transport  # type: ignore[assignment]
@@ -118,3 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"datastore: error: {e}", file=sys.stderr)
         return 2
+    except CorruptDataError as e:  # refuse to serve damaged data, with what to do
+        log.critical("refusing to start: data dir is corrupt", extra={"error": str(e)})
+        return 3

@@ -44,6 +44,7 @@ class Config:
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
+    initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
     listen_client_http_urls: tuple[str, ...] = ()  # the JSON gateway only (etcd 3.5)
     client_tls: TLSInfo = field(default_factory=TLSInfo)
@@ -131,6 +132,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--listen-client-http-urls", default="",
       help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
     a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
+    a("--experimental-initial-corrupt-check", default=False, type=parse_bool, nargs="?",
+      const=True, help="compare this member's HashKV with its peers' at start-up and refuse "
+                       "to serve on a mismatch")
     # TLS, with etcd's names: client side (client URLs and https metrics URLs) ...
     a("--cert-file", default="", help="client server TLS certificate file")
     a("--key-file", default="", help="client server TLS key file")
@@ -253,6 +257,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
+        initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
         listen_client_http_urls=(split_urls(ns.listen_client_http_urls)
                                  if ns.listen_client_http_urls else ()),
