@@ -16,6 +16,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,6 +48,15 @@ def post(base: str, path: str, body: Any = None, raw: bytes | None = None,
         return status, json.loads(text)
     except ValueError:
         return status, text
+
+
+def watchers(base: str) -> int:
+    """The member's watcher gauge (/metrics is served on the gateway's port too)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(line.split()[1])
+    raise KeyError("etcd_debugging_mvcc_watcher_total")
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +101,15 @@ def test_curl_sequence_from_etcd_docs(ds: tuple[ServerProc, str]) -> None:
         curl("/v3/kv/put", '{"key": "Zm9v", "value": "YmF6"}')
         ev = json.loads(w.stdout.readline())["result"]["events"][0]
         assert ev["kv"]["value"] == "YmF6"
+        assert watchers(base) == 1
     finally:
         w.kill()
         w.wait()
+    # the client went away: so does its watch on the member
+    deadline = time.monotonic() + 60
+    while watchers(base) != 0:
+        assert time.monotonic() < deadline, "the gateway leaked a watch"
+        time.sleep(0.05)  # poll interval of the condition above
     # lease grant / keepalive / timetolive / revoke
     r = curl("/v3/lease/grant", '{"TTL": 30}')
     lid = r["ID"]
