@@ -33,7 +33,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -385,7 +385,6 @@ class ProxyConfig:
     server_credentials: grpc.ServerCredentials | None = None
     dial_timeout: float = 5.0
     range_cache: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
@@ -398,7 +397,6 @@ class GrpcProxy(grpc.GenericRpcHandler):
         self.cache = RangeCache(self)
         self.server: grpc.aio.Server | None = None
         self.port = 0
-        self._ids = itertools.count(1)
 
     async def start(self) -> int:
         self.server = grpc.aio.server(handlers=[self], interceptors=[DecodeGuard()], options=[
