@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-from datastore.server.config import VERSION, add_serve_arguments, config_from_args
+from datastore.server.config import (
+    VERSION,
+    add_serve_arguments,
+    apply_env,
+    config_from_args,
+    prepare_tls,
+)
 
 log = logging.getLogger("datastore")
 
@@ -19,7 +26,7 @@ async def _serve(ns: argparse.Namespace) -> int:
     from datastore.server.etcdserver import EtcdServer
     from datastore.server.transport import PeerTransport
 
-    cfg = config_from_args(ns)
+    cfg = prepare_tls(config_from_args(ns))  # auto-TLS certificates live in the data dir
     server = EtcdServer(cfg)
     grpc_server = build_grpc_server(server)
     transport = PeerTransport(server)
@@ -32,6 +39,8 @@ async def _serve(ns: argparse.Namespace) -> int:
     log.info("serving client requests", extra={
         "member": cfg.name, "data_dir": cfg.resolved_data_dir,
         "client_urls": list(cfg.listen_client_urls), "member_id": f"{server.member_id:x}",
+        "peer_urls": list(cfg.listen_peer_urls), "metrics_urls": list(cfg.listen_metrics_urls),
+        "client_tls": not cfg.client_tls.empty(), "peer_tls": not cfg.peer_tls.empty(),
         "version": VERSION})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     sub.add_parser("version", help="print the version")
+    env_warnings: list[str] = []
+    if argv[0] == "serve":
+        # ETCD_<FLAG> / DATASTORE_<FLAG> variables become flag defaults (etcd's behaviour)
+        try:
+            env_warnings = apply_env(serve, argv[1:], os.environ)
+        except ValueError as e:
+            print(f"datastore: error: {e}", file=sys.stderr)
+            return 2
     ns = parser.parse_args(argv)
 
     if ns.cmd == "version":
@@ -80,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         from datastore.bench import run as bench_run
         return bench_run(ns)
     setup_logging(getattr(ns, "log_level", "info"))
+    for w in env_warnings:
+        log.warning(w)
     try:
         if ns.cmd == "snapshot":
             from datastore.server.restore import restore_snapshot

@@ -18,12 +18,13 @@ from datastore.api.maintenance import MaintenanceService
 from datastore.api.watch import WatchService
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
+from datastore.server.tlsutil import is_secure
 
 
 def listen_address(url: str) -> str:
     p = urlparse(url)
     if p.scheme not in ("http", "https"):
-        raise ValueError(f"unsupported listen URL {url!r}: use http://HOST:PORT")
+        raise ValueError(f"unsupported listen URL {url!r}: use http://HOST:PORT or https://HOST:PORT")
     return p.netloc
 
 
@@ -46,5 +47,8 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), srv)
     for url in cfg.listen_client_urls:
-        srv.add_insecure_port(listen_address(url))
+        if is_secure(url):  # prepare_tls made sure the certificate and key exist
+            srv.add_secure_port(listen_address(url), cfg.client_tls.server_credentials())
+        else:
+            srv.add_insecure_port(listen_address(url))
     return srv

@@ -53,6 +53,7 @@ from datastore.raft.types import (
 )
 from datastore.server import codec
 from datastore.server.membership import META_LOCAL_ID, compute_member_id
+from datastore.server.tlsutil import open_channel
 from datastore.storage.backend import STATE_FAMILIES, Backend
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def join_existing(server: EtcdServer) -> None:
     if not others:
         raise ValueError("--initial-cluster-state existing needs the other members in "
                          "--initial-cluster")
-    cluster_id, raw = fetch_cluster(others)
+    cluster_id, raw = fetch_cluster(others, tls=cfg.peer_tls)
     records = [MemberRecord.FromString(r) for r in raw]
     local = next((m for m in records if sorted(m.peer_urls) == own), None)
     if local is None:
@@ -519,8 +520,8 @@ class ClusterOps:
         lead = s.members.members.get(s.leader_id)
         if lead is None or not lead.client_urls:
             raise errors.ErrNoLeader()
-        target = lead.client_urls[0].split("://", 1)[-1]
-        async with grpc.aio.insecure_channel(target) as ch:
+        # over the leader's client URL, with our client TLS settings when it is https
+        async with await open_channel(lead.client_urls[0], s.cfg.client_tls) as ch:
             try:
                 resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
                     rpc.MemberPromoteRequest(ID=mid), timeout=CONF_CHANGE_TIMEOUT_S)

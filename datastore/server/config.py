@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlparse
+
+from datastore.server.tlsutil import TLSInfo, is_secure, self_cert, url_hosts
+
+log = logging.getLogger("datastore.config")
 
 VERSION = "3.5.17"  # the etcd API version we implement; clients switch features on by it
 CLUSTER_VERSION = "3.5.0"
@@ -38,6 +45,11 @@ class Config:
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
     listen_metrics_urls: tuple[str, ...] = ()
+    client_tls: TLSInfo = field(default_factory=TLSInfo)
+    peer_tls: TLSInfo = field(default_factory=TLSInfo)
+    client_auto_tls: bool = False
+    peer_auto_tls: bool = False
+    self_signed_cert_validity_years: int = 1
 
     @property
     def resolved_data_dir(self) -> str:
@@ -115,7 +127,100 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--experimental-lease-checkpoint-interval", default="10s")
     a("--experimental-watch-progress-notify-interval", default="10m")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
-    a("--strict-reconfig-check", default=True, type=lambda v: v.lower() in ("1", "true", "yes"))
+    a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
+    # TLS, with etcd's names: client side (client URLs and https metrics URLs) ...
+    a("--cert-file", default="", help="client server TLS certificate file")
+    a("--key-file", default="", help="client server TLS key file")
+    a("--trusted-ca-file", default="",
+      help="client CA file; like etcd, giving it also demands client certificates")
+    a("--client-cert-auth", **_BOOL, help="demand client certificates signed by --trusted-ca-file")
+    a("--auto-tls", **_BOOL, help="client TLS with a generated self-signed certificate")
+    # ... and peer side
+    a("--peer-cert-file", default="", help="peer server TLS certificate file")
+    a("--peer-key-file", default="", help="peer server TLS key file")
+    a("--peer-trusted-ca-file", default="",
+      help="peer CA file: peers' certificates are verified against it (both directions)")
+    a("--peer-client-cert-auth", **_BOOL, help="demand peer client certificates")
+    a("--peer-auto-tls", **_BOOL, help="peer TLS with a generated self-signed certificate")
+    a("--self-signed-cert-validity", type=int, default=1,
+      help="years the --auto-tls / --peer-auto-tls certificates are valid")
+
+
+def parse_bool(v: str) -> bool:
+    """Go's strconv.ParseBool, which etcd's boolean flags and environment variables use."""
+    low = v.strip().lower()
+    if low in ("1", "t", "true", "yes"):
+        return True
+    if low in ("0", "f", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {v!r} (use true or false)")
+
+
+# A bare flag means true, ``--flag=false`` turns it off, as with Go's flag package.
+_BOOL: dict = {"type": parse_bool, "nargs": "?", "const": True, "default": False}
+
+# ---- flags from environment variables (etcd's pkg/flags.SetFlagsFromEnv) -----------------
+ENV_PREFIXES = ("ETCD", "DATASTORE")
+INTERNAL_ENV = frozenset({"DATASTORE_FAILPOINT"})  # ours, read elsewhere: not flags
+
+
+def flag_env_names(option: str) -> list[str]:
+    """``--initial-cluster`` -> ``[ETCD_INITIAL_CLUSTER, DATASTORE_INITIAL_CLUSTER]``."""
+    stem = option.lstrip("-").upper().replace("-", "_")
+    return [f"{p}_{stem}" for p in ENV_PREFIXES]
+
+
+def apply_env(parser: argparse.ArgumentParser, argv: Sequence[str],
+              environ: Mapping[str, str]) -> list[str]:
+    """Make ``ETCD_<FLAG>`` / ``DATASTORE_<FLAG>`` variables the defaults of parser's flags.
+
+    Like etcd: a variable whose flag is also on the command line is an error (etcd exits
+    with "conflicting environment variable ... is shadowed by corresponding command-line
+    flag"); ETCD_/DATASTORE_ variables that name no flag are reported (returned, for the
+    caller to log as warnings once logging is set up). ETCD_X and DATASTORE_X with
+    different values are an error too.
+    """
+    explicit = _explicit_dests(parser, argv)
+    used: set[str] = set()
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest == "help":
+            continue
+        found = {n: environ[n] for n in flag_env_names(longs[0]) if n in environ}
+        if not found:
+            continue
+        used.update(found)
+        names = " and ".join(found)
+        if action.dest in explicit:
+            raise ValueError(f"conflicting environment variable {names} is shadowed by the "
+                             f"command-line flag {longs[0]} (unset the variable or drop the flag)")
+        if len(set(found.values())) > 1:
+            raise ValueError(f"environment variables {names} disagree; set only one of them")
+        value = next(iter(found.values()))
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{names}={value!r}: must be one of {', '.join(action.choices)}")
+        if action.type is not None:
+            try:
+                action.type(value)  # fail here, naming the variable, not at parse time
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                raise ValueError(f"{names}={value!r}: {e}") from None
+        action.default = value  # a string default goes through the flag's type on parse
+    return [f"unrecognized environment variable {k}" for k in sorted(environ)
+            if k.startswith(tuple(p + "_" for p in ENV_PREFIXES))
+            and k not in used and k not in INTERNAL_ENV]
+
+
+def _explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Flags given on the command line: parse once with every default suppressed."""
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        ns, _ = parser.parse_known_args(list(argv))
+    finally:
+        for a, d in saved:
+            a.default = d
+    return set(vars(ns))
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
@@ -146,4 +251,71 @@ def config_from_args(ns: argparse.Namespace) -> Config:
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
+        client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
+                           trusted_ca_file=ns.trusted_ca_file,
+                           client_cert_auth=ns.client_cert_auth),
+        peer_tls=TLSInfo(cert_file=ns.peer_cert_file, key_file=ns.peer_key_file,
+                         trusted_ca_file=ns.peer_trusted_ca_file,
+                         client_cert_auth=ns.peer_client_cert_auth),
+        client_auto_tls=ns.auto_tls,
+        peer_auto_tls=ns.peer_auto_tls,
+        self_signed_cert_validity_years=ns.self_signed_cert_validity,
     )
+
+
+def prepare_tls(cfg: Config) -> Config:
+    """Make auto-TLS certificates and check every listener's TLS, as etcd does at start-up.
+
+    Returns the config with the generated certificates filled in. Errors (ValueError) use
+    etcd's wording, e.g. an https URL without a certificate and key.
+    """
+    if cfg.self_signed_cert_validity_years <= 0:
+        raise ValueError("--self-signed-cert-validity must be at least 1 (years)")
+    days = 365 * cfg.self_signed_cert_validity_years
+    fixtures = Path(cfg.resolved_data_dir) / "fixtures"
+    client, peer = cfg.client_tls, cfg.peer_tls
+    if cfg.client_auto_tls:
+        if client.empty():
+            auto = self_cert(fixtures / "client", url_hosts(cfg.listen_client_urls), days)
+            client = replace(auto, trusted_ca_file=client.trusted_ca_file,
+                             client_cert_auth=client.client_cert_auth)
+        else:
+            log.warning("ignoring client auto TLS since certs given")
+    if cfg.peer_auto_tls:
+        if peer.empty():
+            auto = self_cert(fixtures / "peer", url_hosts(cfg.listen_peer_urls), days)
+            peer = replace(auto, trusted_ca_file=peer.trusted_ca_file,
+                           client_cert_auth=peer.client_cert_auth)
+        else:
+            log.warning("ignoring peer auto TLS since certs given")
+    for url in cfg.listen_client_urls:
+        if is_secure(url) and client.empty():
+            raise ValueError(f"TLS key/cert (--cert-file, --key-file) must be provided for "
+                             f"client url {url} with HTTPS scheme")
+        if not is_secure(url) and not client.empty():
+            log.warning("scheme is HTTP while key and cert files are present; ignoring key "
+                        "and cert files", extra={"client_url": url})
+        if not is_secure(url) and client.client_cert_auth:
+            log.warning("scheme is HTTP while --client-cert-auth is enabled; ignoring client "
+                        "cert auth for this URL", extra={"client_url": url})
+    for url in cfg.listen_metrics_urls:
+        if is_secure(url) and client.empty():
+            raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
+                             f"CertFile are not presented (give --cert-file and --key-file, "
+                             f"or --auto-tls)")
+    for url in cfg.listen_peer_urls:
+        if is_secure(url) and peer.empty():
+            raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
+                             f"CertFile are not presented (give --peer-cert-file and "
+                             f"--peer-key-file, or --peer-auto-tls)")
+        if not is_secure(url) and not peer.empty():
+            log.warning("scheme is HTTP while key and cert files are present; ignoring key "
+                        "and cert files", extra={"peer_url": url})
+        if not is_secure(url) and peer.client_cert_auth:
+            log.warning("scheme is HTTP while --peer-client-cert-auth is enabled; ignoring "
+                        "client cert auth for this URL", extra={"peer_url": url})
+    if not client.empty():
+        client.check("--cert-file/--key-file/--trusted-ca-file")
+    if not peer.empty():
+        peer.check("--peer-cert-file/--peer-key-file/--peer-trusted-ca-file")
+    return replace(cfg, client_tls=client, peer_tls=peer)

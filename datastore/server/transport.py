@@ -35,6 +35,7 @@ from datastore.api.raftpb import raft_pb2_grpc
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
 from datastore.server.cluster_ops import ERR_REMOVED
+from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
 if TYPE_CHECKING:
     from datastore.server.etcdserver import EtcdServer
@@ -61,8 +62,13 @@ GRPC_OPTIONS = [
 def peer_target(url: str) -> str:
     p = urlparse(url)
     if p.scheme not in ("http", "https") or not p.netloc:
-        raise ValueError(f"unsupported peer URL {url!r}: use http://HOST:PORT")
+        raise ValueError(f"unsupported peer URL {url!r}: use http://HOST:PORT or https://HOST:PORT")
     return p.netloc
+
+
+async def open_peer_channel(url: str, tls: TLSInfo) -> grpc.aio.Channel:
+    peer_target(url)  # validate
+    return await open_channel(url, tls, GRPC_OPTIONS)
 
 
 class _Peer:
@@ -105,10 +111,11 @@ class _Peer:
         while True:
             url = self.urls[i % len(self.urls)]
             i += 1
-            channel = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
+            channel: grpc.aio.Channel | None = None
             call = None
             pending: list[Message] = []
             try:
+                channel = await open_peer_channel(url, self.t.server.cfg.peer_tls)
                 call = raft_pb2_grpc.RaftTransportStub(channel).Send()
                 # An empty batch opens the stream at once and, when idle, probes it: the
                 # strict reconfig check counts peers with a healthy stream as started.
@@ -144,7 +151,8 @@ class _Peer:
                     self.t.report_failure(self.id, pending)
                 if call is not None:
                     call.cancel()
-                await channel.close()
+                if channel is not None:
+                    await channel.close()
             # Drop what queued up while disconnected: raft retransmits what matters.
             dropped = []
             while not self.queue.empty():
@@ -219,7 +227,11 @@ class PeerTransport:
         raft_pb2_grpc.add_RaftTransportServicer_to_server(_Service(self), srv)
         for url in self.server.cfg.listen_peer_urls:
             try:
-                srv.add_insecure_port(peer_target(url))
+                if is_secure(url):  # prepare_tls made sure the certificate and key exist
+                    srv.add_secure_port(peer_target(url),
+                                        self.server.cfg.peer_tls.server_credentials())
+                else:
+                    srv.add_insecure_port(peer_target(url))
             except RuntimeError:
                 if len(self.server.members.members) > 1:
                     raise
@@ -302,7 +314,7 @@ class PeerTransport:
         return 0 < t <= since
 
     # ---- lease requests only the leader can answer -----------------------------------
-    def _leader_stub(self) -> raft_pb2_grpc.RaftTransportStub | None:
+    async def _leader_stub(self) -> raft_pb2_grpc.RaftTransportStub | None:
         s = self.server
         m = s.members.members.get(s.leader_id) if s.leader_id else None
         if m is None or not m.peer_urls or s.leader_id == s.member_id:
@@ -310,7 +322,14 @@ class PeerTransport:
         url = m.peer_urls[0]
         ch = self._renew_channels.get(url)
         if ch is None:
-            ch = grpc.aio.insecure_channel(peer_target(url), options=GRPC_OPTIONS)
+            try:
+                ch = await open_peer_channel(url, s.cfg.peer_tls)
+            except OSError as e:  # a self-signed peer we could not reach to read its cert
+                log.debug("cannot reach leader %x: %s", s.leader_id, e)
+                return None
+            if url in self._renew_channels:  # another caller made one while we waited
+                await ch.close()
+                ch = self._renew_channels[url]
             self._renew_channels[url] = ch
         return raft_pb2_grpc.RaftTransportStub(ch)
 
@@ -324,7 +343,7 @@ class PeerTransport:
                     return s.lessor.renew(lease_id)
                 except errors.ErrLeaseNotFound:
                     return 0
-            stub = self._leader_stub()
+            stub = await self._leader_stub()
             if stub is not None:
                 try:
                     resp = await stub.LeaseRenew(
@@ -348,7 +367,7 @@ class PeerTransport:
                 await s.read_barrier()
                 if s.is_leader:
                     return s.lease_ttl_local(lease_id, keys)
-            stub = self._leader_stub()
+            stub = await self._leader_stub()
             if stub is not None:
                 try:
                     resp = await stub.LeaseTimeToLive(
@@ -363,19 +382,21 @@ class PeerTransport:
             await asyncio.sleep(0.05)  # wait for a leader to be known again
 
 
-def fetch_cluster(peer_urls: list[str], timeout: float = 5.0) -> tuple[int, list[bytes]]:
+def fetch_cluster(peer_urls: list[str], timeout: float = 5.0,
+                  tls: TLSInfo | None = None) -> tuple[int, list[bytes]]:
     """Blocking: ask existing members (by peer URL) for the cluster id and member records."""
     last: Exception | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for url in peer_urls:
             try:
-                with grpc.insecure_channel(peer_target(url), options=GRPC_OPTIONS) as ch:
+                peer_target(url)  # validate
+                with open_channel_sync(url, tls or TLSInfo(), GRPC_OPTIONS) as ch:
                     resp = raft_pb2_grpc.RaftTransportStub(ch).Members(
                         pb.MembersRequest(), timeout=1.0)
                     if resp.cluster_id:
                         return resp.cluster_id, list(resp.members)
-            except grpc.RpcError as e:
+            except (grpc.RpcError, OSError) as e:
                 last = e
         time.sleep(0.1)  # start-up retry of a blocking call, before the loop runs
     raise ValueError(f"could not get the cluster membership from {peer_urls}: {last}")

@@ -24,6 +24,35 @@ ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """How a test client reaches an https:// server (etcdctl's --cacert/--cert/--key).
+
+    ``ca=None`` trusts whatever certificate the server presents (for --auto-tls servers,
+    like etcdctl --insecure-skip-tls-verify).
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def etcdctl_flags(self) -> list[str]:
+        # etcdctl 3.4 only skips verification with TLS explicitly on (--insecure-transport)
+        out = [f"--cacert={self.ca}"] if self.ca else [
+            "--insecure-transport=false", "--insecure-skip-tls-verify"]
+        if self.cert and self.key:
+            out += [f"--cert={self.cert}", f"--key={self.key}"]
+        return out
+
+    def channel(self, url: str) -> grpc.Channel:
+        """A blocking gRPC channel to ``https://HOST:PORT`` with these settings."""
+        from datastore.server.tlsutil import TLSInfo, open_channel_sync
+
+        info = TLSInfo(cert_file=str(self.cert or ""), key_file=str(self.key or ""),
+                       trusted_ca_file=str(self.ca or ""), self_signed=self.ca is None)
+        return open_channel_sync(url, info)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,7 +72,10 @@ class ServerProc:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    _fresh: bool = True  # the data dir did not exist before our last launch
+    _fresh: bool = True
+    client_scheme: str = "http"  # "https": wait_ready dials with ``tls``
+    peer_scheme: str = "http"
+    tls: ClientTLS | None = None  # the data dir did not exist before our last launch
 
     @property
     def endpoint(self) -> str:
@@ -51,11 +83,17 @@ class ServerProc:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.client_scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.peer_scheme}://127.0.0.1:{self.peer_port}"
+
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to the client port: TLS with ``tls`` when the URL is https."""
+        if self.client_scheme == "https":
+            return (self.tls or ClientTLS()).channel(self.client_url)
+        return grpc.insecure_channel(self.endpoint)
 
     def launch(self) -> ServerProc:
         """Start the process without waiting for it to become ready."""
@@ -109,13 +147,13 @@ class ServerProc:
         last: Exception | None = None
         while time.monotonic() < deadline:
             self._check_alive()
-            with grpc.insecure_channel(self.endpoint) as ch:
-                try:
+            try:
+                with self.channel() as ch:
                     rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=0.3)
                     self._check_alive()  # someone else may own the port if we died
                     return self
-                except grpc.RpcError as e:
-                    last = e
+            except (grpc.RpcError, OSError) as e:  # OSError: reading a self-signed cert
+                last = e
             time.sleep(0.02)  # poll interval of the condition above
         raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
 
@@ -157,9 +195,9 @@ class ServerProc:
 
 
 def _cluster_flags(name: str, client_port: int, peer_port: int, initial_cluster: str | None,
-                   state: str) -> list[str]:
-    client = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
+                   state: str, client_scheme: str = "http", peer_scheme: str = "http") -> list[str]:
+    client = f"{client_scheme}://127.0.0.1:{client_port}"
+    peer = f"{peer_scheme}://127.0.0.1:{peer_port}"
     return [
         "--name", name,
         "--listen-client-urls", client, "--advertise-client-urls", client,
@@ -171,25 +209,32 @@ def _cluster_flags(name: str, client_port: int, peer_port: int, initial_cluster:
 
 def etcd_proc(base: Path, name: str = "etcd0", extra: list[str] | None = None,
               client_port: int | None = None, peer_port: int | None = None,
-              initial_cluster: str | None = None, state: str = "new") -> ServerProc:
-    """A real etcd process (not started yet)."""
+              initial_cluster: str | None = None, state: str = "new",
+              client_scheme: str = "http", peer_scheme: str = "http",
+              tls: ClientTLS | None = None) -> ServerProc:
+    """A real etcd process (not started yet); https schemes need the TLS flags in extra."""
     cp, pp = client_port or free_port(), peer_port or free_port()
     data = base / f"{name}.etcd"
-    flags = _cluster_flags(name, cp, pp, initial_cluster, state)
+    flags = _cluster_flags(name, cp, pp, initial_cluster, state, client_scheme, peer_scheme)
     argv = [ETCD_BIN, "--data-dir", str(data), *flags,
             "--log-level", "error", "--logger", "zap", *(extra or [])]
-    return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log")
+    return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log",
+                      client_scheme=client_scheme, peer_scheme=peer_scheme, tls=tls)
 
 
 def datastore_proc(base: Path, name: str = "ds0", extra: list[str] | None = None,
                    client_port: int | None = None, peer_port: int | None = None,
-                   initial_cluster: str | None = None, state: str = "new") -> ServerProc:
+                   initial_cluster: str | None = None, state: str = "new",
+                   client_scheme: str = "http", peer_scheme: str = "http",
+                   tls: ClientTLS | None = None) -> ServerProc:
     """A datastore process (not started yet), run from this interpreter."""
     cp, pp = client_port or free_port(), peer_port or free_port()
     data = base / f"{name}.datastore"
     argv = [sys.executable, "-m", "datastore", "serve", "--data-dir", str(data),
-            *_cluster_flags(name, cp, pp, initial_cluster, state), *(extra or [])]
-    return ServerProc("datastore", name, data, cp, pp, argv, base / f"{name}.log")
+            *_cluster_flags(name, cp, pp, initial_cluster, state, client_scheme, peer_scheme),
+            *(extra or [])]
+    return ServerProc("datastore", name, data, cp, pp, argv, base / f"{name}.log",
+                      client_scheme=client_scheme, peer_scheme=peer_scheme, tls=tls)
 
 
 def etcdctl(endpoint: str, *args: str, timeout: float = 30.0, check: bool = True,
