@@ -14,15 +14,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb.kv_pb2 import Event
+from datastore.auth.grpcctx import auth_info
 from datastore.mvcc.watchable import Watcher
 from datastore.server.applier import range_end
 from datastore.server.etcdserver import EtcdServer
 
 QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
 _CLOSE = object()
+# etcd puts the whole gRPC error text of ErrGRPCPermissionDenied in the cancel reason.
+PERMISSION_DENIED_REASON = "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
 
 
 class WatchStream:
@@ -82,6 +86,23 @@ class WatchStream:
         self._put(rpc.WatchResponse(header=self.s.header(wsrev), watch_id=wid, created=True))
         self.s.hub.watch(w, c.start_revision or wsrev + 1)
 
+    async def permitted(self, c: rpc.WatchCreateRequest, ctx: grpc.aio.ServicerContext) -> bool:
+        """etcd's isWatchPermitted: read permission on the whole watched range.
+
+        Unlike etcd 3.4/3.5, a from-key watch (range_end "\\0") is checked as the open range
+        it is, not as its first key alone.
+        """
+        try:
+            ai = await auth_info(self.s, ctx)
+            self.s.auth.check_range(ai, c.key or b"\x00", c.range_end)
+        except errors.EtcdError:
+            return False
+        return True
+
+    def deny(self, c: rpc.WatchCreateRequest) -> None:
+        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=c.watch_id, created=True,
+                                    canceled=True, cancel_reason=PERMISSION_DENIED_REASON))
+
     def cancel(self, wid: int) -> None:
         w = self.watchers.pop(wid, None)
         if w is None:
@@ -138,7 +159,11 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 async for req in requests:
                     kind = req.WhichOneof("request_union")
                     if kind == "create_request":
-                        stream.create(req.create_request)
+                        c = req.create_request
+                        if self.s.auth.enabled and not await stream.permitted(c, ctx):
+                            stream.deny(c)
+                            continue
+                        stream.create(c)
                     elif kind == "cancel_request":
                         stream.cancel(req.cancel_request.watch_id)
                     elif kind == "progress_request":

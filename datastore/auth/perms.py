@@ -1,0 +1,76 @@
+"""Key-range permissions of one user, merged over its roles (etcd's range_perm_cache.go).
+
+A permission is a key interval ``[key, range_end)``: an empty ``range_end`` means the
+single key (the interval ``[key, key + b"\\0")``), and ``b"\\0"`` means every key from
+``key`` on. A request on a single key needs one permission interval containing it; a
+request on a range needs the permission intervals to cover the whole range without a gap
+(etcd's ``IntervalTree.Contains``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from datastore.api.authpb import auth_pb2 as authpb
+
+# End of an open interval: compares greater than every key. Keys are bytes, so a
+# non-bytes sentinel with explicit comparisons keeps the hot path simple.
+INF: None = None
+
+Interval = tuple[bytes, bytes | None]  # (begin, end); end None = +infinity
+
+
+def _end_lt(a: bytes | None, b: bytes | None) -> bool:
+    """a < b for interval ends, None being +infinity."""
+    if a is None:
+        return False
+    return b is None or a < b
+
+
+def perm_interval(key: bytes, range_end: bytes) -> Interval:
+    if not range_end:
+        return key, key + b"\x00"
+    if range_end == b"\x00":
+        return key, INF
+    return key, range_end
+
+
+class RangePerms:
+    """Read and write intervals of one user, each list merged and sorted."""
+
+    __slots__ = ("read", "write")
+
+    def __init__(self, perms: Iterable[authpb.Permission]) -> None:
+        read: list[Interval] = []
+        write: list[Interval] = []
+        for p in perms:
+            ivl = perm_interval(p.key, p.range_end)
+            if p.permType in (authpb.Permission.READ, authpb.Permission.READWRITE):
+                read.append(ivl)
+            if p.permType in (authpb.Permission.WRITE, authpb.Permission.READWRITE):
+                write.append(ivl)
+        self.read = _merge(read)
+        self.write = _merge(write)
+
+    def allows(self, key: bytes, range_end: bytes, write: bool) -> bool:
+        ivls = self.write if write else self.read
+        if not range_end:  # one key: some interval contains it
+            return any(b <= key and (e is None or key < e) for b, e in ivls)
+        end: bytes | None = INF if range_end == b"\x00" else range_end
+        if end is not None and key >= end:
+            return False  # an empty range overlaps nothing: etcd refuses it too
+        # The merged intervals are disjoint and separated by gaps, so the range is covered
+        # only if one of them contains it entirely.
+        return any(b <= key and not _end_lt(e, end) for b, e in ivls)
+
+
+def _merge(ivls: list[Interval]) -> list[Interval]:
+    """Union of intervals as disjoint, sorted intervals (touching ones joined)."""
+    out: list[Interval] = []
+    for b, e in sorted(ivls, key=lambda x: x[0]):
+        if out and not _end_lt(out[-1][1], b):  # overlaps or touches the previous one
+            pb, pe = out[-1]
+            out[-1] = (pb, e if _end_lt(pe, e) else pe)
+            continue
+        out.append((b, e))
+    return out
