@@ -461,6 +461,17 @@ def _enable(c: Conn, root_pw: str = "rootpw") -> Conn:
     return c.login("root", root_pw)
 
 
+def _status(fn: Callable[[], Any]) -> tuple[str, str]:
+    """("OK", "") or the error's (code, details), never raising (for polled conditions)."""
+    try:
+        r = fn()
+        if isinstance(r, Iterator):
+            next(r)
+    except grpc.RpcError as e:
+        return e.code().name, e.details() or ""
+    return "OK", ""
+
+
 def _err(fn: Callable[[], Any]) -> tuple[str, str]:
     with pytest.raises(grpc.RpcError) as ei:
         r = fn()
@@ -500,12 +511,15 @@ def test_malformed_input_and_brute_force(tmp_path: Path) -> None:
         assert _err(lambda: c.login("root", ""))[1] == (
             "etcdserver: authentication failed, invalid user ID or password")
         # forged tokens of every shape
-        for tok in ("", ".", "a.b", "abc.99999999", "abc.1", root.token + "x", "a" * 10000,
+        for tok in ("", ".", "a.b", "abc.99999999", "abc.1", root.token + "x", "a" * 4000,
                     "x.-1", "eyJhbGciOiJIUzI1NiJ9.e30.sig"):
             got = _err(lambda t=tok: Conn(ds, t, c.ch)("kv", "Range", pb.RangeRequest(key=b"k")))
             expect = ("INVALID_ARGUMENT", "etcdserver: user name is empty") if tok == "" else (
                 "UNAUTHENTICATED", "etcdserver: invalid auth token")
             assert got == expect, (tok, got)
+        # a token near gRPC's metadata limit: refused by gRPC or by us, either way refused
+        assert _err(lambda: Conn(ds, "a" * 10000, c.ch)("kv", "Range", pb.RangeRequest(key=b"k")))[0] in (
+            "RESOURCE_EXHAUSTED", "UNAUTHENTICATED")
         # brute force: 40 concurrent wrong guesses are all refused; the server keeps serving
         rev = kv_rev(root)
         results: list[tuple[str, str]] = []
@@ -525,11 +539,12 @@ def test_malformed_input_and_brute_force(tmp_path: Path) -> None:
                                           for r in results)
         assert put_latency < 2.0, f"a put took {put_latency:.2f}s during the guessing"
         assert kv_rev(root) == rev + 1
-        # a simple token expires after --auth-token-ttl seconds without use
+        # a simple token expires after --auth-token-ttl (2) seconds without use; every use
+        # renews it, so the poll interval is longer than the TTL
         idle = c.login("root", "rootpw")
-        wait_for(lambda: _err(lambda: idle("kv", "Range", pb.RangeRequest(key=b"k")))[0]
-                 == "UNAUTHENTICATED", timeout=20, what="the idle token to expire")
-        assert root("kv", "Range", pb.RangeRequest(key=b"during")).count == 1
+        wait_for(lambda: _status(lambda: idle("kv", "Range", pb.RangeRequest(key=b"k")))[0]
+                 == "UNAUTHENTICATED", timeout=20, what="the idle token to expire", interval=3.0)
+        assert c.login("root", "rootpw")("kv", "Range", pb.RangeRequest(key=b"during")).count == 1
         c.close()
     finally:
         ds.stop()
@@ -594,7 +609,7 @@ def test_jwt_tokens_old_revision_wrong_signature_expiry(tmp_path: Path,
         assert _err(lambda: Conn(ds, none_alg, d.ch)("kv", "Range", pb.RangeRequest(key=b"k")))[0] == (
             "UNAUTHENTICATED")
         # ttl=3s: the token expires
-        wait_for(lambda: _err(lambda: rd("kv", "Range", pb.RangeRequest(key=b"k")))[0] == "UNAUTHENTICATED",
+        wait_for(lambda: _status(lambda: rd("kv", "Range", pb.RangeRequest(key=b"k")))[0] == "UNAUTHENTICATED",
                  timeout=20, what="the JWT to expire")
         assert d.login("root", "rootpw")("kv", "Range", pb.RangeRequest(key=b"k")).count == 1
     finally:
@@ -679,9 +694,10 @@ def test_cluster_replicates_auth_and_tokens(tmp_path: Path) -> None:
             peerURLs=[f"http://127.0.0.1:{(m := cl.new_member('m3')).peer_port}"]))
         m.start()
         mc = Conn(m)
-        wait_for(lambda: _err(lambda: mc("kv", "Range", pb.RangeRequest(key=b"e/", range_end=b"e0",
+        wait_for(lambda: _status(lambda: mc("kv", "Range", pb.RangeRequest(key=b"e/", range_end=b"e0",
                                                                          serializable=True)))[1]
                  == "etcdserver: user name is empty", timeout=30, what="the new member to enforce auth")
+        assert "installed a snapshot" in m.log_tail(500), "m3 was meant to catch up by snapshot"
         me = mc.login("erin", "e")
         assert me("kv", "Range", pb.RangeRequest(key=b"e/", range_end=b"e0")).count == 2
         assert _err(lambda: me("kv", "Range", pb.RangeRequest(key=b"fill1")))[0] == "PERMISSION_DENIED"

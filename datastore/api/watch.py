@@ -100,7 +100,8 @@ class WatchStream:
         return True
 
     def deny(self, c: rpc.WatchCreateRequest) -> None:
-        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=c.watch_id, created=True,
+        # watch id -1 as etcd 3.4 answers (3.5 echoes the requested id, usually 0)
+        self._put(rpc.WatchResponse(header=self.s.header(), watch_id=-1, created=True,
                                     canceled=True, cancel_reason=PERMISSION_DENIED_REASON))
 
     def cancel(self, wid: int) -> None:
