@@ -207,9 +207,11 @@ def test_auth_error_paths_like_etcd(conns: tuple[Conn, Conn]) -> None:
             ("delete ghost", "UserDelete", A.AuthUserDeleteRequest(name="ghost"),
              "etcdserver: user name not found"),
             ("get ghost", "UserGet", A.AuthUserGetRequest(name="ghost"), "etcdserver: user name not found"),
-            ("passwd ghost", "UserChangePassword", A.AuthUserChangePasswordRequest(name="ghost", password="p"),
+            ("passwd ghost", "UserChangePassword",
+             A.AuthUserChangePasswordRequest(name="ghost", password="p"),
              "etcdserver: user name not found"),
-            ("get ghost role", "RoleGet", A.AuthRoleGetRequest(role="ghost"), "etcdserver: role name not found"),
+            ("get ghost role", "RoleGet", A.AuthRoleGetRequest(role="ghost"),
+             "etcdserver: role name not found"),
             ("delete ghost role", "RoleDelete", A.AuthRoleDeleteRequest(role="ghost"),
              "etcdserver: role name not found"),
             ("grant perm ghost role", "RoleGrantPermission",
@@ -499,7 +501,8 @@ def test_malformed_input_and_brute_force(tmp_path: Path) -> None:
         assert add is not None and add[0] != "OK", add
         assert "zz" not in str(root("auth", "UserList", pb.AuthUserListRequest()).users)
         # oversized passwords: bcrypt only reads 72 bytes, so longer ones are refused
-        assert _err(lambda: root("auth", "UserAdd", pb.AuthUserAddRequest(name="long", password="x" * 73))) == (
+        long_pw = pb.AuthUserAddRequest(name="long", password="x" * 73)
+        assert _err(lambda: root("auth", "UserAdd", long_pw)) == (
             "UNKNOWN", "bcrypt: password length exceeds 72 bytes")
         root("auth", "UserAdd", pb.AuthUserAddRequest(name="max", password="x" * 72))
         assert c.login("max", "x" * 72).token
@@ -609,7 +612,8 @@ def test_jwt_tokens_old_revision_wrong_signature_expiry(tmp_path: Path,
         assert _err(lambda: Conn(ds, none_alg, d.ch)("kv", "Range", pb.RangeRequest(key=b"k")))[0] == (
             "UNAUTHENTICATED")
         # ttl=3s: the token expires
-        wait_for(lambda: _status(lambda: rd("kv", "Range", pb.RangeRequest(key=b"k")))[0] == "UNAUTHENTICATED",
+        wait_for(lambda: _status(lambda: rd("kv", "Range", pb.RangeRequest(key=b"k")))[0]
+                 == "UNAUTHENTICATED",
                  timeout=20, what="the JWT to expire")
         assert d.login("root", "rootpw")("kv", "Range", pb.RangeRequest(key=b"k")).count == 1
     finally:
@@ -670,7 +674,8 @@ def test_auth_state_survives_restart_and_snapshot_restore(tmp_path: Path) -> Non
 def test_cluster_replicates_auth_and_tokens(tmp_path: Path) -> None:
     """Tokens minted through one member work on the others; a member added later (caught up
     through a snapshot) enforces the same users and roles."""
-    cl = Cluster(tmp_path, 3, extra=["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"])
+    cl = Cluster(tmp_path, 3, extra=["--snapshot-count", "20",
+                                     "--experimental-snapshot-catchup-entries", "5"])
     cl.start()
     try:
         leader = cl.leader()
@@ -711,7 +716,8 @@ def test_client_certificate_common_name_is_the_user(tmp_path: Path) -> None:
     ca = CertAuthority(tmp_path / "pki")
     server = ca.issue("server")
     root_cert, frank_cert = ca.issue("root", server=False), ca.issue("frank", server=False)
-    ds = datastore_proc(tmp_path, "ds", client_scheme="https", tls=ClientTLS(ca.cert, root_cert.cert, root_cert.key),
+    ds = datastore_proc(tmp_path, "ds", client_scheme="https",
+                        tls=ClientTLS(ca.cert, root_cert.cert, root_cert.key),
                         extra=[*server.flags(), "--trusted-ca-file", str(ca.cert), "--client-cert-auth"])
     ds.start()
     try:
