@@ -23,7 +23,7 @@ from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalAuthenticateRequest, InternalRaftRequest
 from datastore.api.status import abort
 from datastore.auth.grpcctx import with_header
-from datastore.auth.store import check_password, hash_password
+from datastore.auth.store import ErrNoPasswordUser, check_password, hash_password
 from datastore.server.etcdserver import EtcdServer
 
 log = logging.getLogger("datastore.auth")
@@ -78,8 +78,9 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
                 raise errors.ErrAuthNotEnabled()
             user = store.users.get(r.name)
             checked = store.revision
-            ok = user is not None and not user.options.no_password and await _bcrypt(
-                check_password, user.password, r.password)
+            if user is not None and user.options.no_password:
+                raise ErrNoPasswordUser()
+            ok = user is not None and await _bcrypt(check_password, user.password, r.password)
             if not ok:
                 log.warning("invalid authentication was requested", extra={"user": r.name})
                 raise errors.ErrAuthFailed()

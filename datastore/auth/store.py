@@ -41,8 +41,18 @@ DEFAULT_BCRYPT_COST = 10
 ROOT_PERM = authpb.Permission(permType=authpb.Permission.READWRITE, key=b"", range_end=b"\x00")
 
 
+# Not etcdserver errors: etcd hands these through unmapped (codes.Unknown with the raw
+# text), so they live here rather than in datastore.errors' etcdserver table.
+class ErrNoPasswordUser(errors.EtcdError):
+    """Authenticate with a password for a user created with --no-password."""
+
+    code = "UNKNOWN"
+    message = "auth: authentication failed, password was given for no password user"
+
+
 class ErrPasswordTooLong(errors.EtcdError):
-    # What etcd 3.5 built with a current Go bcrypt answers (codes.Unknown, bcrypt's text).
+    """A password over bcrypt's 72 input bytes (etcd built with a current Go bcrypt)."""
+
     code = "UNKNOWN"
     message = "bcrypt: password length exceeds 72 bytes"
 
@@ -186,8 +196,10 @@ class AuthStore:
         if not self.enabled:
             raise errors.ErrAuthNotEnabled()
         user = self.users.get(name)
-        if user is None or user.options.no_password:
+        if user is None:
             raise errors.ErrAuthFailed()
+        if user.options.no_password:
+            raise ErrNoPasswordUser()
         rev = self.revision
         if not check_password(user.password, password):
             log.info("invalid password", extra={"user": name})
