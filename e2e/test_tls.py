@@ -333,8 +333,13 @@ def test_auto_tls_cluster_like_etcd(tmp_path: Path, procs: list[ServerProc]) -> 
         members = clusters[kind]
         cp, pp = free_port(), free_port()
         url = f"https://127.0.0.1:{pp}"
-        assert ctl_ok(members[0].client_url, *flags, "member", "add", "a3", "--learner",
-                      f"--peer-urls={url}"), kind
+        # strict reconfig: etcd refuses ("unhealthy cluster") until the leader has been
+        # connected to every voter for 5 s, which a loaded machine can delay: retry until then
+        deadline = time.monotonic() + 60
+        while not ctl_ok(members[0].client_url, *flags, "member", "add", "a3", "--learner",
+                         f"--peer-urls={url}"):
+            assert time.monotonic() < deadline, kind
+            time.sleep(0.5)  # poll interval of the condition above
         initial = ",".join([*(f"{m.name}={m.peer_url}" for m in members), f"a3={url}"])
         joiners[kind] = mk(tmp_path / kind, name="a3", client_port=cp, peer_port=pp,
                            state="existing", initial_cluster=initial, peer_scheme="https",
@@ -435,7 +440,10 @@ def test_certificate_rotation_without_restart_like_etcd(pki: PKI, tmp_path: Path
         assert health(port, pki.ca.cert) == 200, s.kind
     install(pki.rogue_ca.issue("rotated"))
     for s, port in zip(servers, metrics, strict=True):  # the metrics listener follows too
-        assert health(port, pki.rogue_ca.cert) == 200, s.kind
+        deadline = time.monotonic() + 30  # ours re-checks the files every 2 s
+        while health(port, pki.rogue_ca.cert) != 200:
+            assert time.monotonic() < deadline, s.kind
+            time.sleep(0.05)  # poll interval of the condition above
         assert health(port, pki.ca.cert) != 200, s.kind
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda a: ctl_ok(a[0].client_url, f"--cacert={a[1]}", "get", "k"),

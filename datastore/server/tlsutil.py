@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,23 +124,8 @@ class TLSInfo:
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                             certificate_chain=cert)
 
-    def ssl_context_source(self) -> Callable[[], ssl.SSLContext]:
-        """A source of server contexts that follows certificate/key replacement (per
-        connection, like the gRPC listeners); a failed reload keeps the last good one."""
-        cache: list = [self._mtimes(), self.ssl_server_context()]
-
-        def current() -> ssl.SSLContext:
-            try:
-                now = self._mtimes()
-                if now != cache[0]:
-                    cache[1] = self.ssl_server_context()
-                    cache[0] = now
-                    log.info("reloaded TLS certificate", extra={"cert_file": self.cert_file})
-            except (OSError, ssl.SSLError) as e:
-                log.warning("cannot reload certificate", extra={"error": str(e)})
-            return cache[1]
-
-        return current
+    def reloading_ssl_context(self) -> ReloadingSSLContext:
+        return ReloadingSSLContext(self)
 
     def ssl_server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -150,6 +135,32 @@ class TLSInfo:
             ctx.load_verify_locations(self.trusted_ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED if self.verifies_clients() else ssl.CERT_NONE
         return ctx
+
+
+class ReloadingSSLContext:
+    """A server SSLContext whose certificate/key are replaced in place when the files change.
+
+    asyncio does the TLS handshake as it accepts a connection, so there is no per-handshake
+    hook as gRPC has: ``refresh()`` is called periodically and on every request instead,
+    and the next connection gets the new pair.
+    """
+
+    def __init__(self, info: TLSInfo) -> None:
+        self.info = info
+        self.ctx = info.ssl_server_context()
+        self._seen = info._mtimes()
+
+    def refresh(self) -> None:
+        try:
+            now = self.info._mtimes()
+            if now == self._seen:
+                return
+            self.ctx.load_cert_chain(self.info.cert_file, self.info.key_file)
+            self._seen = now
+        except (OSError, ssl.SSLError) as e:  # mid-rotation: keep the last good pair
+            log.warning("cannot reload certificate", extra={"error": str(e)})
+            return
+        log.info("reloaded TLS certificate", extra={"cert_file": self.info.cert_file})
 
 
 def is_secure(url: str) -> bool:

@@ -1,0 +1,1 @@
+"""kvscheduler: a Kubernetes-style list-watch scheduler that speaks only the etcd API."""
