@@ -752,3 +752,46 @@ def test_client_certificate_common_name_is_the_user(tmp_path: Path) -> None:
         frank.close()
     finally:
         ds.stop()
+
+
+def test_lock_and_election_act_as_the_caller_like_etcd(conns: tuple[Conn, Conn]) -> None:
+    """etcd's Lock/Election services run their KV calls with the caller's token."""
+    from datastore.api.v3electionpb import v3election_pb2 as epb
+    from datastore.api.v3electionpb import v3election_pb2_grpc as eg
+    from datastore.api.v3lockpb import v3lock_pb2 as lpb
+    from datastore.api.v3lockpb import v3lock_pb2_grpc as lg
+
+    e, d = conns
+    setup_root(e, d)
+    re, rd = e.login("root", "rootpw"), d.login("root", "rootpw")
+    for label, method, req in [
+            ("add bob", "UserAdd", pb.AuthUserAddRequest(name="bob", password="b")),
+            ("add role", "RoleAdd", pb.AuthRoleAddRequest(name="app")),
+            ("grant prefix", "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+                name="app", perm=perm(P.READWRITE, b"/app/", b"/app0"))),
+            ("grant role", "UserGrantRole", pb.AuthUserGrantRoleRequest(user="bob", role="app"))]:
+        ok(label, re, rd, "auth", method, req)
+    be, bd = e.login("bob", "b"), d.login("bob", "b")
+    ae, ad = Conn(e.proc, None, e.ch), Conn(d.proc, None, d.ch)
+
+    def both(label: str, calls: Callable[[Conn], Any]) -> tuple[str, ...]:
+        got = []
+        for c in pairs:
+            got.append(_status(lambda c=c: calls(c)))
+        assert got[1] == got[0], f"{label}: etcd {got[0]} != datastore {got[1]}"
+        return got[0]
+
+    for who, pairs in (("root", (re, rd)), ("bob", (be, bd)), ("anonymous", (ae, ad))):
+        # a name per caller: a lock or election someone else holds would just wait
+        for name in (b"/app/lock-" + who.encode(), b"/other/lock-" + who.encode()):
+            got = both(f"{who} lock {name!r}", lambda c, n=name: lg.LockStub(c.ch).Lock(
+                lpb.LockRequest(name=n), metadata=c.md, timeout=15))
+            if who == "root":
+                assert got == ("OK", ""), got
+            if who == "bob":
+                assert (got[0] == "OK") == name.startswith(b"/app/"), got
+        for name in (b"/app/elect-" + who.encode(), b"/other/elect-" + who.encode()):
+            both(f"{who} campaign {name!r}", lambda c, n=name: eg.ElectionStub(c.ch).Campaign(
+                epb.CampaignRequest(name=n, value=b"v"), metadata=c.md, timeout=15))
+            both(f"{who} leader {name!r}", lambda c, n=name: eg.ElectionStub(c.ch).Leader(
+                epb.LeaderRequest(name=n), metadata=c.md, timeout=15))

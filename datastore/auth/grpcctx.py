@@ -83,6 +83,19 @@ async def require_admin(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> None:
         s.auth.check_admin(await auth_info(s, ctx))
 
 
+def forward_credentials(ctx: grpc.aio.ServicerContext) -> None:
+    """Make the member's own client calls in this task carry the caller's token.
+
+    etcd's Lock and Election services act as their caller (v3client hands the incoming
+    context, token included, to the KV calls); ours run the recipes through a client of
+    the member itself, so the token rides along in that client's call metadata.
+    """
+    from datastore.client.connection import CALL_METADATA
+
+    CALL_METADATA.set(tuple((k, v) for k, v in (ctx.invocation_metadata() or ())
+                            if k in (TOKEN_KEY, GATEWAY_TOKEN_KEY) and isinstance(v, str)))
+
+
 def check_fresh(s: EtcdServer, ai: AuthInfo | None) -> None:
     """After serving a read: refuse it if the auth state changed meanwhile (etcd's doSerialize)."""
     if ai is not None and ai.revision != 0 and ai.revision != s.auth.revision:
