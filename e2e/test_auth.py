@@ -748,6 +748,19 @@ def test_client_certificate_common_name_is_the_user(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout.split() == [b"f/1", b"1"], r
         r = etcdctl(ds.client_url, *tls.etcdctl_flags(), "get", "g", check=False)
         assert b"permission denied" in r.stderr
+        # The Lock service runs on the member's own client (TLS, the member's certificate,
+        # CN "server"): it must act as the caller, never as that certificate's CN.
+        from datastore.api.v3lockpb import v3lock_pb2 as lpb
+        from datastore.api.v3lockpb import v3lock_pb2_grpc as lg
+
+        rootc("auth", "UserAdd", pb.AuthUserAddRequest(name="server", password="s"))
+        rootc("auth", "UserGrantRole", pb.AuthUserGrantRoleRequest(user="server", role="root"))
+        lock = lg.LockStub(frank.ch).Lock
+        assert lock(lpb.LockRequest(name=b"f/lock"), timeout=15).key.startswith(b"f/lock/")
+        with pytest.raises(grpc.RpcError) as ei:
+            lock(lpb.LockRequest(name=b"g/lock"), timeout=15)
+        assert "permission denied" in (ei.value.details() or ""), ei.value
+        assert lg.LockStub(rootc.ch).Lock(lpb.LockRequest(name=b"g/lock"), timeout=15).key
         rootc.close()
         frank.close()
     finally:
@@ -774,7 +787,7 @@ def test_lock_and_election_act_as_the_caller_like_etcd(conns: tuple[Conn, Conn])
     be, bd = e.login("bob", "b"), d.login("bob", "b")
     ae, ad = Conn(e.proc, None, e.ch), Conn(d.proc, None, d.ch)
 
-    def both(label: str, calls: Callable[[Conn], Any]) -> tuple[str, ...]:
+    def both(label: str, pairs: tuple[Conn, Conn], calls: Callable[[Conn], Any]) -> tuple[str, ...]:
         got = []
         for c in pairs:
             got.append(_status(lambda c=c: calls(c)))
@@ -784,14 +797,14 @@ def test_lock_and_election_act_as_the_caller_like_etcd(conns: tuple[Conn, Conn])
     for who, pairs in (("root", (re, rd)), ("bob", (be, bd)), ("anonymous", (ae, ad))):
         # a name per caller: a lock or election someone else holds would just wait
         for name in (b"/app/lock-" + who.encode(), b"/other/lock-" + who.encode()):
-            got = both(f"{who} lock {name!r}", lambda c, n=name: lg.LockStub(c.ch).Lock(
+            got = both(f"{who} lock {name!r}", pairs, lambda c, n=name: lg.LockStub(c.ch).Lock(
                 lpb.LockRequest(name=n), metadata=c.md, timeout=15))
             if who == "root":
                 assert got == ("OK", ""), got
             if who == "bob":
                 assert (got[0] == "OK") == name.startswith(b"/app/"), got
         for name in (b"/app/elect-" + who.encode(), b"/other/elect-" + who.encode()):
-            both(f"{who} campaign {name!r}", lambda c, n=name: eg.ElectionStub(c.ch).Campaign(
+            both(f"{who} campaign {name!r}", pairs, lambda c, n=name: eg.ElectionStub(c.ch).Campaign(
                 epb.CampaignRequest(name=n, value=b"v"), metadata=c.md, timeout=15))
-            both(f"{who} leader {name!r}", lambda c, n=name: eg.ElectionStub(c.ch).Leader(
+            both(f"{who} leader {name!r}", pairs, lambda c, n=name: eg.ElectionStub(c.ch).Leader(
                 epb.LeaderRequest(name=n), metadata=c.md, timeout=15))

@@ -58,7 +58,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Campaign(self, r: pb.CampaignRequest,
                        ctx: grpc.aio.ServicerContext) -> pb.CampaignResponse:
-        forward_credentials(ctx)  # act as the caller, as etcd's v3election does
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             session = await self.c.session(r.lease)
             e = Election(session, r.name)
@@ -71,7 +71,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Proclaim(self, r: pb.ProclaimRequest,
                        ctx: grpc.aio.ServicerContext) -> pb.ProclaimResponse:
-        forward_credentials(ctx)  # act as the caller, as etcd's v3election does
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             leader = _leader_key(r)
             e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
@@ -82,7 +82,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return pb.ProclaimResponse(header=e.header)
 
     async def Resign(self, r: pb.ResignRequest, ctx: grpc.aio.ServicerContext) -> pb.ResignResponse:
-        forward_credentials(ctx)  # act as the caller, as etcd's v3election does
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             leader = _leader_key(r)
             e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
@@ -93,7 +93,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return pb.ResignResponse(header=e.header)
 
     async def Leader(self, r: pb.LeaderRequest, ctx: grpc.aio.ServicerContext) -> pb.LeaderResponse:
-        forward_credentials(ctx)  # act as the caller, as etcd's v3election does
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             kv = await self._observer(r.name).leader()
         except ClientError as err:
@@ -102,7 +102,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Observe(self, r: pb.LeaderRequest,
                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaderResponse]:
-        forward_credentials(ctx)  # act as the caller, as etcd's v3election does
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         # Like etcd, a failing client call just ends the stream (Observe's channel closes).
         # aclosing: a stream closed at our yield must also end the recipe's watch.
         updates = cast(AsyncGenerator[KeyValue, None], self._observer(r.name).observe())

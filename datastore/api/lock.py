@@ -140,7 +140,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         self.c = client or SelfClient(server)
 
     async def Lock(self, r: pb.LockRequest, ctx: grpc.aio.ServicerContext) -> pb.LockResponse:
-        forward_credentials(ctx)  # the recipe's calls run with the caller's permissions
+        forward_credentials(self.s, ctx)  # the recipe's calls run with the caller's permissions
         try:
             session = await self.c.session(r.lease)
             m = Mutex(session, r.name)
@@ -151,7 +151,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         return pb.LockResponse(header=m.header, key=m.key)
 
     async def Unlock(self, r: pb.UnlockRequest, ctx: grpc.aio.ServicerContext) -> pb.UnlockResponse:
-        forward_credentials(ctx)
+        forward_credentials(self.s, ctx)
         try:
             resp = await self.c.client.delete(r.key)
         except ClientError as e:

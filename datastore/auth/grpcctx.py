@@ -10,6 +10,8 @@ the user, as in etcd (except for requests relayed by a gateway, which etcd marks
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,6 +26,12 @@ if TYPE_CHECKING:
 TOKEN_KEY = "token"
 GATEWAY_TOKEN_KEY = "authorization"
 GATEWAY_MARK = "grpcgateway-accept"
+# Calls the member makes to itself for Lock/Election: never authenticated by the member's
+# own certificate; a caller known by its certificate is named with a per-process secret
+# that only this process's client sends.
+FORWARDED_MARK = "datastore-forwarded"
+FORWARDED_USER = "datastore-forwarded-user"
+_FORWARD_SECRET = secrets.token_hex(16)
 
 
 async def auth_info(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> AuthInfo | None:
@@ -32,13 +40,18 @@ async def auth_info(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> AuthInfo | 
     token: str | None = None
     gateway_token: str | None = None
     via_gateway = False
+    forwarded_user: str | None = None
     for k, v in md:
         if k == TOKEN_KEY and token is None:
             token = v if isinstance(v, str) else v.decode("latin-1")
         elif k == GATEWAY_TOKEN_KEY and gateway_token is None:
             gateway_token = v if isinstance(v, str) else v.decode("latin-1")
-        elif k == GATEWAY_MARK:
+        elif k in (GATEWAY_MARK, FORWARDED_MARK):
             via_gateway = True
+        elif k == FORWARDED_USER and isinstance(v, str):
+            secret, _, name = v.partition(":")
+            if hmac.compare_digest(secret.encode(), _FORWARD_SECRET.encode()):
+                forwarded_user = name
     if token is None and gateway_token is not None:
         token = gateway_token.removeprefix("Bearer ")
     store = s.auth
@@ -47,6 +60,8 @@ async def auth_info(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> AuthInfo | 
         if ai is None:
             raise errors.ErrInvalidAuthToken()
         return ai
+    if forwarded_user is not None:
+        return AuthInfo(forwarded_user, store.revision)
     if s.cfg.client_tls.client_cert_auth and not via_gateway:
         cn = (ctx.auth_context() or {}).get("x509_common_name")
         if cn:
@@ -83,7 +98,7 @@ async def require_admin(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> None:
         s.auth.check_admin(await auth_info(s, ctx))
 
 
-def forward_credentials(ctx: grpc.aio.ServicerContext) -> None:
+def forward_credentials(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> None:
     """Make the member's own client calls in this task carry the caller's token.
 
     etcd's Lock and Election services act as their caller (v3client hands the incoming
@@ -92,8 +107,15 @@ def forward_credentials(ctx: grpc.aio.ServicerContext) -> None:
     """
     from datastore.client.connection import CALL_METADATA
 
-    CALL_METADATA.set(tuple((k, v) for k, v in (ctx.invocation_metadata() or ())
-                            if k in (TOKEN_KEY, GATEWAY_TOKEN_KEY) and isinstance(v, str)))
+    md = [(k, v) for k, v in (ctx.invocation_metadata() or ())
+          if k in (TOKEN_KEY, GATEWAY_TOKEN_KEY) and isinstance(v, str)]
+    md.append((FORWARDED_MARK, "1"))  # the member's own certificate must grant nothing
+    if not md[:-1] and s.cfg.client_tls.client_cert_auth:
+        cn = (ctx.auth_context() or {}).get("x509_common_name")
+        name = cn[0].decode("utf-8", "replace") if cn else ""
+        if name.isascii() and name.isprintable() and name:  # a caller known by its certificate
+            md.append((FORWARDED_USER, f"{_FORWARD_SECRET}:{name}"))
+    CALL_METADATA.set(tuple(md))
 
 
 def check_fresh(s: EtcdServer, ai: AuthInfo | None) -> None:
