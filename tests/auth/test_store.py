@@ -282,3 +282,24 @@ def test_jwt_tokens(tmp_path: Path) -> None:
 def test_bad_token_options(opt: str) -> None:
     with pytest.raises(InvalidAuthOptions):
         new_token_provider(opt, 300)
+
+
+@pytest.mark.parametrize("opt, says", [
+    ("bogus", "unknown token type 'bogus'"),
+    ("jwt,sign-method=RS256", "needs priv-key=FILE"),
+    ("jwt,priv-key=/nonexistent,sign-method=RS256", "cannot read priv-key /nonexistent"),
+])
+def test_serve_refuses_bad_auth_token_option(tmp_path: Path, opt: str, says: str) -> None:
+    """The real command: a bad --auth-token stops start-up with a message naming the fix."""
+    import subprocess
+    import sys
+
+    from datastore.testing.procs import free_port
+
+    peer = f"http://127.0.0.1:{free_port()}"
+    r = subprocess.run([sys.executable, "-m", "datastore", "serve", "--data-dir", str(tmp_path / "d"),
+                        "--listen-client-urls", f"http://127.0.0.1:{free_port()}",
+                        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                        "--auth-token", opt], capture_output=True, timeout=60)
+    assert r.returncode == 2, r
+    assert says in r.stderr.decode(), r.stderr
