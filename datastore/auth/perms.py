@@ -9,6 +9,7 @@ request on a range needs the permission intervals to cover the whole range witho
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 
 from datastore.api.authpb import auth_pb2 as authpb
@@ -36,9 +37,9 @@ def perm_interval(key: bytes, range_end: bytes) -> Interval:
 
 
 class RangePerms:
-    """Read and write intervals of one user, each list merged and sorted."""
+    """Read and write intervals of one user, each list merged, sorted and disjoint."""
 
-    __slots__ = ("read", "write")
+    __slots__ = ("raw_read", "raw_write", "read", "read_begins", "write", "write_begins")
 
     def __init__(self, perms: Iterable[authpb.Permission]) -> None:
         read: list[Interval] = []
@@ -49,19 +50,44 @@ class RangePerms:
                 read.append(ivl)
             if p.permType in (authpb.Permission.WRITE, authpb.Permission.READWRITE):
                 write.append(ivl)
+        self.raw_read = read
+        self.raw_write = write
         self.read = _merge(read)
         self.write = _merge(write)
+        self.read_begins = [b for b, _ in self.read]
+        self.write_begins = [b for b, _ in self.write]
 
     def allows(self, key: bytes, range_end: bytes, write: bool) -> bool:
-        ivls = self.write if write else self.read
-        if not range_end:  # one key: some interval contains it
-            return any(b <= key and (e is None or key < e) for b, e in ivls)
+        ivls, begins = (self.write, self.write_begins) if write else (self.read, self.read_begins)
+        # The merged intervals are disjoint and separated by gaps, so the only candidate is
+        # the last one starting at or before ``key``: it must contain the key (or the range).
+        i = bisect_right(begins, key) - 1
+        if i < 0:
+            return False
+        e = ivls[i][1]
+        if not range_end:  # one key
+            return e is None or key < e
         end: bytes | None = INF if range_end == b"\x00" else range_end
         if end is not None and key >= end:
-            return False  # an empty range overlaps nothing: etcd refuses it too
-        # The merged intervals are disjoint and separated by gaps, so the range is covered
-        # only if one of them contains it entirely.
-        return any(b <= key and not _end_lt(e, end) for b, e in ivls)
+            # A backwards or empty range (it reads nothing): etcd's tree answers from the
+            # permissions it overlaps, unmerged; keep its answer exactly.
+            return _tree_contains(self.raw_write if write else self.raw_read, key, end)
+        return not _end_lt(e, end)
+
+
+def _tree_contains(raw: list[Interval], key: bytes, end: bytes) -> bool:
+    """etcd's IntervalTree.Contains over the permissions as granted."""
+    hits = sorted((iv for iv in raw if (iv[1] is None or iv[0] < iv[1]) and iv[0] < end
+                   and _end_lt(key, iv[1])), key=lambda iv: iv[0])
+    if not hits:
+        return False
+    min_begin, max_end = hits[0]
+    for b, e in hits[1:]:
+        if _end_lt(max_end, b):
+            return False
+        if _end_lt(max_end, e):
+            max_end = e
+    return min_begin <= key and not _end_lt(max_end, end)
 
 
 def _merge(ivls: list[Interval]) -> list[Interval]:

@@ -270,8 +270,17 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         self_signed_cert_validity_years=ns.self_signed_cert_validity,
         auth_token=ns.auth_token,
         auth_token_ttl_s=ns.auth_token_ttl,
-        bcrypt_cost=ns.bcrypt_cost if 4 <= ns.bcrypt_cost <= 31 else 10,
+        bcrypt_cost=_bcrypt_cost(ns.bcrypt_cost),
     )
+
+
+def _bcrypt_cost(cost: int) -> int:
+    """etcd: an out-of-range --bcrypt-cost falls back to the default with a warning."""
+    if 4 <= cost <= 31:
+        return cost
+    log.warning("use default bcrypt cost instead of the invalid given cost",
+                extra={"min_cost": 4, "max_cost": 31, "default_cost": 10, "given_cost": cost})
+    return 10
 
 
 def prepare_tls(cfg: Config) -> Config:

@@ -53,7 +53,9 @@ def test_range_must_be_covered_without_gap() -> None:
     assert rp.allows(b"g", b"zzz", write=False)
     assert not rp.allows(b"e", b"\x00", write=False)
     assert not rp.allows(b"a", b"e", write=True)
-    assert not rp.allows(b"d", b"d", write=False)  # an empty range covers nothing (etcd)
+    # empty/backwards ranges read nothing; etcd's tree answers from overlapping grants
+    assert rp.allows(b"d", b"d", write=False)
+    assert not rp.allows(b"a", b"a", write=False)
 
 
 def test_prefix_permission_refuses_wider_range() -> None:
@@ -303,3 +305,45 @@ def test_serve_refuses_bad_auth_token_option(tmp_path: Path, opt: str, says: str
                         "--auth-token", opt], capture_output=True, timeout=60)
     assert r.returncode == 2, r
     assert says in r.stderr.decode(), r.stderr
+
+
+# ---------------------------------------------------------------------------- property
+
+def _lt(a: bytes | None, b: bytes | None) -> bool:
+    return a is not None and (b is None or a < b)
+
+
+def _etcd_allows(raw: list[tuple[bytes, bytes | None]], key: bytes, range_end: bytes) -> bool:
+    """etcd's interval-tree semantics on the unmerged intervals (Intersects / Contains)."""
+    if not range_end:
+        return any(b <= key and _lt(key, e) for b, e in raw)
+    end = None if range_end == b"\x00" else range_end
+    hits = sorted((iv for iv in raw if _lt(iv[0], end) and _lt(key, iv[1])), key=lambda iv: iv[0])
+    if not hits:
+        return False
+    min_begin, max_end = hits[0]
+    for b, e in hits[1:]:
+        if _lt(max_end, b):
+            return False  # a gap
+        if _lt(max_end, e):
+            max_end = e
+    return min_begin <= key and not _lt(max_end, end)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_keys = st.binary(min_size=0, max_size=3).map(lambda b: bytes(x % 3 + 97 for x in b))
+_ends = st.one_of(st.just(b""), st.just(b"\x00"), _keys.filter(bool))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2]), _keys, _ends), max_size=6), _keys, _ends)
+def test_merged_intervals_match_etcd_interval_tree(perms: list, key: bytes, end: bytes) -> None:
+    from datastore.auth.perms import perm_interval
+
+    rp = RangePerms([perm(t, k, e) for t, k, e in perms])
+    for write, types in ((False, (P.READ, P.READWRITE)), (True, (P.WRITE, P.READWRITE))):
+        raw = [perm_interval(k, e) for t, k, e in perms if t in types]
+        raw = [(b, e2) for b, e2 in raw if e2 is None or b < e2]  # empty permissions cover nothing
+        assert rp.allows(key, end, write) == _etcd_allows(raw, key, end), (perms, key, end, write)
