@@ -37,6 +37,8 @@ P_ROLE = b"auth/role/"
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; refused rather than silently truncated
 DEFAULT_BCRYPT_COST = 10
 
+_UNCACHED = object()
+
 # etcd 3.5's RoleGet shows the root role as read-write on every key.
 ROOT_PERM = authpb.Permission(permType=authpb.Permission.READWRITE, key=b"", range_end=b"\x00")
 
@@ -86,7 +88,7 @@ class AuthStore:
         self.revision = 1
         self.users: dict[str, authpb.User] = {}
         self.roles: dict[str, authpb.Role] = {}
-        self._perm_cache: dict[str, RangePerms] = {}
+        self._perm_cache: dict[str, RangePerms | None] = {}  # user -> perms (None: root)
         self.load()
 
     # ---- state ---------------------------------------------------------------------------
@@ -135,16 +137,16 @@ class AuthStore:
             raise errors.ErrUserEmpty()
         if rev < self.revision:
             raise errors.ErrAuthOldRevision()
-        user = self.users.get(ai.username)
-        if user is None:
-            raise errors.ErrPermissionDenied()
-        if ROOT_ROLE in user.roles:
-            return
-        perms = self._perm_cache.get(ai.username)
-        if perms is None:
-            perms = self._perm_cache[ai.username] = RangePerms(
-                p for r in user.roles if r in self.roles for p in self.roles[r].keyPermission)
-        if not perms.allows(key, range_end, write):
+        perms = self._perm_cache.get(ai.username, _UNCACHED)
+        if perms is _UNCACHED:
+            user = self.users.get(ai.username)
+            if user is None:
+                raise errors.ErrPermissionDenied()
+            roles = list(user.roles)  # (a protobuf repeated field is slow to search)
+            # root may do anything: cached as None
+            perms = self._perm_cache[ai.username] = None if ROOT_ROLE in roles else RangePerms(
+                p for r in roles if r in self.roles for p in self.roles[r].keyPermission)
+        if perms is not None and not perms.allows(key, range_end, write):  # type: ignore[union-attr]
             raise errors.ErrPermissionDenied()
 
     def check_range(self, ai: AuthInfo | RequestHeader | None, key: bytes, range_end: bytes) -> None:
