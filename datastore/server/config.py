@@ -52,6 +52,9 @@ class Config:
     client_auto_tls: bool = False
     peer_auto_tls: bool = False
     self_signed_cert_validity_years: int = 1
+    auth_token: str = "simple"  # etcd's --auth-token: "simple" or "jwt,sign-method=...,..."
+    auth_token_ttl_s: int = 300  # simple tokens expire after this long unused
+    bcrypt_cost: int = 10
 
     @property
     def resolved_data_dir(self) -> str:
@@ -151,6 +154,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--peer-auto-tls", **_BOOL, help="peer TLS with a generated self-signed certificate")
     a("--self-signed-cert-validity", type=int, default=1,
       help="years the --auto-tls / --peer-auto-tls certificates are valid")
+    # Authentication (etcd's names)
+    a("--auth-token", default="simple",
+      help="simple, or jwt,sign-method=RS256,priv-key=FILE[,pub-key=FILE][,ttl=5m]")
+    a("--auth-token-ttl", type=int, default=300, help="seconds a simple token lives unused")
+    a("--bcrypt-cost", type=int, default=10, help="bcrypt cost of password hashes (4-31)")
 
 
 def parse_bool(v: str) -> bool:
@@ -270,7 +278,19 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         client_auto_tls=ns.auto_tls,
         peer_auto_tls=ns.peer_auto_tls,
         self_signed_cert_validity_years=ns.self_signed_cert_validity,
+        auth_token=ns.auth_token,
+        auth_token_ttl_s=ns.auth_token_ttl,
+        bcrypt_cost=_bcrypt_cost(ns.bcrypt_cost),
     )
+
+
+def _bcrypt_cost(cost: int) -> int:
+    """etcd: an out-of-range --bcrypt-cost falls back to the default with a warning."""
+    if 4 <= cost <= 31:
+        return cost
+    log.warning("use default bcrypt cost instead of the invalid given cost",
+                extra={"min_cost": 4, "max_cost": 31, "default_cost": 10, "given_cost": cost})
+    return 10
 
 
 def prepare_tls(cfg: Config) -> Config:

@@ -27,6 +27,8 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
 from datastore.api.raftpb import raft_pb2 as raft_pb
+from datastore.auth.store import AuthStore
+from datastore.auth.tokens import new_token_provider
 from datastore.lease.lessor import Lessor
 from datastore.mvcc.kvstore import KVStore
 from datastore.mvcc.watchable import WatchHub
@@ -102,7 +104,11 @@ class EtcdServer:
             self.kv = KVStore(self.backend, self.lessor)
             self.hub = WatchHub(self.kv)
             self.alarms = AlarmStore(self.backend)
-            self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms)
+            self.auth = AuthStore(self.backend,
+                                  new_token_provider(cfg.auth_token, cfg.auth_token_ttl_s),
+                                  cfg.bcrypt_cost)
+            self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms,
+                                   self.auth)
             self.members = Membership(self.backend)
             self.storage = DurableStorage(self.wal)
             self._bootstrap()
@@ -420,7 +426,7 @@ class EtcdServer:
                 self.cluster_ops.apply_conf_change(e, wb, out)
                 continue
             if e.data:
-                self.applier.apply_request(e.data, wb, out)
+                self.applier.apply_request(e.data, wb, out, e.index)
         try:
             self.applier.finish(wb, out, last.index, last.term)
         except Exception as e:  # any failed disk write is fatal
