@@ -93,7 +93,9 @@ def test_restarted_pod_rejoins_with_its_data(static_cluster: list[ServerProc]) -
     etcdctl(procs[0].endpoint, "put", "k", "before")
     ids = {m["name"]: m["ID"] for m in wait_for(lambda: started_members(procs), timeout=60)}
     procs[1].kill()
-    etcdctl(procs[0].endpoint, "put", "k", "while-down")
+    # if the killed pod led, the write waits for (or times out before) the next election
+    wait_for(lambda: etcdctl(procs[0].endpoint, "put", "k", "while-down",
+                             check=False).returncode == 0, timeout=60, what="write while down")
     procs[1].launch().wait_ready(timeout=90)
     wait_for(lambda: etcdctl(procs[1].endpoint, "get", "k", "--print-value-only",
                              "--consistency=s", check=False).stdout.strip() == b"while-down",

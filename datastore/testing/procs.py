@@ -7,6 +7,7 @@ condition (a Status RPC answers), never a sleep.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,10 +54,41 @@ class ClientTLS:
         return open_channel_sync(url, info)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, chosen below the kernel's ephemeral range.
+
+    A port from bind(0) comes from the ephemeral range, which every outgoing connection
+    also draws its source port from: on a busy machine a client socket could take it
+    before our server binds it. Ports below that range are only ever taken by listeners.
+    """
+    low, high = 20000, _EPHEMERAL_LOW - 1
+    if high - low < 1000:  # an unusual port range: fall back to the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 @dataclass
