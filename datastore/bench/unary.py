@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datastore.api.etcdserverpb import rpc_pb2
+from datastore.bench.base import WorkerBase
 from datastore.bench.wire import PUT, RANGE, TXN, prefix_end
 
-if TYPE_CHECKING:
-    from datastore.bench.worker import Worker
 
-
-class UnaryLoadMixin:
+class UnaryLoadMixin(WorkerBase):
     """Unary workloads of a ``Worker``; state lives in ``Worker.__init__``."""
 
-    async def _loop_put(self: Worker, call: Any) -> None:
+    async def _loop_put(self, call: Any) -> None:
         st, kg, to = self.stats, self.keys, self.cfg.timeout
         rnd, pc, hist = kg.random_index, time.perf_counter, st.hist
         while not st.stop:
@@ -36,7 +34,7 @@ class UnaryLoadMixin:
             hist.record(int((pc() - t0) * 1e6))
             st.ops += 1
 
-    async def _loop_get(self: Worker, call: Any) -> None:
+    async def _loop_get(self, call: Any) -> None:
         st, kg, to = self.stats, self.keys, self.cfg.timeout
         ser = self.cfg.workload == "get-serializable"
         rnd, pc, hist = kg.random_index, time.perf_counter, st.hist
@@ -55,7 +53,7 @@ class UnaryLoadMixin:
             hist.record(int((pc() - t0) * 1e6))
             st.ops += 1
 
-    async def _loop_txn(self: Worker, call: Any) -> None:
+    async def _loop_txn(self, call: Any) -> None:
         """Compare-and-swap: if mod_revision(key) == last seen then put else range(key)."""
         st, kg, to = self.stats, self.keys, self.cfg.timeout
         rnd, pc, hist, revs = kg.random_index, time.perf_counter, st.hist, self.revs
@@ -93,7 +91,7 @@ class UnaryLoadMixin:
                 kvs = resp.responses[0].response_range.kvs if resp.responses else []
                 revs[i] = kvs[0].mod_revision if kvs else 0
 
-    async def prime_revisions(self: Worker) -> int:
+    async def prime_revisions(self) -> int:
         """txn: learn the current mod_revision of existing keys (one keys-only range), so the
         first CAS on an existing key is not counted as a conflict."""
         kg = self.keys
@@ -108,7 +106,7 @@ class UnaryLoadMixin:
                 n += 1
         return n
 
-    async def run_unary(self: Worker, deadline: float | None, count: int | None) -> None:
+    async def run_unary(self, deadline: float | None, count: int | None) -> None:
         st = self.stats
         st.stop = False
         st.remaining = count if count is not None else 1 << 62

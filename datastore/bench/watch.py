@@ -7,22 +7,20 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2
+from datastore.bench.base import WorkerBase
 from datastore.bench.hist import Histogram
 from datastore.bench.wire import PUT, WATCH, ld_field, prefix_end
 
-if TYPE_CHECKING:
-    from datastore.bench.worker import Worker
 
-
-class WatchLoadMixin:
+class WatchLoadMixin(WorkerBase):
     """The watch workload of a ``Worker``; state lives in ``Worker.__init__``."""
 
-    async def open_watchers(self: Worker) -> list[Any]:
+    async def open_watchers(self) -> list[Any]:
         """Open this process's watch streams (one watch on the key prefix each)."""
         kg = self.keys
         create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
@@ -39,7 +37,7 @@ class WatchLoadMixin:
             streams.append(call)
         return streams
 
-    async def _watch_reader(self: Worker, call: Any, idle_after: list[float]) -> None:
+    async def _watch_reader(self, call: Any, idle_after: list[float]) -> None:
         st, hist, mono = self.stats, self.stats.hist, time.monotonic
         unpack = struct.Struct("<d").unpack_from
         while True:
@@ -61,7 +59,7 @@ class WatchLoadMixin:
                     hist.record(int((now - unpack(v)[0]) * 1e6))
                 st.ops += 1
 
-    async def _watch_writer(self: Worker, start: float, deadline: float | None, count: int | None) -> None:
+    async def _watch_writer(self, start: float, deadline: float | None, count: int | None) -> None:
         """Puts at cfg.rate per second, on schedule, with bounded concurrency."""
         cfg, kg, st = self.cfg, self.keys, self.stats
         calls = self._calls(PUT)
@@ -111,7 +109,7 @@ class WatchLoadMixin:
                         write_elapsed_s=round(time.monotonic() - start, 4),
                         write_latency_ms=whist.summary_ms(), write_rate_target=cfg.rate)
 
-    async def run_watch(self: Worker, streams: list[Any], start: float, deadline: float | None,
+    async def run_watch(self, streams: list[Any], start: float, deadline: float | None,
                         count: int | None) -> None:
         st = self.stats
         idle_after = [time.monotonic()]

@@ -8,7 +8,8 @@ and output is appended to ``msgs`` / ``read_states`` for ``RawNode.ready()`` to 
 Roles are swapped functions (``step_*``, ``tick_*``), not subclasses: ``step()`` runs the
 term handling shared by all roles, then the current role's ``_step``. The rest of
 ``Raft`` lives beside this file, one concern per module, all methods of the same object
-(the mixins hold no state of their own; every field is set in ``Raft.__init__``):
+(the mixins hold no state of their own; every field is set in ``Raft.__init__``, and
+``base.py`` declares what one seam uses of another, for type checkers):
 
 - ``replication.py``: MsgApp/MsgSnap/heartbeat sending, appending, committing.
 - ``election.py``: hup, campaign, poll, ``step_candidate``.

@@ -7,8 +7,7 @@ by ``Raft.step`` for every role.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.quorum import VoteResult
 from datastore.raft.types import (
     NONE,
@@ -21,9 +20,6 @@ from datastore.raft.types import (
     UnavailableError,
 )
 
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
-
 M = MsgType
 
 # Context of MsgVote for a leadership transfer: lets the vote through a follower's
@@ -33,10 +29,10 @@ CAMPAIGN_PRE_ELECTION = b"CampaignPreElection"
 CAMPAIGN_ELECTION = b"CampaignElection"
 
 
-class ElectionMixin:
+class ElectionMixin(RaftBase):
     """Campaigning and counting votes; part of ``Raft``."""
 
-    def has_unapplied_conf_change(self: Raft) -> bool:
+    def has_unapplied_conf_change(self) -> bool:
         log = self.log
         lo, hi = log.applied + 1, log.committed + 1
         if lo >= hi:
@@ -47,7 +43,7 @@ class ElectionMixin:
             return False
         return any(e.type == EntryType.EntryConfChange for e in ents)
 
-    def hup(self: Raft, campaign_type: bytes) -> None:
+    def hup(self, campaign_type: bytes) -> None:
         if self.state == StateType.StateLeader or not self.promotable():
             return
         if self.has_unapplied_conf_change():
@@ -55,7 +51,7 @@ class ElectionMixin:
             return
         self.campaign(campaign_type)
 
-    def campaign(self: Raft, campaign_type: bytes) -> None:
+    def campaign(self, campaign_type: bytes) -> None:
         if campaign_type == CAMPAIGN_PRE_ELECTION:
             self.become_pre_candidate()
             vote_msg = M.MsgPreVote
@@ -89,11 +85,11 @@ class ElectionMixin:
                 )
             )
 
-    def poll(self: Raft, node_id: int, granted: bool) -> VoteResult:
+    def poll(self, node_id: int, granted: bool) -> VoteResult:
         self.trk.record_vote(node_id, granted)
         return self.trk.tally_votes()
 
-    def step_candidate(self: Raft, m: Message) -> None:
+    def step_candidate(self, m: Message) -> None:
         """Shared by candidate and pre-candidate; only the vote response type differs."""
         t = m.type
         my_vote_resp = M.MsgPreVoteResp if self.state == StateType.StatePreCandidate else M.MsgVoteResp

@@ -5,21 +5,17 @@ MsgHeartbeat and MsgSnap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.election import CAMPAIGN_TRANSFER
 from datastore.raft.types import NONE, Message, MsgType, ProposalDropped, ReadState, Snapshot, StateType
-
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
 
 M = MsgType
 
 
-class FollowerMixin:
+class FollowerMixin(RaftBase):
     """``step_follower`` and the append/heartbeat/snapshot handlers; part of ``Raft``."""
 
-    def step_follower(self: Raft, m: Message) -> None:
+    def step_follower(self, m: Message) -> None:
         t = m.type
         if t == M.MsgProp:
             if self.lead == NONE:
@@ -53,7 +49,7 @@ class FollowerMixin:
                 return
             self.read_states.append(ReadState(index=m.index, request_ctx=m.entries[0].data))
 
-    def handle_append_entries(self: Raft, m: Message) -> None:
+    def handle_append_entries(self, m: Message) -> None:
         log = self.log
         if m.index < log.committed:
             self.send(
@@ -85,7 +81,7 @@ class FollowerMixin:
             )
         )
 
-    def handle_heartbeat(self: Raft, m: Message) -> None:
+    def handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
         self.send(
             Message(
@@ -97,14 +93,14 @@ class FollowerMixin:
             )
         )
 
-    def handle_snapshot(self: Raft, m: Message) -> None:
+    def handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
         if snap is None:
             return
         index = self.log.last_index() if self.restore(snap) else self.log.committed
         self.send(Message(type=M.MsgAppResp, to=m.frm, frm=self.id, term=self.term, index=index))
 
-    def restore(self: Raft, snap: Snapshot) -> bool:
+    def restore(self, snap: Snapshot) -> bool:
         """Install a leader's snapshot unless our log already covers it (thesis §5.2)."""
         meta = snap.metadata
         if meta.index <= self.log.committed:

@@ -5,22 +5,18 @@ and leadership transfer (thesis §3.10).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.quorum import VoteResult, vote_result
 from datastore.raft.tracker import Progress, StateProbe, StateReplicate, StateSnapshot
 from datastore.raft.types import NONE, Entry, EntryType, Message, MsgType, ProposalDropped
 
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
-
 M = MsgType
 
 
-class LeaderMixin:
+class LeaderMixin(RaftBase):
     """``step_leader`` and its handlers; part of ``Raft``."""
 
-    def step_leader(self: Raft, m: Message) -> None:
+    def step_leader(self, m: Message) -> None:
         t = m.type
         if t == M.MsgBeat:
             self.bcast_heartbeat()
@@ -76,7 +72,7 @@ class LeaderMixin:
         elif t == M.MsgTransferLeader:
             self._handle_transfer_leader(m, pr)
 
-    def _leader_propose(self: Raft, m: Message) -> None:
+    def _leader_propose(self, m: Message) -> None:
         if not m.entries:
             raise AssertionError("raft: stepped empty MsgProp")
         if self.id not in self.trk.progress:
@@ -96,7 +92,7 @@ class LeaderMixin:
         self.append_entry(ents)
         self.bcast_append()
 
-    def _handle_app_resp(self: Raft, m: Message, pr: Progress) -> None:
+    def _handle_app_resp(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         if m.reject:
             next_probe = m.reject_hint
@@ -131,7 +127,7 @@ class LeaderMixin:
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self.send_timeout_now(m.frm)
 
-    def _handle_transfer_leader(self: Raft, m: Message, pr: Progress) -> None:
+    def _handle_transfer_leader(self, m: Message, pr: Progress) -> None:
         """Thesis §3.10: catch the transferee up, then tell it to campaign at once."""
         if pr.is_learner:
             return
@@ -150,8 +146,8 @@ class LeaderMixin:
         else:
             self.maybe_send_append(transferee)
 
-    def send_timeout_now(self: Raft, to: int) -> None:
+    def send_timeout_now(self, to: int) -> None:
         self.send(Message(type=M.MsgTimeoutNow, to=to, frm=self.id, term=self.term))
 
-    def abort_leader_transfer(self: Raft) -> None:
+    def abort_leader_transfer(self) -> None:
         self.lead_transferee = NONE

@@ -5,19 +5,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.tracker import Progress
 from datastore.raft.types import NONE, ConfChange, ConfChangeType, ConfState, StateType
 
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
 
-
-class MembershipMixin:
+class MembershipMixin(RaftBase):
     """Switching the tracker to a new configuration; part of ``Raft``."""
 
-    def _apply_conf_state(self: Raft, cs: ConfState) -> None:
+    def _apply_conf_state(self, cs: ConfState) -> None:
         trk = self.trk
         trk.voters = set(cs.voters)
         trk.learners = set(cs.learners)
@@ -33,7 +29,7 @@ class MembershipMixin:
             trk.progress[pid] = pr
         self.is_learner = self.id in trk.learners
 
-    def apply_conf_change(self: Raft, cc: ConfChange) -> ConfState:
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Apply one committed single-node change (thesis §4.1); returns the new config."""
         trk = self.trk
         nid = cc.node_id
@@ -60,7 +56,7 @@ class MembershipMixin:
         self._after_conf_change()
         return cs
 
-    def _after_conf_change(self: Raft) -> None:
+    def _after_conf_change(self) -> None:
         if self.state != StateType.StateLeader:
             return
         if self.id not in self.trk.voters:

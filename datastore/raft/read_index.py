@@ -5,29 +5,25 @@ then confirm leadership with a heartbeat round tracked by ``read_only.ReadOnly``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.types import NONE, Message, MsgType, ReadState
-
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
 
 M = MsgType
 
 
-class ReadIndexMixin:
+class ReadIndexMixin(RaftBase):
     """Answering MsgReadIndex; part of ``Raft``."""
 
-    def committed_entry_in_current_term(self: Raft) -> bool:
+    def committed_entry_in_current_term(self) -> bool:
         return self.log.term_or_zero(self.log.committed) == self.term
 
-    def on_commit_advanced(self: Raft) -> None:
+    def on_commit_advanced(self) -> None:
         if self.pending_read_index and self.committed_entry_in_current_term():
             pending, self.pending_read_index = self.pending_read_index, []
             for m in pending:
                 self.send_read_index_response(m)
 
-    def send_read_index_response(self: Raft, m: Message) -> None:
+    def send_read_index_response(self, m: Message) -> None:
         """Thesis §6.4: record commit now, confirm leadership with a heartbeat round."""
         if self.trk.is_singleton() and self.id in self.trk.voters:
             self.respond_read_index(m, self.log.committed)
@@ -39,7 +35,7 @@ class ReadIndexMixin:
             if pid != self.id:
                 self.send_heartbeat(pid, ctx)
 
-    def respond_read_index(self: Raft, req: Message, index: int) -> None:
+    def respond_read_index(self, req: Message, index: int) -> None:
         if req.frm == NONE or req.frm == self.id:
             self.read_states.append(ReadState(index=index, request_ctx=req.entries[0].data))
             return

@@ -5,8 +5,7 @@ commit index advances once entries are persisted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datastore.raft.base import RaftBase
 from datastore.raft.tracker import Progress
 from datastore.raft.types import (
     CompactedError,
@@ -18,19 +17,16 @@ from datastore.raft.types import (
     UnavailableError,
 )
 
-if TYPE_CHECKING:
-    from datastore.raft.core import Raft
-
 M = MsgType
 
 
-class ReplicationMixin:
+class ReplicationMixin(RaftBase):
     """Sending MsgApp/MsgSnap/MsgHeartbeat and advancing the commit index; part of ``Raft``."""
 
-    def send(self: Raft, m: Message) -> None:
+    def send(self, m: Message) -> None:
         self.msgs.append(m)
 
-    def maybe_send_append(self: Raft, to: int, send_if_empty: bool = True) -> bool:
+    def maybe_send_append(self, to: int, send_if_empty: bool = True) -> bool:
         """Send the entries ``to`` is missing (or a snapshot); False if nothing was sent."""
         pr = self.trk.progress[to]
         if pr.is_paused():
@@ -59,7 +55,7 @@ class ReplicationMixin:
         pr.sent_entries(ents[-1].index if ents else None)
         return True
 
-    def maybe_send_snapshot(self: Raft, to: int, pr: Progress) -> bool:
+    def maybe_send_snapshot(self, to: int, pr: Progress) -> bool:
         """Thesis §5.3: a follower too far behind is sent the latest snapshot."""
         if not pr.recent_active:
             return False  # Don't ship a snapshot to a node that seems down.
@@ -73,7 +69,7 @@ class ReplicationMixin:
         self.send(Message(type=M.MsgSnap, to=to, frm=self.id, term=self.term, snapshot=snap))
         return True
 
-    def send_heartbeat(self: Raft, to: int, ctx: bytes) -> None:
+    def send_heartbeat(self, to: int, ctx: bytes) -> None:
         # Never tell a follower to commit past what it is known to hold.
         commit = min(self.trk.progress[to].match, self.log.committed)
         self.send(
@@ -87,28 +83,28 @@ class ReplicationMixin:
             )
         )
 
-    def bcast_append(self: Raft) -> None:
+    def bcast_append(self) -> None:
         for pid in self.trk.progress:
             if pid != self.id:
                 self.maybe_send_append(pid)
 
-    def bcast_heartbeat(self: Raft) -> None:
+    def bcast_heartbeat(self) -> None:
         ctx = self.read_only.last_pending_request_ctx()
         for pid in self.trk.progress:
             if pid != self.id:
                 self.send_heartbeat(pid, ctx)
 
-    def append_entry(self: Raft, es: list[Entry]) -> None:
+    def append_entry(self, es: list[Entry]) -> None:
         li = self.log.last_index()
         term = self.term
         ents = [Entry(term=term, index=li + i + 1, type=e.type, data=e.data) for i, e in enumerate(es)]
         # Not counted toward our own match here: only once persisted (on_persisted).
         self.log.append(ents)
 
-    def maybe_commit(self: Raft) -> bool:
+    def maybe_commit(self) -> bool:
         return self.log.maybe_commit(self.trk.committed(), self.term)
 
-    def on_persisted(self: Raft, index: int, term: int) -> None:
+    def on_persisted(self, index: int, term: int) -> None:
         """The driver persisted entries through ``index``/``term`` (``RawNode.advance``)."""
         self.log.stable_to(index, term)
         if self.state != StateType.StateLeader:
