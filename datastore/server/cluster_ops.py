@@ -30,8 +30,9 @@ import struct
 import tempfile
 import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -54,13 +55,21 @@ from datastore.raft.types import (
 from datastore.server import codec
 from datastore.server.membership import META_LOCAL_ID, compute_member_id
 from datastore.server.tlsutil import open_channel
+from datastore.server.transport import fetch_cluster
 from datastore.storage.backend import STATE_FAMILIES, Backend
 
 if TYPE_CHECKING:
     from rocksdict import WriteBatch
 
-    from datastore.server.applier import Applied
-    from datastore.server.etcdserver import EtcdServer
+    from datastore.lease.lessor import Lessor
+    from datastore.mvcc.kvstore import KVStore
+    from datastore.mvcc.watchable import WatchHub
+    from datastore.raft.rawnode import RawNode
+    from datastore.server.alarms import AlarmStore
+    from datastore.server.applier import Applied, Applier
+    from datastore.server.config import Config
+    from datastore.server.membership import Membership
+    from datastore.server.raftlog import DurableStorage
 
 log = logging.getLogger("datastore.cluster")
 
@@ -70,10 +79,59 @@ CONF_CHANGE_TIMEOUT_S = 7.0
 HEALTH_INTERVAL_S = 5.0  # etcd's HealthInterval: a peer counts as active once connected this long
 _REC = struct.Struct(">BII")
 REMOVED_PREFIX = b"removed/"  # meta: ids of removed members (etcd's members_removed bucket)
-ERR_REMOVED = "the member has been permanently removed from the cluster"
 # meta: the raft snapshot whose image the state holds, written with the image itself so
 # a crash before the raft log records the snapshot can be finished on restart.
 META_INSTALLED_SNAPSHOT = b"installed_snapshot"
+
+
+class _Peers(Protocol):
+    """What membership changes need from the peer transport (``PeerTransport``)."""
+
+    @property
+    def peers(self) -> Mapping[int, object]: ...
+
+    def add_peer(self, peer_id: int, urls: list[str]) -> None: ...
+
+    def update_peer(self, peer_id: int, urls: list[str]) -> None: ...
+
+    def remove_peer(self, peer_id: int) -> None: ...
+
+    def active_since(self, peer_id: int) -> float: ...
+
+    def connected_since(self, peer_id: int, since: float) -> bool: ...
+
+
+class ClusterHost(Protocol):
+    """What membership changes, snapshots and publishing need from the member (not the
+    whole EtcdServer). ``_reload`` swaps the state machine after a snapshot install, so
+    it reaches into every component that caches state."""
+
+    cfg: Config
+    data_dir: Path
+    backend: Backend
+    storage: DurableStorage
+    applier: Applier
+    members: Membership
+    kv: KVStore
+    lessor: Lessor
+    alarms: AlarmStore
+    hub: WatchHub
+    node: RawNode
+    member_id: int
+    leader_id: int
+    is_leader: bool
+    # Proposal bookkeeping a conf change shares with normal proposals.
+    _stopped: bool
+    _waiters: dict[int, asyncio.Future[object]]
+
+    @property
+    def transport(self) -> _Peers | None: ...
+
+    async def propose(self, req: InternalRaftRequest) -> object: ...
+
+    def next_id(self) -> int: ...
+
+    def wake(self) -> None: ...
 
 
 def installed_snapshot_meta(b: Backend) -> SnapshotMetadata | None:
@@ -96,10 +154,8 @@ def _member_pb(m: MemberRecord) -> rpc.Member:
 
 
 # ---- joining an existing cluster (called from EtcdServer._bootstrap) -----------------------
-def join_existing(server: EtcdServer) -> None:
+def join_existing(server: ClusterHost) -> None:
     """--initial-cluster-state existing: learn the cluster from a peer; never bootstrap one."""
-    from datastore.server.transport import fetch_cluster
-
     cfg = server.cfg
     cluster = cfg.initial_cluster_map()
     own = sorted(cfg.initial_advertise_peer_urls)
@@ -121,7 +177,7 @@ def join_existing(server: EtcdServer) -> None:
 
 
 class ClusterOps:
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ClusterHost) -> None:
         self.s = server
         self.removed = False
         self._snap_cache: Snapshot | None = None
@@ -555,6 +611,6 @@ class ClusterOps:
             await asyncio.sleep(0.02)  # poll the soft state the node loop updates
 
 
-def member_list(server: EtcdServer) -> list[rpc.Member]:
+def member_list(server: ClusterHost) -> list[rpc.Member]:
     return server.members.to_pb()
 

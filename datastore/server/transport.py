@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 import grpc
@@ -34,11 +34,13 @@ from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
-from datastore.server.cluster_ops import ERR_REMOVED
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
 if TYPE_CHECKING:
-    from datastore.server.etcdserver import EtcdServer
+    from datastore.lease.lessor import Lessor
+    from datastore.raft.rawnode import RawNode
+    from datastore.server.config import Config
+    from datastore.server.membership import Membership
 
 log = logging.getLogger("datastore.transport")
 
@@ -47,6 +49,8 @@ MAX_MESSAGE = 2**31 - 1
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 PROBE_INTERVAL_S = 0.5
+# The detail of the FAILED_PRECONDITION a removed member's stream gets (etcd: 410 Gone).
+ERR_REMOVED = "the member has been permanently removed from the cluster"
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -57,6 +61,38 @@ GRPC_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+class _RemovedMembers(Protocol):
+    """What the transport needs from ``ClusterOps``."""
+
+    removed_ids: set[int]
+
+    def removed_by_peer(self) -> None: ...
+
+
+class PeerHost(Protocol):
+    """What the transport needs from the member (not the whole EtcdServer)."""
+
+    cfg: Config
+    cluster_id: int
+    member_id: int
+    leader_id: int
+    is_leader: bool
+    members: Membership
+    node: RawNode
+    lessor: Lessor
+
+    @property
+    def cluster_ops(self) -> _RemovedMembers: ...
+
+    def receive(self, messages: list[Message]) -> None: ...
+
+    def wake(self) -> None: ...
+
+    async def read_barrier(self) -> None: ...
+
+    def lease_ttl_local(self, lease_id: int, keys: bool) -> pb.LeaseTimeToLiveResponse: ...
 
 
 def peer_target(url: str) -> str:
@@ -214,7 +250,7 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
 class PeerTransport:
     """Owned by EtcdServer (``server.transport``); lives on the server's event loop."""
 
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: PeerHost) -> None:
         self.server = server
         self.peers: dict[int, _Peer] = {}
         self.last_heard: dict[int, float] = {}
