@@ -61,6 +61,7 @@ from datastore.storage.backend import STATE_FAMILIES, Backend
 if TYPE_CHECKING:
     from rocksdict import WriteBatch
 
+    from datastore.auth.store import AuthStore
     from datastore.lease.lessor import Lessor
     from datastore.mvcc.kvstore import KVStore
     from datastore.mvcc.watchable import WatchHub
@@ -115,6 +116,7 @@ class ClusterHost(Protocol):
     kv: KVStore
     lessor: Lessor
     alarms: AlarmStore
+    auth: AuthStore
     hub: WatchHub
     node: RawNode
     member_id: int

@@ -33,7 +33,9 @@ class CompactorHost(Protocol):
     """What the compactor needs from the member (not the whole EtcdServer)."""
 
     cfg: Config
-    kv: _Revisions
+
+    @property
+    def kv(self) -> _Revisions: ...
 
     @property
     def is_leader(self) -> bool: ...
