@@ -105,8 +105,9 @@ def test_write_forwarded_to_a_dead_leader_times_out(cluster: Cluster) -> None:
         put(f1, b"lost?", b"v", timeout=30)
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, ei.value
     assert ei.value.details() in TIMEOUT_ERRORS, ei.value.details()
-    # etcd's request timeout: 5 s + 2 election timeouts (0.5 s here), never a hang
-    assert time.monotonic() - t0 < 6.0 + 3.0
+    # the server's own timeout answered (not the client's 30 s deadline): no hang; the
+    # bound is generous because only the order matters on a loaded machine
+    assert time.monotonic() - t0 < 25.0
 
 
 def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
@@ -119,8 +120,12 @@ def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
         kv = rpc_pb2_grpc.KVStub(ch)
         with pytest.raises(grpc.RpcError) as ei:
             kv.Range(pb.RangeRequest(key=b"k"), timeout=30)
+        elapsed = time.monotonic() - t0
         assert ei.value.details() == "etcdserver: request timed out", ei.value
-        assert 5.0 <= time.monotonic() - t0 < 6.0 + 3.0  # etcd's request timeout, no hang
+        # It waited for etcd's request timeout (5 s; it cannot answer before) and then
+        # answered itself, well before the client's 30 s deadline: no hang. Only the lower
+        # bound is tight, and a loaded machine can only make the call slower.
+        assert 5.0 <= elapsed < 25.0, elapsed
         kv.Range(pb.RangeRequest(key=b"k", serializable=True), timeout=5)  # local reads work
 
 
@@ -226,13 +231,26 @@ def test_strict_reconfig_refuses_with_down_or_just_reconnected_member(tmp_path: 
         # with one voter down, removing a live one would leave no active quorum
         err = remove_other()
         assert b"unhealthy cluster" in err, err
+        # The peer cannot be connected before it is launched, so a removal accepted less
+        # than one health interval (3 s) after launch means a just-reconnected peer was
+        # counted as active. Only that ordering is asserted: a loaded machine can only
+        # delay the acceptance, never make it earlier.
+        launched = time.monotonic()
         down.launch()
         down.wait_ready()
-        # just reconnected (or not yet): still not counted as active
-        err = remove_other()
-        assert b"unhealthy cluster" in err, err
-        # once it has been connected for a health interval, the removal goes through
-        wait_for(lambda: remove_other() == b"", 30, "removal accepted")
+        refused = 0
+
+        def accepted() -> bool:
+            nonlocal refused
+            e = remove_other()
+            if e:
+                assert b"unhealthy cluster" in e, e
+                refused += 1
+            return not e
+        wait_for(accepted, 30, "removal accepted")
+        waited = time.monotonic() - launched
+        print(f"removal refused {refused} times, accepted {waited:.2f}s after launch")
+        assert waited >= 3.0, f"removal accepted {waited:.2f}s after the peer was launched"
         c.procs.remove(other)
         wait_for(lambda: other.popen is not None and other.popen.poll() is not None, 20,
                  "removed member exits")
