@@ -137,7 +137,7 @@ class Workload:
         self.unexpected: list[str] = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, daemon=True, name=f"client{k}",
-                                         args=(k, rng.randrange(len(c.procs)), rng.randrange(1 << 30)))
+                                         args=(k, rng.choice(c.voters), rng.randrange(1 << 30)))
                         for k in range(clients)]
 
     def start(self) -> Workload:
@@ -182,6 +182,13 @@ class Workload:
                     if not definite:
                         gen += 1  # the outcome stays open: continue as a new logical client
                     self.stop.wait(rng.uniform(0.05, 0.15))  # client retry pacing
+                    if member in self.c.removed or member in self.c.removing:
+                        # its member left the cluster: carry on through a current voter
+                        ch.close()
+                        member = rng.choice(self.c.voters)
+                        ch = grpc.insecure_channel(self.c.procs[member].endpoint)
+                        stub = rpc_pb2_grpc.KVStub(ch)
+                        gen += 1
                     continue
                 self.h.complete(op, result)
         finally:
@@ -222,7 +229,7 @@ def final_reads(c: FaultCluster, h: History) -> dict[bytes, tuple[bytes | None, 
     """Linearizable read of every key (recorded in the history), then every member's
     serializable view must be the same value and mod_revision."""
     out: dict[bytes, tuple[bytes | None, int]] = {}
-    with grpc.insecure_channel(c.procs[0].endpoint) as ch:
+    with grpc.insecure_channel(c.procs[c.voters[0]].endpoint) as ch:
         stub = rpc_pb2_grpc.KVStub(ch)
         for key in KEYS:
             def read(key: bytes = key) -> pb.RangeResponse:
@@ -231,7 +238,7 @@ def final_reads(c: FaultCluster, h: History) -> dict[bytes, tuple[bytes | None, 
             with h.record("final", "get", key) as rec:
                 rec.ok((r.kvs[0].value, r.kvs[0].mod_revision) if r.kvs else (None, 0))
             out[key] = (r.kvs[0].value, r.kvs[0].mod_revision) if r.kvs else (None, 0)
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             stub = rpc_pb2_grpc.KVStub(ch)
             for key in KEYS:
@@ -249,7 +256,7 @@ def check_acked_writes_durable(c: FaultCluster, h: History) -> int:
              if o.status is Status.OK and (o.kind == "put" or (o.kind == "cas" and o.result[0]))]
     revs = [r for _, _, r in acked]
     assert len(revs) == len(set(revs)), "two acknowledged writes share a revision"
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             stub = rpc_pb2_grpc.KVStub(ch)
             for key, value, rev in acked:
@@ -262,7 +269,7 @@ def check_acked_writes_durable(c: FaultCluster, h: History) -> int:
 
 def check_hashkv(c: FaultCluster, rev: int) -> None:
     hashes = []
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=rev), timeout=10)
             hashes.append((p.name, r.hash, r.compact_revision, r.hash_revision))
@@ -270,11 +277,11 @@ def check_hashkv(c: FaultCluster, rev: int) -> None:
 
 
 def run_linearizability(c: FaultCluster, tmp_path: Path, name: str, rounds: int, clients: int,
-                        min_ok: int) -> None:
+                        min_ok: int, membership: bool = False) -> None:
     rng = seeded(name)
     h = History()
     w = Workload(c, h, rng, clients=clients).start()
-    nem = Nemesis(c, rng, rounds=rounds).start()
+    nem = Nemesis(c, rng, rounds=rounds, membership=membership).start()
     t0 = time.monotonic()
     try:
         nem.join(timeout=60 + rounds * 40)
@@ -282,6 +289,12 @@ def run_linearizability(c: FaultCluster, tmp_path: Path, name: str, rounds: int,
         w.join()
     print(f"{len(h)} ops in {time.monotonic() - t0:.1f}s, {nem.done_rounds} nemesis rounds; "
           f"errors {w.errors}", flush=True)
+    if membership:
+        print(f"membership changes: {nem.member_changes}; members now "
+              f"{[c.names[i] for i in c.members]}", flush=True)
+        adds = sum(x.startswith("promote") for x in nem.member_changes)
+        removes = sum(x.startswith("remove") for x in nem.member_changes)
+        assert adds >= rounds // 2 and removes >= rounds // 2 - 1, nem.member_changes
     applied, rev = c.wait_converged()
     final = final_reads(c, h)
     print(f"converged at applied index {applied}, revision {rev}; final {final}", flush=True)
@@ -332,6 +345,24 @@ def test_linearizable_under_faults(cluster: FaultCluster, tmp_path: Path) -> Non
     # block inbound of leader, cut a leader link, delay
     run_linearizability(cluster, tmp_path, "linearizable", rounds=len(Nemesis.FAULTS), clients=5,
                         min_ok=200)
+
+
+def test_linearizable_under_faults_with_membership_changes(cluster: FaultCluster,
+                                                          tmp_path: Path) -> None:
+    # kill leader / pause follower / isolate / isolate leader, while a learner is added
+    # (then promoted after the heal) or a healthy voter, maybe the leader, is removed
+    run_linearizability(cluster, tmp_path, "membership", rounds=4, clients=5, min_ok=150,
+                        membership=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_linearizable_under_faults_with_membership_changes_soak(cluster: FaultCluster,
+                                                               tmp_path: Path) -> None:
+    """``make soak``: 100 nemesis rounds, every one with a membership change."""
+    run_linearizability(cluster, tmp_path, "membership-soak",
+                        rounds=int(os.environ.get("DS_SOAK_ROUNDS", "100")), clients=6,
+                        min_ok=2000, membership=True)
 
 
 @pytest.mark.slow
