@@ -4,7 +4,9 @@ across leader changes.
 
 Peer traffic goes through per-member TCP proxies (faults_util.FaultCluster documents
 what each fault does). DS_FAULT_SEED picks the seed (printed at the start of each
-test); the nemesis log is printed too, so a failing run can be replayed.
+test); the nemesis log is printed too, so a failing run can be replayed. The watch test
+under partition / pause / delay runs a fixed seed list (DS_WATCH_SEEDS, printed) plus
+this run's random seed (the ``random`` case; replay it with DS_FAULT_SEED=<seed>).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from datastore.testing.tcpproxy import TcpProxy
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
 
 SEED = int(os.environ.get("DS_FAULT_SEED", str(random.SystemRandom().randrange(1 << 32))))
+WATCH_SEEDS = [int(x) for x in os.environ.get("DS_WATCH_SEEDS", "1,2").split(",") if x.strip()]
 OP_TIMEOUT = 2.0
 
 
@@ -45,9 +48,9 @@ def cluster(tmp_path: Path) -> Iterator[FaultCluster]:
     c.stop()
 
 
-def seeded(name: str) -> random.Random:
-    print(f"\n{name}: DS_FAULT_SEED={SEED}", flush=True)
-    return random.Random(f"{SEED}/{name}")
+def seeded(name: str, seed: int = SEED) -> random.Random:
+    print(f"\n{name}: DS_FAULT_SEED={seed}", flush=True)
+    return random.Random(f"{seed}/{name}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,14 +476,33 @@ def test_watch_across_leader_changes(cluster: FaultCluster) -> None:
     run_watch(cluster, "watch", rounds=3, faults=("kill_leader",))
 
 
+PARTITIONS = ("isolate", "isolate_leader", "block_inbound_leader", "cut_leader_link")
+
+
+@pytest.mark.parametrize("seed", [*WATCH_SEEDS, None],
+                         ids=[*(f"seed{s}" for s in WATCH_SEEDS), "random"])
+def test_watch_under_partition_pause_delay(cluster: FaultCluster, seed: int | None) -> None:
+    """One partition (kind chosen by the seed), one paused follower and one delayed
+    member, in a seeded order, while watchers on every member must see exactly the MVCC
+    history. Replay: DS_WATCH_SEEDS=<n> (fixed) or DS_FAULT_SEED=<n> -k random."""
+    print(f"\nwatch seeds: fixed {WATCH_SEEDS} + random {SEED}", flush=True)
+    s = SEED if seed is None else seed
+    order = random.Random(f"{s}/watch-faults")
+    faults = [order.choice(PARTITIONS), "pause_follower", "delay"]
+    order.shuffle(faults)
+    run_watch(cluster, "watch-faults", rounds=3, faults=tuple(faults), seed=s)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_watch_under_faults_soak(cluster: FaultCluster) -> None:
     run_watch(cluster, "watch-soak", rounds=20, faults=Nemesis.FAULTS)
 
 
-def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...]) -> None:
-    rng = seeded(name)
+def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...],
+              seed: int = SEED) -> None:
+    rng = seeded(name, seed)
+    print(f"{name}: faults {faults}", flush=True)
     with grpc.insecure_channel(c.procs[0].endpoint) as ch:
         stub = rpc_pb2_grpc.KVStub(ch)
         for i in range(5):
@@ -566,7 +588,7 @@ def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...]) 
         if got != want:
             gs, ws = set(got), set(want)
             pytest.fail(f"{r.name} (resumes {r.resumes}): missing {sorted(ws - gs)[:5]}, "
-                        f"unexpected {sorted(gs - ws)[:5]} (seed {SEED})")
+                        f"unexpected {sorted(gs - ws)[:5]} (seed {seed})")
     if "kill_leader" in faults:
         assert total_resumes >= 1, "no watch stream was broken: the test did not exercise resumption"
 
