@@ -284,8 +284,12 @@ def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
     p = ds("--max-request-bytes=20000")
     with Client(p) as c:
         start_rev = c.kv.Range(pb.RangeRequest(key=b"f")).header.revision + 1
-        for i in range(12):  # ~48 kB of history, replayed to the watcher in one batch
-            c.kv.Put(pb.PutRequest(key=b"f/%02d" % i, value=b"v" * 4000))
+        # ~720 kB of history, replayed to the watcher in one batch: above etcd's limit for
+        # a watch response (the request limit + 512 KiB of gRPC overhead). The exact split
+        # is compared with real etcd's in test_differential_live.py.
+        n = 40
+        for i in range(n):
+            c.kv.Put(pb.PutRequest(key=b"f/%02d" % i, value=b"v" * 18000))
         stream, q = _watch(c, pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=b"f/", range_end=b"f0", start_revision=start_rev, fragment=True)))
         assert next(stream).created
@@ -295,12 +299,12 @@ def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
             parts.append(resp)
             if not resp.fragment:
                 break
-        assert len(parts) >= 3
+        assert len(parts) >= 2
         assert all(r.fragment for r in parts[:-1])
-        assert all(r.ByteSize() <= 20000 + 512 for r in parts)
+        assert all(r.ByteSize() < 20000 + 512 * 1024 for r in parts)
         events = [e for r in parts for e in r.events]
-        assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(12)]
-        assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + 12))
+        assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(n)]
+        assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + n))
         q.put(None)
 
 
@@ -324,7 +328,9 @@ def test_http_health_version_metrics_and_grpc_health(ds: Callable[..., ServerPro
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    assert get("/version") == (200, json.dumps({"etcdserver": "3.5.17", "etcdcluster": "3.5.0"}))
+    # the values are compared with real etcd's in test_differential_live.py
+    code, body = get("/version")
+    assert code == 200 and sorted(json.loads(body)) == ["etcdcluster", "etcdserver"], body
     assert get("/health") == (200, json.dumps({"health": "true", "reason": ""}))
     status, text = get("/metrics")
     assert status == 200 and "etcd_server_has_leader 1" in text
