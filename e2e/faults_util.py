@@ -436,7 +436,7 @@ class Nemesis:
         c = self.c
         if self.membership and not c.learners and not c.removing:
             healthy = [i for i in c.voters if i not in faulted and c.is_running(i)]
-            via = c.wait_leader(healthy, timeout=30)
+            via = self._via(healthy)
             if len(c.voters) <= 3:
                 i = c.add_learner(via, deadline=time.monotonic() + 20)
                 self.member_changes.append(f"add learner m{i}")
@@ -448,6 +448,20 @@ class Nemesis:
                     self.member_changes.append(f"remove m{victim}")
                 c.remove(victim, via, deadline=time.monotonic() + 10)
         self.stop.wait(max(0.0, t_end - time.monotonic()))
+
+    def _via(self, healthy: list[int]) -> int:
+        """Where to send a membership change: the leader a healthy member follows, when
+        it can take requests (a cut link does not stop it), else a healthy member."""
+        c = self.c
+        by_id = {mid: i for i, mid in c.ids.items()}
+
+        def find() -> int | None:
+            for i in healthy:
+                j = by_id.get(status(c.procs[i]).leader)
+                if j is not None and j in c.members and c.is_running(j) and j not in c.paused:
+                    return j + 1
+            return None
+        return wait_for(find, 30, "a leader to send the membership change to") - 1
 
     def _finish_membership(self) -> None:
         """After healing: promote a pending learner, finish a pending removal."""
