@@ -268,8 +268,19 @@ class FaultCluster:
         self.procs.append(proc)
         self.learners.add(i)
         self.ids[i] = mid
-        proc.launch()
-        proc.wait_ready(60)
+        while True:
+            proc.launch()
+            try:
+                proc.wait_ready(60)
+                break
+            except RuntimeError as e:
+                # It learns the member list from the first peer that answers, which may
+                # not have applied the add yet (a cut link, a lagging member): etcd's
+                # member exits the same way, and the operator starts it again.
+                if "add it first" not in str(e) or time.monotonic() > deadline + 60:
+                    raise
+                self.note(f"{name} saw a member list without itself; starting it again")
+                time.sleep(0.5)  # retry pacing
         self.note(f"learner {name} started ({mid:x})")
         return i
 
