@@ -1,4 +1,5 @@
-"""The ``datastore`` command: ``serve`` (the default), ``snapshot restore``, ``bench``, ``version``."""
+"""The ``datastore`` command: ``serve`` (the default), ``snapshot restore``, ``bench``, ``version``,
+``grpc-proxy start``, ``gateway start``."""
 
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ from datastore.server.config import (
     config_from_args,
     prepare_tls,
 )
+from datastore.storage.backend import CorruptDataError
 
 log = logging.getLogger("datastore")
 
 
 async def _serve(ns: argparse.Namespace) -> int:
     from datastore.api.grpcserver import build_grpc_server
-    from datastore.api.http import serve_http
+    from datastore.gateway import serve_member
     from datastore.server.etcdserver import EtcdServer
     from datastore.server.transport import PeerTransport
 
     cfg = prepare_tls(config_from_args(ns))  # auto-TLS certificates live in the data dir
     server = EtcdServer(cfg)
+    if cfg.initial_corrupt_check:  # before serving anything, as etcd does
+        from datastore.server.corrupt import initial_corrupt_check
+        await initial_corrupt_check(server, server.request_timeout())
     grpc_server = build_grpc_server(server)
     transport = PeerTransport(server)
     server.transport = transport  # type: ignore[assignment]
@@ -35,11 +40,12 @@ async def _serve(ns: argparse.Namespace) -> int:
     await server.start()
     server.cluster_ops.start()
     await grpc_server.start()
-    http_servers = await serve_http(server, cfg.listen_metrics_urls)
+    http_gateway = await serve_member(server)  # metrics URLs and --listen-client-http-urls
     log.info("serving client requests", extra={
         "member": cfg.name, "data_dir": cfg.resolved_data_dir,
         "client_urls": list(cfg.listen_client_urls), "member_id": f"{server.member_id:x}",
         "peer_urls": list(cfg.listen_peer_urls), "metrics_urls": list(cfg.listen_metrics_urls),
+        "client_http_urls": list(cfg.listen_client_http_urls),
         "client_tls": not cfg.client_tls.empty(), "peer_tls": not cfg.peer_tls.empty(),
         "version": VERSION})
     stop = asyncio.Event()
@@ -48,8 +54,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    for h in http_servers:
-        h.close()
+    await http_gateway.close()
     await grpc_server.stop(grace=1.0)
     await server.cluster_ops.stop()
     await transport.stop()
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     sub.add_parser("version", help="print the version")
+    from datastore.proxy.cli import add_gateway_arguments, add_grpc_proxy_arguments
+    add_grpc_proxy_arguments(sub.add_parser("grpc-proxy", help="etcd's gRPC proxy"))
+    add_gateway_arguments(sub.add_parser("gateway", help="etcd's L4 (TCP) gateway"))
     env_warnings: list[str] = []
     if argv[0] == "serve":
         # ETCD_<FLAG> / DATASTORE_<FLAG> variables become flag defaults (etcd's behaviour)
@@ -100,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     for w in env_warnings:
         log.warning(w)
     try:
+        if ns.cmd == "grpc-proxy":
+            from datastore.proxy.cli import run_grpc_proxy
+            return asyncio.run(run_grpc_proxy(ns))
+        if ns.cmd == "gateway":
+            from datastore.proxy.cli import run_tcp_gateway
+            return asyncio.run(run_tcp_gateway(ns))
         if ns.cmd == "snapshot":
             from datastore.server.restore import restore_snapshot
             restore_snapshot(ns.file, config_from_args(ns))
@@ -108,3 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"datastore: error: {e}", file=sys.stderr)
         return 2
+    except CorruptDataError as e:  # refuse to serve damaged data, with what to do
+        log.critical("refusing to start: data dir is corrupt", extra={"error": str(e)})
+        return 3

@@ -2,7 +2,7 @@
 
 The services reach their own member through its client port, so on a TLS-only member
 they must dial with TLS and present a certificate the listener accepts. Runs on
-datastore and real etcd 3.4; skipped where TLS support (datastore.testing.certs) is absent.
+datastore and real etcd 3.4.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-certs = pytest.importorskip("datastore.testing.certs")
-
-from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from datastore.api.v3electionpb import v3election_pb2 as epb  # noqa: E402
-from datastore.api.v3electionpb import v3election_pb2_grpc  # noqa: E402
-from datastore.api.v3lockpb import v3lock_pb2 as lpb  # noqa: E402
-from datastore.api.v3lockpb import v3lock_pb2_grpc  # noqa: E402
-from datastore.testing.procs import (  # noqa: E402
+from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from datastore.api.v3electionpb import v3election_pb2 as epb
+from datastore.api.v3electionpb import v3election_pb2_grpc
+from datastore.api.v3lockpb import v3lock_pb2 as lpb
+from datastore.api.v3lockpb import v3lock_pb2_grpc
+from datastore.testing import certs
+from datastore.testing.procs import (
     ETCDCTL_BIN,
     ServerProc,
     datastore_proc,

@@ -10,6 +10,7 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.status import abort
+from datastore.auth.grpcctx import require_admin
 from datastore.server.etcdserver import EtcdServer
 
 
@@ -41,6 +42,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(self, r: rpc.MemberAddRequest,
                         ctx: grpc.aio.ServicerContext) -> rpc.MemberAddResponse:
         try:
+            await require_admin(self.s, ctx)  # etcd's checkMembershipOperationPermission
             urls = _check_urls(list(r.peerURLs))
             member, members = await self.s.cluster_ops.add_member(urls, r.isLearner)
         except errors.EtcdError as e:
@@ -50,6 +52,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberRemove(self, r: rpc.MemberRemoveRequest,
                            ctx: grpc.aio.ServicerContext) -> rpc.MemberRemoveResponse:
         try:
+            await require_admin(self.s, ctx)
             members = await self.s.cluster_ops.remove_member(r.ID)
         except errors.EtcdError as e:
             await abort(ctx, e)
@@ -58,6 +61,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberUpdate(self, r: rpc.MemberUpdateRequest,
                            ctx: grpc.aio.ServicerContext) -> rpc.MemberUpdateResponse:
         try:
+            await require_admin(self.s, ctx)
             urls = _check_urls(list(r.peerURLs))
             members = await self.s.cluster_ops.update_member(r.ID, urls)
         except errors.EtcdError as e:
@@ -67,6 +71,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberPromote(self, r: rpc.MemberPromoteRequest,
                             ctx: grpc.aio.ServicerContext) -> rpc.MemberPromoteResponse:
         try:
+            await require_admin(self.s, ctx)
             members = await self.s.cluster_ops.promote_member(r.ID)
         except errors.EtcdError as e:
             await abort(ctx, e)

@@ -30,6 +30,7 @@ from datastore.api.lock import RecipeError, SelfClient, fail, withdraw_if_abando
 from datastore.api.mvccpb.kv_pb2 import KeyValue
 from datastore.api.v3electionpb import v3election_pb2 as pb
 from datastore.api.v3electionpb import v3election_pb2_grpc
+from datastore.auth.grpcctx import forward_credentials
 from datastore.client.errors import ClientError
 from datastore.client.recipes import Election, Session
 from datastore.client.recipes.waiting import lease_key
@@ -57,6 +58,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Campaign(self, r: pb.CampaignRequest,
                        ctx: grpc.aio.ServicerContext) -> pb.CampaignResponse:
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             session = await self.c.session(r.lease)
             e = Election(session, r.name)
@@ -69,6 +71,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Proclaim(self, r: pb.ProclaimRequest,
                        ctx: grpc.aio.ServicerContext) -> pb.ProclaimResponse:
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             leader = _leader_key(r)
             e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
@@ -79,6 +82,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return pb.ProclaimResponse(header=e.header)
 
     async def Resign(self, r: pb.ResignRequest, ctx: grpc.aio.ServicerContext) -> pb.ResignResponse:
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             leader = _leader_key(r)
             e = Election.resume(await self.c.session(leader.lease), leader.name, leader.key,
@@ -89,6 +93,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return pb.ResignResponse(header=e.header)
 
     async def Leader(self, r: pb.LeaderRequest, ctx: grpc.aio.ServicerContext) -> pb.LeaderResponse:
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         try:
             kv = await self._observer(r.name).leader()
         except ClientError as err:
@@ -97,6 +102,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Observe(self, r: pb.LeaderRequest,
                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaderResponse]:
+        forward_credentials(self.s, ctx)  # act as the caller, as etcd's v3election does
         # Like etcd, a failing client call just ends the stream (Observe's channel closes).
         # aclosing: a stream closed at our yield must also end the recipe's watch.
         updates = cast(AsyncGenerator[KeyValue, None], self._observer(r.name).observe())

@@ -10,6 +10,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
+from datastore.api.decodeguard import DecodeGuard
 from datastore.api.election import ElectionService
 from datastore.api.etcdserverpb import rpc_pb2_grpc as g
 from datastore.api.kv import KVService
@@ -34,7 +35,8 @@ def listen_address(url: str) -> str:
 
 def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     cfg = server.cfg
-    srv = grpc.aio.server(interceptors=[LearnerInterceptor(server)], options=[
+    # DecodeGuard first: it decodes requests itself to refuse undecodable ones as etcd does.
+    srv = grpc.aio.server(interceptors=[DecodeGuard(), LearnerInterceptor(server)], options=[
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_concurrent_streams", 2**31 - 1),

@@ -9,6 +9,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
+from datastore.auth.grpcctx import auth_info, check_fresh, with_header
 from datastore.server.applier import is_txn_readonly, range_in, txn_ops
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
@@ -28,40 +29,61 @@ class KVService(rpc_pb2_grpc.KVServicer):
             validation.check_range_request(r)
             if not r.serializable:
                 await self.s.read_barrier()
-            resp = range_in(self.s.kv, r)
+            if self.s.auth.enabled:  # the only auth cost when auth is off
+                ai = await auth_info(self.s, ctx)
+                self.s.auth.check_range(ai, r.key, r.range_end)
+                resp = range_in(self.s.kv, r)
+                check_fresh(self.s, ai)
+            else:
+                resp = range_in(self.s.kv, r)
         except errors.EtcdError as e:
             await abort(ctx, e)
         self.s.fill(resp.header)
         return resp
 
     async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
-        return await respond(ctx, self.s, self._put(r))
+        return await respond(ctx, self.s, self._put(r, ctx))
 
-    async def _put(self, r: rpc.PutRequest) -> object:
+    async def _put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> object:
         validation.check_put_request(r)
         await check_quota(self.s, len(r.key) + len(r.value))
-        return await self.s.propose(InternalRaftRequest(put=r))
+        req = InternalRaftRequest(put=r)
+        if self.s.auth.enabled:
+            await with_header(self.s, ctx, req)
+        return await self.s.propose(req)
 
     async def DeleteRange(self, r: rpc.DeleteRangeRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.DeleteRangeResponse:
-        return await respond(ctx, self.s, self._delete_range(r))
+        return await respond(ctx, self.s, self._delete_range(r, ctx))
 
-    async def _delete_range(self, r: rpc.DeleteRangeRequest) -> object:
+    async def _delete_range(self, r: rpc.DeleteRangeRequest, ctx: grpc.aio.ServicerContext) -> object:
         validation.check_delete_request(r)
-        return await self.s.propose(InternalRaftRequest(delete_range=r))
+        req = InternalRaftRequest(delete_range=r)
+        if self.s.auth.enabled:
+            await with_header(self.s, ctx, req)
+        return await self.s.propose(req)
 
     async def Txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> rpc.TxnResponse:
-        return await respond(ctx, self.s, self._txn(r))
+        return await respond(ctx, self.s, self._txn(r, ctx))
 
-    async def _txn(self, r: rpc.TxnRequest) -> object:
+    async def _txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> object:
         validation.check_txn_request(r, self.s.cfg.max_txn_ops)
         if is_txn_readonly(r):
             # like etcd: read-only txns skip the log and run on local state
             if not _txn_serializable(r):
                 await self.s.read_barrier()
+            if self.s.auth.enabled:
+                ai = await auth_info(self.s, ctx)
+                self.s.auth.check_txn(ai, r)
+                resp = self.s.applier.read_only_txn(r)
+                check_fresh(self.s, ai)
+                return resp
             return self.s.applier.read_only_txn(r)
         await check_quota(self.s, r.ByteSize())
-        return await self.s.propose(InternalRaftRequest(txn=r))
+        req = InternalRaftRequest(txn=r)
+        if self.s.auth.enabled:
+            await with_header(self.s, ctx, req)
+        return await self.s.propose(req)
 
     async def Compact(self, r: rpc.CompactionRequest,
                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:

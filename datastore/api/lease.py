@@ -11,6 +11,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
+from datastore.auth.grpcctx import with_header
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
 
@@ -30,7 +31,12 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseRevoke(self, r: rpc.LeaseRevokeRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.LeaseRevokeResponse:
-        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(lease_revoke=r)))
+        return await respond(ctx, self.s, self._revoke(r, ctx))
+
+    async def _revoke(self, r: rpc.LeaseRevokeRequest, ctx: grpc.aio.ServicerContext) -> object:
+        # apply checks write permission on every key attached to the lease (etcd)
+        req = await with_header(self.s, ctx, InternalRaftRequest(lease_revoke=r))
+        return await self.s.propose(req)
 
     async def LeaseKeepAlive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:

@@ -28,6 +28,7 @@ import grpc
 
 from datastore.api.v3lockpb import v3lock_pb2 as pb
 from datastore.api.v3lockpb import v3lock_pb2_grpc
+from datastore.auth.grpcctx import forward_credentials
 from datastore.client import Client, TLSConfig
 from datastore.client.errors import ClientError
 from datastore.client.recipes import Mutex, Session
@@ -139,6 +140,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         self.c = client or SelfClient(server)
 
     async def Lock(self, r: pb.LockRequest, ctx: grpc.aio.ServicerContext) -> pb.LockResponse:
+        forward_credentials(self.s, ctx)  # the recipe's calls run with the caller's permissions
         try:
             session = await self.c.session(r.lease)
             m = Mutex(session, r.name)
@@ -149,6 +151,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         return pb.LockResponse(header=m.header, key=m.key)
 
     async def Unlock(self, r: pb.UnlockRequest, ctx: grpc.aio.ServicerContext) -> pb.UnlockResponse:
+        forward_credentials(self.s, ctx)
         try:
             resp = await self.c.client.delete(r.key)
         except ClientError as e:

@@ -16,6 +16,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
+from datastore.auth.grpcctx import require_admin
 from datastore.mvcc.kvstore import crc32c
 from datastore.server.config import VERSION
 from datastore.server.etcdserver import EtcdServer
@@ -48,6 +49,16 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             isLearner=s.member_id in s.storage.conf_state.learners)
 
     async def Alarm(self, r: rpc.AlarmRequest, ctx: grpc.aio.ServicerContext) -> rpc.AlarmResponse:
+        # etcd 3.4 panics on an unknown action and stores an alarm type it does not know
+        # (which then breaks Status and /health): refuse both before anything is written.
+        if r.action not in (rpc.AlarmRequest.GET, rpc.AlarmRequest.ACTIVATE,
+                            rpc.AlarmRequest.DEACTIVATE):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"etcdserver: unknown alarm action {r.action} (use GET, ACTIVATE "
+                            f"or DEACTIVATE)")
+        if r.action == rpc.AlarmRequest.ACTIVATE and r.alarm not in (rpc.NOSPACE, rpc.CORRUPT):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"etcdserver: unknown alarm type {r.alarm} (NOSPACE or CORRUPT)")
         if r.action == rpc.AlarmRequest.GET:
             resp = rpc.AlarmResponse(header=self.s.header())
             resp.alarms.extend(a for a in self.s.alarms.list()
@@ -57,10 +68,19 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def Defragment(self, r: rpc.DefragmentRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.DefragmentResponse:
+        await self._admin(ctx)
         await asyncio.get_running_loop().run_in_executor(None, self.s.backend.defragment)
         return rpc.DefragmentResponse(header=self.s.header())
 
+    async def _admin(self, ctx: grpc.aio.ServicerContext) -> None:
+        """etcd's authMaintenanceServer: these calls are root's when auth is enabled."""
+        try:
+            await require_admin(self.s, ctx)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+
     async def Hash(self, r: rpc.HashRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashResponse:
+        await self._admin(ctx)
         h = 0
         for cf in ("key", "lease", "members"):
             for k, v in self.s.backend.scan(cf, b""):
@@ -68,6 +88,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return rpc.HashResponse(header=self.s.header(), hash=h)
 
     async def HashKV(self, r: rpc.HashKVRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashKVResponse:
+        await self._admin(ctx)
         try:
             h, compact_rev, hash_rev = self.s.kv.hash_kv(r.revision)
         except errors.EtcdError as e:
@@ -78,6 +99,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Snapshot(self, r: rpc.SnapshotRequest,
                        ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.SnapshotResponse]:
         # Like etcd: the database image followed by its SHA-256, so restore can verify it.
+        await self._admin(ctx)
         with tempfile.TemporaryDirectory(dir=self.s.data_dir) as tmp:
             path = Path(tmp) / "snapshot.tar"
             header = self.s.header()
@@ -96,6 +118,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def MoveLeader(self, r: rpc.MoveLeaderRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.MoveLeaderResponse:
+        await self._admin(ctx)
         try:
             await self.s.cluster_ops.move_leader(r.targetID)
         except errors.EtcdError as e:
@@ -104,4 +127,5 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def Downgrade(self, r: rpc.DowngradeRequest,
                         ctx: grpc.aio.ServicerContext) -> rpc.DowngradeResponse:
+        await self._admin(ctx)
         await abort(ctx, errors.ErrNotCapable())

@@ -19,7 +19,7 @@ import grpc
 from datastore import errors as etcd_errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
-from datastore.client.connection import Pool, Retry, TLSConfig
+from datastore.client.connection import CALL_METADATA, Pool, Retry, TLSConfig
 from datastore.client.errors import ClientError
 from datastore.client.keepalive import KeepAlive, LostCallback
 from datastore.client.requests import KeyLike, delete_request, put_request, range_request
@@ -61,7 +61,8 @@ class Client:
     async def _unary(self, stub: Any, method: str, req: Any, policy: Retry,
                      endpoint: str | None = None, budget: float | None = None) -> Any:
         async def invoke(ch: grpc.aio.Channel, t: float) -> Any:
-            return await getattr(stub(ch), method)(req, timeout=t)
+            return await getattr(stub(ch), method)(req, timeout=t,
+                                                   metadata=CALL_METADATA.get() or None)
         return await self.pool.call(invoke, policy, endpoint, budget)
 
     # ---- KV -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +31,11 @@ from datastore.client.errors import ClientClosedError, from_rpc_error
 
 log = logging.getLogger("datastore.client")
 T = TypeVar("T")
+
+# gRPC metadata sent with every call made from the current task (and tasks it starts):
+# a server-side user of this client (the Lock/Election services) forwards its caller's
+# auth token this way, so the calls run with the caller's permissions.
+CALL_METADATA: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("CALL_METADATA", default=())
 
 # The member rejected the request before executing it: safe to send elsewhere.
 _REJECTED_UNEXECUTED = frozenset({

@@ -22,7 +22,7 @@ import grpc
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
 from datastore.api.mvccpb.kv_pb2 import Event
-from datastore.client.connection import BACKOFF_MAX, BACKOFF_START, Pool, moves_on
+from datastore.client.connection import BACKOFF_MAX, BACKOFF_START, CALL_METADATA, Pool, moves_on
 from datastore.client.errors import ClientError, CompactedError
 from datastore.client.requests import KeyLike, key_range
 
@@ -156,7 +156,7 @@ class Watch:
 
     async def _stream(self, ep: str) -> bool:
         """Run one stream on ``ep``; True when the watch is over (error or compaction queued)."""
-        call = stubs.WatchStub(self.pool.channel(ep)).Watch()
+        call = stubs.WatchStub(self.pool.channel(ep)).Watch(metadata=CALL_METADATA.get() or None)
         self._call = call
         try:
             await call.write(self._create_request())

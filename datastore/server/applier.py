@@ -11,6 +11,7 @@ nested txns) are evaluated before any write; a NOSPACE alarm caps all writes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ from rocksdict import WriteBatch
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
-from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
+from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, RequestHeader
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
+from datastore.auth.store import AuthStore
 from datastore.lease.lessor import Lessor
 from datastore.mvcc.kvstore import KVStore, WriteTxn
 from datastore.mvcc.watchable import WatchHub
@@ -49,14 +51,28 @@ class Applied:
     events: list[tuple[int, list[Event]]] = field(default_factory=list)
 
 
+# Auth requests only root may make (etcd's needAdminPermission); UserGet and RoleGet are
+# also allowed for the user itself / a holder of the role, and Authenticate for anyone.
+ADMIN_REQUESTS = frozenset({
+    "auth_enable", "auth_disable", "auth_status", "auth_user_add", "auth_user_delete",
+    "auth_user_change_password", "auth_user_grant_role", "auth_user_revoke_role",
+    "auth_role_add", "auth_role_grant_permission", "auth_role_revoke_permission",
+    "auth_role_delete", "auth_user_list", "auth_role_list"})
+
+
 class Applier:
     def __init__(self, backend: Backend, kv: KVStore, lessor: Lessor, hub: WatchHub,
-                 alarms: AlarmStore) -> None:
+                 alarms: AlarmStore, auth: AuthStore) -> None:
         self.backend = backend
         self.kv = kv
         self.lessor = lessor
         self.hub = hub
         self.alarms = alarms
+        self.auth = auth
+        # Who the request being applied comes from, when auth is enabled and the request
+        # came through the API (internal requests such as lease expiry carry no header).
+        self._ai: RequestHeader | None = None
+        self._index = 0  # log index of the entry being applied (simple tokens name it)
         self._meta = backend.handle("meta")
         raw = backend.get("meta", META_APPLIED)
         self.applied_index = int.from_bytes(raw, "big") if raw else 0
@@ -70,6 +86,13 @@ class Applier:
             "lease_checkpoint": self._lease_checkpoint,
             "alarm": self._alarm,
         }
+        for name in ("authenticate", "auth_enable", "auth_disable", "auth_status",
+                     "auth_user_add", "auth_user_delete", "auth_user_get",
+                     "auth_user_change_password", "auth_user_grant_role",
+                     "auth_user_revoke_role", "auth_user_list", "auth_role_list",
+                     "auth_role_add", "auth_role_delete", "auth_role_get",
+                     "auth_role_grant_permission", "auth_role_revoke_permission"):
+            self._dispatch[name] = functools.partial(self._auth_request, name)
 
     def register(self, name: str, fn: Callable[[object, WriteBatch, Applied], Result]) -> None:
         """Apply ``InternalRaftRequest.<name>`` with ``fn`` (e.g. membership attributes)."""
@@ -79,10 +102,12 @@ class Applier:
     def begin(self) -> tuple[WriteBatch, Applied]:
         return self.backend.batch(), Applied()
 
-    def apply_request(self, data: bytes, wb: WriteBatch, out: Applied) -> None:
+    def apply_request(self, data: bytes, wb: WriteBatch, out: Applied, index: int = 0) -> None:
         req = InternalRaftRequest.FromString(data)
         if req.noop:
             return
+        self._ai = req.header if self.auth.enabled and req.HasField("header") else None
+        self._index = index
         result: Result
         for name, fn in self._dispatch.items():
             if req.HasField(name):
@@ -93,6 +118,7 @@ class Applier:
                 break
         else:
             result = errors.ErrNotCapable()
+        self._ai = None
         if req.ID:
             out.results.append((req.ID, result))
 
@@ -119,7 +145,19 @@ class Applier:
         if self.alarms.nospace:
             raise errors.ErrNoSpace()
 
+    def _check_lease_puts(self, lease_id: int) -> None:
+        """Writing every key attached to the lease (etcd: revoking it deletes them)."""
+        le = self.lessor.lookup(lease_id) if lease_id else None
+        if le is not None:
+            for k in sorted(le.keys):
+                self.auth.check_put(self._ai, k)
+
     def _put(self, p: rpc.PutRequest, wb: WriteBatch, out: Applied) -> rpc.PutResponse:
+        if self._ai is not None:
+            self.auth.check_put(self._ai, p.key)
+            self._check_lease_puts(p.lease)
+            if p.prev_kv:
+                self.auth.check_range(self._ai, p.key, b"")
         self._check_capped()
         if p.lease and self.lessor.lookup(p.lease) is None:
             raise errors.ErrLeaseNotFound()
@@ -148,6 +186,10 @@ class Applier:
 
     def _delete_range(self, d: rpc.DeleteRangeRequest, wb: WriteBatch,
                       out: Applied) -> rpc.DeleteRangeResponse:
+        if self._ai is not None:
+            self.auth.check_delete(self._ai, d.key, d.range_end)
+            if d.prev_kv:
+                self.auth.check_range(self._ai, d.key, d.range_end)
         txn = self.kv.write(wb)
         resp = self.delete_range(txn, d)
         self._end_txn(txn, out)
@@ -173,6 +215,8 @@ class Applier:
         return self._txn(rt, wb, out)
 
     def _txn(self, rt: rpc.TxnRequest, wb: WriteBatch, out: Applied) -> rpc.TxnResponse:
+        if self._ai is not None:
+            self.auth.check_txn(self._ai, rt)
         path = self._compare_to_path(rt)
         writes = not is_txn_readonly(rt)
         if writes:
@@ -260,6 +304,8 @@ class Applier:
 
     def _lease_revoke(self, r: rpc.LeaseRevokeRequest, wb: WriteBatch,
                       out: Applied) -> rpc.LeaseRevokeResponse:
+        if self._ai is not None:
+            self._check_lease_puts(r.ID)
         keys = self.lessor.revoke(r.ID, wb)
         if keys:
             txn = self.kv.write(wb)
@@ -274,6 +320,48 @@ class Applier:
             self.lessor.checkpoint(cp.ID, cp.remaining_TTL, wb)
         return rpc.LeaseCheckpointResponse(header=self._header(self.kv.current_rev))
 
+    # ---- auth ----------------------------------------------------------------------------
+    def _auth_request(self, name: str, r: object, wb: WriteBatch, out: Applied) -> Result:
+        a = self.auth
+        ai = self._ai
+        if ai is not None:
+            if name in ADMIN_REQUESTS:
+                a.check_admin(ai)
+            elif name == "auth_user_get":
+                try:
+                    a.check_admin(ai)
+                except errors.EtcdError:
+                    if r.name != ai.username:  # type: ignore[attr-defined]
+                        raise
+            elif name == "auth_role_get":
+                try:
+                    a.check_admin(ai)
+                except errors.EtcdError:
+                    if not a.has_role(ai.username, r.role):  # type: ignore[attr-defined]
+                        raise
+        h = self._header(self.kv.current_rev)
+        if name == "authenticate":
+            return rpc.AuthenticateResponse(header=h, token=a.authenticate(r, self._index))  # type: ignore[arg-type]
+        if name == "auth_enable":
+            a.auth_enable(wb)
+            return rpc.AuthEnableResponse(header=h)
+        if name == "auth_disable":
+            a.auth_disable(wb)
+            return rpc.AuthDisableResponse(header=h)
+        if name == "auth_status":
+            return rpc.AuthStatusResponse(header=h, enabled=a.enabled, authRevision=a.revision)
+        if name == "auth_user_get":
+            return rpc.AuthUserGetResponse(header=h, roles=a.user_get(r))  # type: ignore[arg-type]
+        if name == "auth_user_list":
+            return rpc.AuthUserListResponse(header=h, users=a.user_list())
+        if name == "auth_role_get":
+            return rpc.AuthRoleGetResponse(header=h, perm=a.role_get(r))  # type: ignore[arg-type]
+        if name == "auth_role_list":
+            return rpc.AuthRoleListResponse(header=h, roles=a.role_list())
+        change, resp_type = _AUTH_CHANGES[name]
+        getattr(a, change)(r, wb)
+        return resp_type(header=h)
+
     # ---- alarms --------------------------------------------------------------------------
     def _alarm(self, a: rpc.AlarmRequest, wb: WriteBatch, out: Applied) -> rpc.AlarmResponse:
         resp = rpc.AlarmResponse(header=self._header(self.kv.current_rev))
@@ -286,6 +374,19 @@ class Applier:
         elif a.action == rpc.AlarmRequest.DEACTIVATE and self.alarms.deactivate(a.memberID, a.alarm, wb):
             resp.alarms.add(memberID=a.memberID, alarm=a.alarm)
         return resp
+
+
+_AUTH_CHANGES: dict[str, tuple[str, type]] = {
+    "auth_user_add": ("user_add", rpc.AuthUserAddResponse),
+    "auth_user_delete": ("user_delete", rpc.AuthUserDeleteResponse),
+    "auth_user_change_password": ("user_change_password", rpc.AuthUserChangePasswordResponse),
+    "auth_user_grant_role": ("user_grant_role", rpc.AuthUserGrantRoleResponse),
+    "auth_user_revoke_role": ("user_revoke_role", rpc.AuthUserRevokeRoleResponse),
+    "auth_role_add": ("role_add", rpc.AuthRoleAddResponse),
+    "auth_role_delete": ("role_delete", rpc.AuthRoleDeleteResponse),
+    "auth_role_grant_permission": ("role_grant_permission", rpc.AuthRoleGrantPermissionResponse),
+    "auth_role_revoke_permission": ("role_revoke_permission", rpc.AuthRoleRevokePermissionResponse),
+}
 
 
 def txn_ops(rt: rpc.TxnRequest) -> Iterator[rpc.RequestOp]:

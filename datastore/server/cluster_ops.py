@@ -349,6 +349,7 @@ class ClusterOps:
         for k, _ in s.backend.scan("meta", b"alarm/", b"alarm/\xff"):
             s.alarms._alarms.add((int.from_bytes(k[6:14], "big"), k[14]))
         s.applier.applied_index = applied
+        s.auth.load()  # users, roles, enabled flag and revision came with the image
         self._load_removed()
         hub = s.hub
         for w in list(hub.synced_watchers()):  # they missed events: replay from disk

@@ -44,12 +44,17 @@ class Config:
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
     strict_reconfig_check: bool = True
+    initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
+    listen_client_http_urls: tuple[str, ...] = ()  # the JSON gateway only (etcd 3.5)
     client_tls: TLSInfo = field(default_factory=TLSInfo)
     peer_tls: TLSInfo = field(default_factory=TLSInfo)
     client_auto_tls: bool = False
     peer_auto_tls: bool = False
     self_signed_cert_validity_years: int = 1
+    auth_token: str = "simple"  # etcd's --auth-token: "simple" or "jwt,sign-method=...,..."
+    auth_token_ttl_s: int = 300  # simple tokens expire after this long unused
+    bcrypt_cost: int = 10
 
     @property
     def resolved_data_dir(self) -> str:
@@ -127,7 +132,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--experimental-lease-checkpoint-interval", default="10s")
     a("--experimental-watch-progress-notify-interval", default="10m")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
+    a("--listen-client-http-urls", default="",
+      help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
     a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
+    a("--experimental-initial-corrupt-check", default=False, type=parse_bool, nargs="?",
+      const=True, help="compare this member's HashKV with its peers' at start-up and refuse "
+                       "to serve on a mismatch")
     # TLS, with etcd's names: client side (client URLs and https metrics URLs) ...
     a("--cert-file", default="", help="client server TLS certificate file")
     a("--key-file", default="", help="client server TLS key file")
@@ -144,6 +154,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--peer-auto-tls", **_BOOL, help="peer TLS with a generated self-signed certificate")
     a("--self-signed-cert-validity", type=int, default=1,
       help="years the --auto-tls / --peer-auto-tls certificates are valid")
+    # Authentication (etcd's names)
+    a("--auth-token", default="simple",
+      help="simple, or jwt,sign-method=RS256,priv-key=FILE[,pub-key=FILE][,ttl=5m]")
+    a("--auth-token-ttl", type=int, default=300, help="seconds a simple token lives unused")
+    a("--bcrypt-cost", type=int, default=10, help="bcrypt cost of password hashes (4-31)")
 
 
 def parse_bool(v: str) -> bool:
@@ -250,7 +265,10 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
+        initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
+        listen_client_http_urls=(split_urls(ns.listen_client_http_urls)
+                                 if ns.listen_client_http_urls else ()),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
                            trusted_ca_file=ns.trusted_ca_file,
                            client_cert_auth=ns.client_cert_auth),
@@ -260,7 +278,19 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         client_auto_tls=ns.auto_tls,
         peer_auto_tls=ns.peer_auto_tls,
         self_signed_cert_validity_years=ns.self_signed_cert_validity,
+        auth_token=ns.auth_token,
+        auth_token_ttl_s=ns.auth_token_ttl,
+        bcrypt_cost=_bcrypt_cost(ns.bcrypt_cost),
     )
+
+
+def _bcrypt_cost(cost: int) -> int:
+    """etcd: an out-of-range --bcrypt-cost falls back to the default with a warning."""
+    if 4 <= cost <= 31:
+        return cost
+    log.warning("use default bcrypt cost instead of the invalid given cost",
+                extra={"min_cost": 4, "max_cost": 31, "default_cost": 10, "given_cost": cost})
+    return 10
 
 
 def prepare_tls(cfg: Config) -> Config:
@@ -298,7 +328,7 @@ def prepare_tls(cfg: Config) -> Config:
         if not is_secure(url) and client.client_cert_auth:
             log.warning("scheme is HTTP while --client-cert-auth is enabled; ignoring client "
                         "cert auth for this URL", extra={"client_url": url})
-    for url in cfg.listen_metrics_urls:
+    for url in (*cfg.listen_metrics_urls, *cfg.listen_client_http_urls):
         if is_secure(url) and client.empty():
             raise ValueError(f"cannot listen on TLS for {urlparse(url).netloc}: KeyFile and "
                              f"CertFile are not presented (give --cert-file and --key-file, "

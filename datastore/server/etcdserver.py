@@ -21,11 +21,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
 from datastore.api.raftpb import raft_pb2 as raft_pb
+from datastore.auth.store import AuthStore
+from datastore.auth.tokens import new_token_provider
 from datastore.lease.lessor import Lessor
 from datastore.mvcc.kvstore import KVStore
 from datastore.mvcc.watchable import WatchHub
@@ -47,7 +50,12 @@ from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
-from datastore.storage.backend import WAL_FAMILIES, Backend
+from datastore.storage.backend import (
+    CORRUPT_ACTION,
+    WAL_FAMILIES,
+    Backend,
+    CorruptDataError,
+)
 from datastore.util.clock import MonotonicClock
 
 log = logging.getLogger("datastore.server")
@@ -65,6 +73,22 @@ def failpoint(name: str) -> None:
         os._exit(97)
 
 
+def fatal_disk_error(what: str, err: BaseException) -> NoReturn:
+    """Exit at once when a disk write fails (EIO, ENOSPC, ...), like etcd's log.Fatal.
+
+    After a failed fsync the page cache may hold data the disk never got: going on (or
+    retrying the fsync, which can report success for lost data) could acknowledge a write
+    that a power loss would drop. The durable log on restart is the truth.
+    """
+    log.critical("%s; stopping so that no unpersisted write is acknowledged", what,
+                 extra={"error": str(err), "action": "check the disk (free space, I/O "
+                        "errors in the kernel log), then restart the member: it recovers "
+                        "from its durable raft log"})
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os._exit(1)
+
+
 class EtcdServer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -75,17 +99,27 @@ class EtcdServer:
         self.wal = Backend(data / "wal", WAL_FAMILIES)
         self.backend = Backend(data / "state")
         self.clock = MonotonicClock()
-        self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
-        self.kv = KVStore(self.backend, self.lessor)
-        self.hub = WatchHub(self.kv)
-        self.alarms = AlarmStore(self.backend)
-        self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms)
-        self.members = Membership(self.backend)
-        self.storage = DurableStorage(self.wal)
-        self._bootstrap()
-        self._finish_snapshot_install()
-        self.lessor.restore()
-        self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        try:
+            self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
+            self.kv = KVStore(self.backend, self.lessor)
+            self.hub = WatchHub(self.kv)
+            self.alarms = AlarmStore(self.backend)
+            self.auth = AuthStore(self.backend,
+                                  new_token_provider(cfg.auth_token, cfg.auth_token_ttl_s),
+                                  cfg.bcrypt_cost)
+            self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms,
+                                   self.auth)
+            self.members = Membership(self.backend)
+            self.storage = DurableStorage(self.wal)
+            self._bootstrap()
+            self._finish_snapshot_install()
+            self.lessor.restore()
+            self.lessor.attach_restored((kv.lease, kv.key) for kv in self.kv.restore())
+        except Exception as e:
+            # a damaged block is found only when read: here, before anything is served
+            if "Corruption" in str(e):
+                raise CorruptDataError(f"reading {data}: {e}; {CORRUPT_ACTION}") from e
+            raise
         self._reconcile_commit()
         self.member_id = self.members.local_id
         self.cluster_id = self.members.cluster_id
@@ -169,10 +203,16 @@ class EtcdServer:
         """
         applied = self.applier.applied_index
         hs = self.storage.hard_state
+        if applied < self.storage.snap_meta.index:
+            # The entries between the two were compacted away: replaying is impossible and
+            # serving would expose a state missing acknowledged writes.
+            raise CorruptDataError(
+                f"state applied up to {applied} but the raft log was compacted up to "
+                f"{self.storage.snap_meta.index}: the state db lost writes; {CORRUPT_ACTION}")
         if applied > hs.commit:
             if applied > self.storage.last_index():
-                raise RuntimeError(f"state applied up to {applied} but the raft log ends at "
-                                   f"{self.storage.last_index()}: the data dir is corrupt")
+                raise CorruptDataError(f"state applied up to {applied} but the raft log ends "
+                                       f"at {self.storage.last_index()}; {CORRUPT_ACTION}")
             self.storage.save(HardState(hs.term, hs.vote, applied), (), None, True)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -359,11 +399,17 @@ class EtcdServer:
                 persist = loop.run_in_executor(self._io, self.storage.save, rd.hard_state,
                                                rd.entries, rd.snapshot, True)
             else:
-                self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+                try:
+                    self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+                except Exception as e:  # any failed disk write is fatal
+                    fatal_disk_error("raft log write failed", e)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         if persist is not None:
-            await persist
+            try:
+                await persist
+            except Exception as e:  # any failed disk write is fatal
+                fatal_disk_error("raft log write failed", e)
         if rd.messages and self.transport is not None and not sent:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
@@ -380,8 +426,11 @@ class EtcdServer:
                 self.cluster_ops.apply_conf_change(e, wb, out)
                 continue
             if e.data:
-                self.applier.apply_request(e.data, wb, out)
-        self.applier.finish(wb, out, last.index, last.term)
+                self.applier.apply_request(e.data, wb, out, e.index)
+        try:
+            self.applier.finish(wb, out, last.index, last.term)
+        except Exception as e:  # any failed disk write is fatal
+            fatal_disk_error("state db write failed", e)
         for req_id, result in out.results:
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
@@ -400,6 +449,13 @@ class EtcdServer:
         applied = self.applier.applied_index
         if applied - self.storage.snap_meta.index > self.cfg.snapshot_count:
             keep_from = max(applied - self.cfg.snapshot_catchup_entries, 1)
+            # Power loss: the state db is never fsynced per apply (it is replayed from the
+            # log), so make it durable before dropping the entries that could replay it
+            # (etcd commits its backend before a snapshot for the same reason).
+            try:
+                self.backend.sync()
+            except Exception as e:  # any failed disk write is fatal
+                fatal_disk_error("state db sync failed", e)
             self.storage.compact(keep_from, self.storage.conf_state)
 
     def _on_soft_state(self, lead: int, state: StateType) -> None:

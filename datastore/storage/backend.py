@@ -9,6 +9,8 @@ because everything else can be replayed from the log after a crash.
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from rocksdict import (
     Checkpoint,
     ColumnFamily,
+    DBRecoveryMode,
     Options,
     Rdict,
     WriteBatch,
@@ -31,11 +34,30 @@ WAL_FAMILIES = ("raft_log", "raft_state")
 # lease: id(8B BE) -> LeaseRecord; members: id(8B BE) -> MemberRecord
 STATE_FAMILIES = ("key", "meta", "lease", "members")
 
+# TEST ONLY: skip the WAL fsync, so the power-loss tests can prove they detect a server
+# that acknowledges writes it never made durable. Never set this in production.
+UNSAFE_NO_FSYNC_ENV = "DATASTORE_UNSAFE_NO_FSYNC"
 
-def _options() -> Options:
+
+class CorruptDataError(RuntimeError):
+    """The data dir holds damaged or inconsistent data: the member must not serve it."""
+
+
+CORRUPT_ACTION = ("the data dir is damaged (disk corruption, a lost or torn write): do not serve "
+                  "from it; restore it from a snapshot (datastore snapshot restore) or remove "
+                  "the member and add it back with an empty data dir")
+
+
+def _options(strict_wal: bool = False) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    if strict_wal:
+        # The raft log: an incomplete last record is a write whose fsync never finished
+        # (tolerated, like etcd's torn-write repair); a bad record anywhere else is
+        # corruption and must stop the member. RocksDB's default (point in time) would
+        # silently drop every record after it, acknowledged entries included.
+        opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
     return opts
 
 
@@ -45,13 +67,24 @@ class Backend:
     def __init__(self, path: str | Path, families: tuple[str, ...] = STATE_FAMILIES) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        cfs = {name: _options() for name in families}
-        self.db = Rdict(str(self.path), _options(), column_families=cfs)
+        strict = families == WAL_FAMILIES
+        cfs = {name: _options(strict) for name in families}
+        try:
+            self.db = Rdict(str(self.path), _options(strict), column_families=cfs)
+        except Exception as e:
+            if "Corruption" in str(e):
+                raise CorruptDataError(f"cannot open {self.path}: {e}; {CORRUPT_ACTION}") from e
+            raise
         self._cf: dict[str, Rdict] = {n: self.db.get_column_family(n) for n in families}
         self._handle: dict[str, ColumnFamily] = {
             n: self.db.get_column_family_handle(n) for n in families
         }
         self._nosync = WriteOptions()
+        self._unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
+        if self._unsafe_no_fsync:
+            logging.getLogger("datastore.storage").warning(
+                "%s=1: writes are NOT fsynced; acknowledged writes can be lost on power "
+                "loss (test-only switch)", UNSAFE_NO_FSYNC_ENV, extra={"path": str(self.path)})
 
     def cf(self, name: str) -> Rdict:
         return self._cf[name]
@@ -68,8 +101,12 @@ class Backend:
         # the whole fsync; flush_wal(sync=True) releases it. Same durability: the batch is
         # in the WAL once write() returns, and flush_wal fsyncs the WAL.
         self.db.write(batch, self._nosync)
-        if sync:
+        if sync and not self._unsafe_no_fsync:
             self.db.flush_wal(True)
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync this database's WAL)."""
+        self.db.flush_wal(True)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self._cf[cf].get(key)
@@ -84,6 +121,9 @@ class Backend:
                 return
             yield k, it.value()
             it.next()
+        # An iterator stops (valid() is False) on a read error too, e.g. a block whose
+        # checksum fails: without this check a damaged file would look like a shorter one.
+        it.status()
 
     def size(self) -> int:
         """Bytes the database occupies: SST files plus memtables (what the quota counts)."""

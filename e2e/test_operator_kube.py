@@ -1,0 +1,172 @@
+"""The Kubernetes platform end to end, with the pods run as real local processes.
+
+No API server can run here, so the API is ``kvoperator.testing.FakeKube`` (the recording
+stand-in) and its pods are run by ``ProcessKubelet``: each pod's own command and args,
+with the listen addresses mapped to 127.0.0.1 ports and each PVC a directory. Member URLs
+are 127.0.0.1 ports instead of pod DNS names (``PortURLs``). Everything else is the
+operator as ``kvoperator run`` runs it: the list-watch caches, the KubernetesPlatform,
+the shared planner and reconciler, and the real client talking to real members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_operator_local import free_port_block
+
+from datastore.testing.procs import etcdctl
+from kvoperator.etcdapi import ClientClusterAPI
+from kvoperator.kube import ROLE_LABEL, KubeOperator
+from kvoperator.testing import FakeKube, PortURLs, ProcessKubelet
+
+NS = "prod"
+KEY = (NS, "db")
+WAIT_S = 120.0
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.base = free_port_block(5 * 10)
+        self.kubelet = ProcessKubelet(tmp / "node", self.base)
+        self.kube = FakeKube(self.kubelet)
+        self.kube.store["cr"][KEY] = {
+            "apiVersion": "datastore.dev/v1alpha1", "kind": "DatastoreCluster",
+            "metadata": {"name": "db", "namespace": NS, "uid": "uid-db", "generation": 1,
+                         "resourceVersion": "1"},
+            "spec": {"size": 1}}
+        self.op = KubeOperator(self.kube.clients(), ClientClusterAPI(), urls=PortURLs(self.base))
+
+    @property
+    def cr(self) -> dict[str, Any]:
+        return self.kube.store["cr"][KEY]
+
+    def set_size(self, n: int) -> None:
+        self.cr["spec"]["size"] = n
+        self.cr["metadata"]["generation"] += 1
+
+    def endpoint(self, i: int) -> str:
+        return f"127.0.0.1:{self.base + 10 * i}"
+
+    def converged(self, n: int) -> bool:
+        st = self.cr.get("status") or {}
+        c = {x["type"]: x["status"] for x in st.get("conditions", [])}
+        return (st.get("observedGeneration") == self.cr["metadata"]["generation"]
+                and st.get("size") == n and st.get("readyMembers") == n and len(st["members"]) == n
+                and c == {"Available": "True", "Progressing": "False", "Degraded": "False"})
+
+    def drive(self, until: Callable[[], bool], what: str) -> None:
+        """Run operator passes (the watch is replaced by a relist per pass) until ``until``."""
+        async def go() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                self.kubelet.sync(self.kube)
+                self.op.crs.relist()
+                self.op.pods.relist()
+                await self.op.pass_once()
+                if until():
+                    return
+                assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + json.dumps(
+                    self.cr.get("status"), indent=1)
+                await asyncio.sleep(0.2)  # pacing between passes, as the operator's loop does
+        asyncio.run(go())
+
+    def scale(self, n: int) -> None:
+        self.set_size(n)
+        self.drive(lambda: self.converged(n), f"size {n}")
+
+    def ids(self) -> dict[str, str]:
+        return {m["name"]: m["id"] for m in self.cr["status"]["members"]}
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        return {k[1]: v for k, v in self.kube.store["pod"].items()}
+
+    def check_hashes(self) -> None:
+        """HashKV at one revision is equal on every member (each has applied it)."""
+        from datastore.client import Client
+
+        eps = [m["clientURL"].split("://", 1)[1] for m in self.cr["status"]["members"]]
+
+        async def go() -> None:
+            async with Client(eps[:1], timeout=10.0) as c:
+                rev = (await c.put("probe", "x")).header.revision
+                deadline = time.monotonic() + WAIT_S
+                while True:
+                    hashes = set()
+                    for ep in eps:
+                        try:
+                            hashes.add((await c.hash_kv(ep, revision=rev)).hash)
+                        except Exception as e:  # not applied up to rev yet
+                            hashes.add(repr(e))
+                    if len(hashes) == 1:
+                        return
+                    assert time.monotonic() < deadline, f"HashKV differs at {rev}: {hashes}"
+                    await asyncio.sleep(0.1)  # poll interval of the condition above
+        asyncio.run(go())
+
+    def check_member_list(self) -> None:
+        out = json.loads(etcdctl(self.endpoint(0), "member", "list", "-w", "json").stdout)
+        listed = sorted((f"{m['ID']:x}", m["name"], m["peerURLs"][0], m["clientURLs"][0],
+                         bool(m.get("isLearner"))) for m in out["members"])
+        assert listed == sorted((m["id"], m["name"], m["peerURL"], m["clientURL"], m["isLearner"])
+                                for m in self.cr["status"]["members"])
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.kubelet.close()
+
+
+@pytest.mark.timeout(600)
+def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
+    h.drive(lambda: h.converged(1), "the first member")
+    assert h.pods()["db-0"]["metadata"]["labels"][ROLE_LABEL] == "voter"
+    assert {k[1] for k in h.kube.store["service"]} == {"db", "db-headless"}
+    assert h.kube.store["pdb"][KEY]["spec"] == {
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "datastore", "datastore.dev/cluster": "db",
+                                     ROLE_LABEL: "voter"}}, "maxUnavailable": 1}
+    etcdctl(h.endpoint(0), "put", "before", "1")
+
+    h.scale(3)
+    reasons = [ev["reason"] for _, ev in h.kube.made("create_namespaced_event")]
+    assert reasons.count("AddLearner") == 2 and reasons.count("Promote") == 2
+    created = [body["metadata"]["labels"][ROLE_LABEL] for _, body in h.kube.made("create_namespaced_pod")]
+    assert created == ["voter", "learner", "learner"]  # learners start outside the client Service
+    assert {p["metadata"]["labels"][ROLE_LABEL] for p in h.pods().values()} == {"voter"}  # promoted
+    assert h.kube.store["pdb"][KEY]["spec"]["minAvailable"] == 2
+    h.check_member_list()
+    h.check_hashes()
+    ids = h.ids()
+
+    # kill -9 a container: the kubelet restarts it in place; same member, no new pod
+    pods_made = len(h.kube.made("create_namespaced_pod"))
+    h.kubelet.kill9(NS, "db-1")
+    h.drive(lambda: h.kubelet.restarts.get((NS, "db-1")) == 1 and h.converged(3), "db-1 restarted")
+    assert h.ids() == ids and len(h.kube.made("create_namespaced_pod")) == pods_made
+
+    # a pod deleted (eviction, node drain): recreated on its PVC, same member ID
+    h.kube.core.delete_namespaced_pod("db-2", NS)
+    h.drive(lambda: "db-2" in h.pods() and h.converged(3), "db-2 recreated")
+    assert h.ids() == ids
+    assert not h.kube.made("delete_namespaced_persistent_volume_claim")
+
+    # the PVC lost too: the member is replaced with a new ID
+    h.kube.core.delete_namespaced_pod("db-2", NS)
+    h.kube.core.delete_namespaced_persistent_volume_claim("data-db-2", NS)
+    h.drive(lambda: h.ids().get("db-2") not in (None, ids["db-2"]) and h.converged(3), "db-2 replaced")
+    assert h.ids()["db-0"] == ids["db-0"] and h.ids()["db-1"] == ids["db-1"]
+    h.check_member_list()
+    h.check_hashes()
+
+    h.scale(1)
+    assert set(h.pods()) == {"db-0"}
+    assert {k[1] for k in h.kube.store["pvc"]} == {"data-db-0"}
+    h.check_member_list()
+    assert etcdctl(h.endpoint(0), "get", "before", "--print-value-only").stdout.strip() == b"1"

@@ -1,0 +1,78 @@
+"""The few Cluster/Maintenance calls the operator makes, over the project's client.
+
+An edge adapter: everything else in the operator sees only these methods, so tests of
+the Kubernetes side can stand in for them and the reconciler never touches gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
+
+NOT_IN_SYNC = "can only promote a learner member which is in sync with leader"
+
+
+class ClusterAPIError(Exception):
+    """A call failed; ``details`` is the server's message (etcd's error strings)."""
+
+    def __init__(self, endpoint: str, details: str) -> None:
+        super().__init__(f"{endpoint}: {details}")
+        self.endpoint = endpoint
+        self.details = details
+
+
+class ClusterAPI(Protocol):
+    async def status(self, endpoint: str) -> rpc.StatusResponse: ...
+    async def member_list(self, endpoints: Sequence[str]) -> rpc.MemberListResponse: ...
+    async def member_add_learner(self, endpoints: Sequence[str], peer_url: str) -> rpc.Member: ...
+    async def member_promote(self, endpoints: Sequence[str], member_id: int) -> None: ...
+    async def member_remove(self, endpoints: Sequence[str], member_id: int) -> None: ...
+    async def move_leader(self, leader: str, target_id: int) -> None: ...
+
+
+def host_port(url: str) -> str:
+    """'http://127.0.0.1:2379' -> '127.0.0.1:2379' (the client's endpoint form)."""
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class ClientClusterAPI:
+    """ClusterAPI over ``datastore.client.Client``: one short-lived client per call."""
+
+    def __init__(self, timeout: float = 3.0, tls: object | None = None) -> None:
+        self.timeout = timeout
+        self.tls = tls
+
+    async def _call(self, endpoints: Sequence[str], method: str, *args: object,
+                    **kwargs: object) -> object:
+        from datastore.client import Client
+        from datastore.client.errors import ClientError
+
+        eps = [host_port(e) for e in endpoints]
+        try:
+            async with Client(eps, timeout=self.timeout, tls=self.tls) as c:  # type: ignore[arg-type]
+                return await getattr(c, method)(*args, **kwargs)
+        except ClientError as e:
+            raise ClusterAPIError(",".join(eps), e.details) from None
+        except (OSError, TimeoutError) as e:
+            raise ClusterAPIError(",".join(eps), str(e) or type(e).__name__) from None
+
+    async def status(self, endpoint: str) -> rpc.StatusResponse:
+        return await self._call([endpoint], "status")  # type: ignore[return-value]
+
+    async def member_list(self, endpoints: Sequence[str]) -> rpc.MemberListResponse:
+        return await self._call(endpoints, "member_list")  # type: ignore[return-value]
+
+    async def member_add_learner(self, endpoints: Sequence[str], peer_url: str) -> rpc.Member:
+        r = await self._call(endpoints, "member_add", [peer_url], is_learner=True)
+        return r.member  # type: ignore[attr-defined,no-any-return]
+
+    async def member_promote(self, endpoints: Sequence[str], member_id: int) -> None:
+        await self._call(endpoints, "member_promote", member_id)
+
+    async def member_remove(self, endpoints: Sequence[str], member_id: int) -> None:
+        await self._call(endpoints, "member_remove", member_id)
+
+    async def move_leader(self, leader: str, target_id: int) -> None:
+        await self._call([leader], "move_leader", target_id)
