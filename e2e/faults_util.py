@@ -30,6 +30,14 @@ Faults (what each does):
 ``heal()``
     Lift all network faults, resume paused and restart killed members.
 
+Membership changes (``add_learner``, ``promote``, ``remove``) go through the Cluster RPCs
+of a healthy member, with the new member's peer traffic behind its own proxy like the
+others'. Indexes are never reused: ``procs`` keeps removed members (which exit, as
+etcd's do), ``members`` / ``voters`` list the current ones. The nemesis changes
+membership *while* a fault is active (add a learner or remove a voter), and promotes a
+pending learner once the fault is healed (etcd's strict reconfig check refuses to add a
+voter while any voter is unreachable).
+
 Limitations: the proxies only see peer (raft) traffic; clock faults, disk faults (fsync
 lies, torn writes) and client-side network faults are not modelled. Message *reordering*
 within a stream is impossible over TCP, and loss is all-or-nothing per connection
@@ -38,7 +46,9 @@ within a stream is impossible over TCP, and loss is all-or-nothing per connectio
 
 from __future__ import annotations
 
+import contextlib
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +58,8 @@ from typing import Any
 import grpc
 from cluster_util import FAST, status, wait_for
 
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.testing.procs import ServerProc, datastore_proc, free_port
 from datastore.testing.tcpproxy import TcpProxy
 
@@ -57,6 +69,7 @@ class FaultCluster:
 
     def __init__(self, base: Path, n: int = 3, extra: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.extra = extra
         self.names = [f"m{i}" for i in range(n)]
         ports = [(free_port(), free_port()) for _ in range(n)]
         self.proxies = [TcpProxy(pp, name=f"proxy-m{i}", identify=self._pids)
@@ -68,6 +81,10 @@ class FaultCluster:
                            extra=[*FAST, *extra, "--initial-advertise-peer-urls", self.proxies[i].url])
             for i, (cp, pp) in enumerate(ports)]
         self.paused: set[int] = set()
+        self.removed: set[int] = set()   # removed from the cluster (their process exits)
+        self.removing: set[int] = set()  # a MemberRemove was sent; the outcome is open
+        self.learners: set[int] = set()
+        self.ids: dict[int, int] = {}    # index -> member ID
         self.log: list[str] = []  # what the nemesis did, with times (for failure reports)
         self._t0 = time.monotonic()
 
@@ -89,6 +106,8 @@ class FaultCluster:
         for p in self.procs:
             p.wait_ready(30)
         self.wait_leader()
+        for i, p in enumerate(self.procs):
+            self.ids[i] = status(p).header.member_id
         return self
 
     def stop(self) -> None:
@@ -96,6 +115,15 @@ class FaultCluster:
             p.stop()
         for px in self.proxies:
             px.stop()
+
+    @property
+    def members(self) -> list[int]:
+        """Indexes of the current members (voters and learners)."""
+        return [i for i in range(len(self.procs)) if i not in self.removed]
+
+    @property
+    def voters(self) -> list[int]:
+        return [i for i in self.members if i not in self.learners and i not in self.removing]
 
     def is_running(self, i: int) -> bool:
         p = self.procs[i].popen
@@ -105,8 +133,8 @@ class FaultCluster:
 
     def leader_index(self, among: list[int] | None = None) -> int | None:
         """Index of the leader that every given (default: running, unpaused) member agrees on."""
-        idx = among if among is not None else [i for i in range(len(self.procs))
-                                               if self.is_running(i) and i not in self.paused]
+        idx = among if among is not None else [i for i in self.members if self.is_running(i)
+                                               and i not in self.paused and i not in self.removing]
         leaders = set()
         ids: dict[int, int] = {}
         for i in idx:
@@ -130,7 +158,7 @@ class FaultCluster:
 
     def converged(self) -> tuple[int, int] | None:
         """(applied index, revision) when all members report the same ones, else None."""
-        sts = [status(p) for p in self.procs]
+        sts = [status(self.procs[i]) for i in self.members]
         applied = {s.raftAppliedIndex for s in sts}
         revs = {s.header.revision for s in sts}
         leaders = {s.leader for s in sts}
@@ -195,9 +223,117 @@ class FaultCluster:
         self.heal_network()
         for i in sorted(self.paused):
             self.resume(i)
-        for i in range(len(self.procs)):
-            if not self.is_running(i):
+        for i in self.members:
+            if not self.is_running(i) and i not in self.removing:
                 self.restart(i)
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _cluster_rpc(self, via: int, method: str, req: Any, timeout: float) -> Any:
+        with grpc.insecure_channel(self.procs[via].endpoint) as ch:
+            return getattr(rpc_pb2_grpc.ClusterStub(ch), method)(req, timeout=timeout)
+
+    def member_list(self, via: int) -> list[pb.Member]:
+        return list(self._cluster_rpc(via, "MemberList", pb.MemberListRequest(), 5).members)
+
+    def add_learner(self, via: int, deadline: float) -> int:
+        """MemberAdd(learner) through member ``via``, then start the new member behind its
+        own proxy; returns its index. A timed-out add may still commit: the member list
+        (matched by peer URL) decides."""
+        i = len(self.procs)
+        name = f"m{i}"
+        cp, pp = free_port(), free_port()
+        px = TcpProxy(pp, name=f"proxy-{name}", identify=self._pids).start()
+        self.proxies.append(px)
+        self.note(f"member add --learner {name} (via m{via})")
+        mid = 0
+        while not mid:
+            try:
+                mid = self._cluster_rpc(via, "MemberAdd", pb.MemberAddRequest(
+                    peerURLs=[px.url], isLearner=True), 10).member.ID
+            except grpc.RpcError as e:
+                self.note(f"member add {name}: {describe(e)}")
+                with contextlib.suppress(grpc.RpcError):
+                    mid = next((m.ID for m in self.member_list(via) if px.url in m.peerURLs), 0)
+                if not mid and time.monotonic() > deadline:
+                    raise
+                if not mid:
+                    time.sleep(0.2)  # retry pacing
+        spec = ",".join([*(f"{self.names[j]}={self.proxies[j].url}" for j in self.members),
+                         f"{name}={px.url}"])
+        proc = datastore_proc(self.base, name, client_port=cp, peer_port=pp, initial_cluster=spec,
+                              state="existing",
+                              extra=[*FAST, *self.extra, "--initial-advertise-peer-urls", px.url])
+        self.names.append(name)
+        self.procs.append(proc)
+        self.learners.add(i)
+        self.ids[i] = mid
+        while True:
+            proc.launch()
+            try:
+                proc.wait_ready(60)
+                break
+            except RuntimeError as e:
+                # It learns the member list from the first peer that answers, which may
+                # not have applied the add yet (a cut link, a lagging member): etcd's
+                # member exits the same way, and the operator starts it again.
+                if "add it first" not in str(e) or time.monotonic() > deadline + 60:
+                    raise
+                self.note(f"{name} saw a member list without itself; starting it again")
+                time.sleep(0.5)  # retry pacing
+        self.note(f"learner {name} started ({mid:x})")
+        return i
+
+    def promote(self, i: int, via: int, deadline: float) -> bool:
+        """MemberPromote until it succeeds (the learner must catch up and, under strict
+        reconfig, every voter be connected); False if the deadline passed first."""
+        self.note(f"member promote m{i} (via m{via})")
+        while True:
+            try:
+                self._cluster_rpc(via, "MemberPromote", pb.MemberPromoteRequest(ID=self.ids[i]), 10)
+                break
+            except grpc.RpcError as e:
+                if (e.details() or "").removeprefix(
+                        "etcdserver: ") == "can only promote a learner member":
+                    break  # an earlier, timed-out promote committed
+                if time.monotonic() > deadline:
+                    self.note(f"promote m{i} not done yet: {describe(e)}")
+                    return False
+                time.sleep(0.2)  # retry pacing: catching up / health interval
+        self.learners.discard(i)
+        self.note(f"m{i} promoted")
+        return True
+
+    def remove(self, i: int, via: int, deadline: float) -> bool:
+        """MemberRemove until it succeeds or the member is gone; then wait for the removed
+        process to exit (as etcd's does). False if the deadline passed first."""
+        self.note(f"member remove m{i} (via m{via})")
+        self.removing.add(i)
+        while True:
+            try:
+                self._cluster_rpc(via, "MemberRemove", pb.MemberRemoveRequest(ID=self.ids[i]), 10)
+                break
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    break  # an earlier, timed-out remove committed
+                if time.monotonic() > deadline:
+                    self.note(f"remove m{i} not done yet: {describe(e)}")
+                    return False
+                time.sleep(0.2)  # retry pacing: strict reconfig refuses while unhealthy
+        self.removing.discard(i)
+        self.removed.add(i)
+        self.learners.discard(i)
+        self.paused.discard(i)
+        p = self.procs[i].popen
+        try:
+            if p is not None:
+                p.wait(30)
+            self.note(f"m{i} removed and exited ({None if p is None else p.returncode})")
+        except subprocess.TimeoutExpired:
+            # it never heard of its removal (etcd's member can linger the same way)
+            self.note(f"m{i} removed but still running: stopping it")
+            self.procs[i].stop()
+        return True
 
 
 class Nemesis:
@@ -212,8 +348,10 @@ class Nemesis:
 
     def __init__(self, cluster: FaultCluster, rng: random.Random, rounds: int,
                  faults: tuple[str, ...] = FAULTS, duration: tuple[float, float] = (0.8, 2.0),
-                 calm: tuple[float, float] = (0.5, 1.5)) -> None:
+                 calm: tuple[float, float] = (0.5, 1.5), membership: bool = False) -> None:
         self.c = cluster
+        self.membership = membership
+        self.member_changes: list[str] = []  # completed membership changes
         self.rng = rng
         self.rounds = rounds
         self.faults = faults
@@ -260,43 +398,94 @@ class Nemesis:
 
     def _one(self, fault: str) -> None:
         c = self.c
-        n = len(c.procs)
+        members = c.members
         leader = c.wait_leader(timeout=30)
-        others = [i for i in range(n) if i != leader]
+        others = [i for i in members if i != leader]
         if fault == "kill_leader":
             c.kill(leader)
             c.wait_leader(others, timeout=30)
-            self._wait(self.duration)
+            self._during({leader})
             c.restart(leader)
         elif fault == "pause_follower":
             f = self.rng.choice(others)
             c.pause(f)
-            self._wait(self.duration)
+            self._during({f})
             c.resume(f)
         elif fault in ("isolate", "isolate_leader"):
-            victim = leader if fault == "isolate_leader" else self.rng.choice(range(n))
+            victim = leader if fault == "isolate_leader" else self.rng.choice(members)
             c.isolate(victim, self.rng.choice(("reset", "reset", "blackhole")))
-            rest = [i for i in range(n) if i != victim]
+            rest = [i for i in members if i != victim]
             c.wait_leader(rest, timeout=30)  # the majority side elects (or keeps) a leader
-            self._wait(self.duration)
+            self._during({victim})
             c.heal_network()
         elif fault == "block_inbound_leader":
             c.block_inbound(leader)
             c.wait_leader(others, timeout=30)  # check-quorum deposes the old leader
-            self._wait(self.duration)
+            self._during({leader})
             c.heal_network()
         elif fault == "cut_leader_link":
             f = self.rng.choice(others)
             c.cut(leader, f)
-            self._wait(self.duration)
+            self._during({leader, f})
             c.heal_network()
         elif fault == "delay":
-            victim = self.rng.choice(range(n))
+            victim = self.rng.choice(members)
             c.delay(victim, self.rng.uniform(0.02, 0.15))
-            self._wait(self.duration)
+            self._during(set())
             c.heal_network()
         else:
             raise ValueError(fault)
+        c.wait_leader(timeout=30)
+        if self.membership:
+            self._finish_membership()
+
+    def _during(self, faulted: set[int]) -> None:
+        """The fault's duration; with membership changes, one change happens in it: a
+        learner is added when there are 3 voters, a healthy voter (maybe the leader) is
+        removed when there are 4. A change the fault blocks is finished after the heal."""
+        t_end = time.monotonic() + self.rng.uniform(*self.duration)
+        c = self.c
+        if self.membership and not c.learners and not c.removing:
+            healthy = [i for i in c.voters if i not in faulted and c.is_running(i)]
+            via = self._via(healthy)
+            if len(c.voters) <= 3:
+                i = c.add_learner(via, deadline=time.monotonic() + 20)
+                self.member_changes.append(f"add learner m{i}")
+            else:
+                victim = self.rng.choice(healthy)
+                if victim == via:  # a leader can remove itself; then it steps down
+                    self.member_changes.append(f"remove leader m{victim}")
+                else:
+                    self.member_changes.append(f"remove m{victim}")
+                c.remove(victim, via, deadline=time.monotonic() + 10)
+        self.stop.wait(max(0.0, t_end - time.monotonic()))
+
+    def _via(self, healthy: list[int]) -> int:
+        """Where to send a membership change: the leader a healthy member follows, when
+        it can take requests (a cut link does not stop it), else a healthy member."""
+        c = self.c
+        by_id = {mid: i for i, mid in c.ids.items()}
+
+        def find() -> int | None:
+            for i in healthy:
+                j = by_id.get(status(c.procs[i]).leader)
+                if j is not None and j in c.members and c.is_running(j) and j not in c.paused:
+                    return j + 1
+            return None
+        return wait_for(find, 30, "a leader to send the membership change to") - 1
+
+    def _finish_membership(self) -> None:
+        """After healing: promote a pending learner, finish a pending removal."""
+        c = self.c
+        for i in sorted(c.removing):
+            via = c.wait_leader(timeout=30)
+            if not c.remove(i, via, deadline=time.monotonic() + 60):
+                raise AssertionError(f"member remove of m{i} never succeeded")
+        for i in sorted(c.learners):
+            via = c.wait_leader(timeout=30)
+            if not c.promote(i, via, deadline=time.monotonic() + 60):
+                raise AssertionError(f"member promote of m{i} never succeeded")
+            self.member_changes.append(f"promote m{i}")
         c.wait_leader(timeout=30)
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Cluster, status, wait_for
+from cluster_util import FAST, Cluster, status, wait_for
 from e2e_util import target_is_etcd
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
-from datastore.testing.procs import ServerProc, etcdctl
+from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, etcdctl, free_port
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
 
@@ -105,8 +105,9 @@ def test_write_forwarded_to_a_dead_leader_times_out(cluster: Cluster) -> None:
         put(f1, b"lost?", b"v", timeout=30)
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, ei.value
     assert ei.value.details() in TIMEOUT_ERRORS, ei.value.details()
-    # etcd's request timeout: 5 s + 2 election timeouts (0.5 s here), never a hang
-    assert time.monotonic() - t0 < 6.0 + 3.0
+    # the server's own timeout answered (not the client's 30 s deadline): no hang; the
+    # bound is generous because only the order matters on a loaded machine
+    assert time.monotonic() - t0 < 25.0
 
 
 def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
@@ -119,8 +120,12 @@ def test_linearizable_read_without_quorum_times_out(cluster: Cluster) -> None:
         kv = rpc_pb2_grpc.KVStub(ch)
         with pytest.raises(grpc.RpcError) as ei:
             kv.Range(pb.RangeRequest(key=b"k"), timeout=30)
+        elapsed = time.monotonic() - t0
         assert ei.value.details() == "etcdserver: request timed out", ei.value
-        assert 5.0 <= time.monotonic() - t0 < 6.0 + 3.0  # etcd's request timeout, no hang
+        # It waited for etcd's request timeout (5 s; it cannot answer before) and then
+        # answered itself, well before the client's 30 s deadline: no hang. Only the lower
+        # bound is tight, and a loaded machine can only make the call slower.
+        assert 5.0 <= elapsed < 25.0, elapsed
         kv.Range(pb.RangeRequest(key=b"k", serializable=True), timeout=5)  # local reads work
 
 
@@ -226,13 +231,26 @@ def test_strict_reconfig_refuses_with_down_or_just_reconnected_member(tmp_path: 
         # with one voter down, removing a live one would leave no active quorum
         err = remove_other()
         assert b"unhealthy cluster" in err, err
+        # The peer cannot be connected before it is launched, so a removal accepted less
+        # than one health interval (3 s) after launch means a just-reconnected peer was
+        # counted as active. Only that ordering is asserted: a loaded machine can only
+        # delay the acceptance, never make it earlier.
+        launched = time.monotonic()
         down.launch()
         down.wait_ready()
-        # just reconnected (or not yet): still not counted as active
-        err = remove_other()
-        assert b"unhealthy cluster" in err, err
-        # once it has been connected for a health interval, the removal goes through
-        wait_for(lambda: remove_other() == b"", 30, "removal accepted")
+        refused = 0
+
+        def accepted() -> bool:
+            nonlocal refused
+            e = remove_other()
+            if e:
+                assert b"unhealthy cluster" in e, e
+                refused += 1
+            return not e
+        wait_for(accepted, 30, "removal accepted")
+        waited = time.monotonic() - launched
+        print(f"removal refused {refused} times, accepted {waited:.2f}s after launch")
+        assert waited >= 3.0, f"removal accepted {waited:.2f}s after the peer was launched"
         c.procs.remove(other)
         wait_for(lambda: other.popen is not None and other.popen.poll() is not None, 20,
                  "removed member exits")
@@ -271,3 +289,107 @@ def test_crash_during_snapshot_install_recovers(tmp_path: Path) -> None:
                  "applied indexes converge")
     finally:
         c.stop()
+
+
+# ---- error strings of a learner and of a member without quorum, against real etcd ----------
+def _learner_and_no_quorum_answers(kind: str, base: Path) -> list[tuple[str, str, str]]:
+    """A voter plus a learner; the learner's refusals; then the learner promoted and the
+    other voter killed: a member without quorum answering a write and a read."""
+    make = etcd_proc if kind == "etcd" else datastore_proc
+    a_cp, a_pp, b_cp, b_pp = free_port(), free_port(), free_port(), free_port()
+    a_spec = f"a=http://127.0.0.1:{a_pp}"
+    a = make(base, "a", extra=list(FAST), client_port=a_cp, peer_port=a_pp, initial_cluster=a_spec)
+    b = make(base, "b", extra=list(FAST), client_port=b_cp, peer_port=b_pp,
+             initial_cluster=f"{a_spec},b=http://127.0.0.1:{b_pp}", state="existing")
+    out: list[tuple[str, str, str]] = []
+
+    def err(label: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+            out.append((label, "OK", ""))
+        except grpc.RpcError as e:
+            out.append((label, e.code().name, e.details() or ""))
+    try:
+        a.start()
+        put(a, b"a", b"1")
+        with grpc.insecure_channel(a.endpoint) as ch:
+            bid = rpc_pb2_grpc.ClusterStub(ch).MemberAdd(pb.MemberAddRequest(
+                peerURLs=[b.peer_url], isLearner=True), timeout=10).member.ID
+        b.start()
+        wait_for(lambda: get(b, b"a", serializable=True).count == 1, 30, "learner caught up")
+        with grpc.insecure_channel(b.endpoint) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            err("learner put", lambda: kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=5))
+            err("learner range", lambda: kv.Range(pb.RangeRequest(key=b"a"), timeout=5))
+            err("learner txn", lambda: kv.Txn(pb.TxnRequest(), timeout=5))
+            err("learner lease grant", lambda: rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(
+                pb.LeaseGrantRequest(TTL=5), timeout=5))
+            err("learner member list", lambda: rpc_pb2_grpc.ClusterStub(ch).MemberList(
+                pb.MemberListRequest(), timeout=5))
+            err("learner watch", lambda: next(rpc_pb2_grpc.WatchStub(ch).Watch(iter([
+                pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a"))]), timeout=5)))
+            err("learner serializable range", lambda: kv.Range(
+                pb.RangeRequest(key=b"a", serializable=True), timeout=5))
+
+        def promoted() -> bool:
+            with grpc.insecure_channel(a.endpoint) as ch:
+                rpc_pb2_grpc.ClusterStub(ch).MemberPromote(pb.MemberPromoteRequest(ID=bid),
+                                                           timeout=10)
+            return True
+        wait_for(promoted, 30, "learner promoted")
+        wait_for(lambda: not status(b).isLearner and status(b).leader, 30, "b a voter with a leader")
+        a.kill()
+        t0 = time.monotonic()
+        err("no quorum range", lambda: get(b, b"a"))
+        err("no quorum put", lambda: put(b, b"k", b"v", timeout=30))
+        out.append(("no quorum answered before the client deadline", "",
+                    str(time.monotonic() - t0 < 50)))
+    finally:
+        a.stop()
+        b.stop()
+    return out
+
+
+@pytest.fixture(scope="module")
+def answers_vs_etcd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, str, str]]]:
+    """The same scenario on real etcd and on datastore, run side by side."""
+    base = tmp_path_factory.mktemp("vs-etcd")
+    answers: dict[str, list[tuple[str, str, str]]] = {}
+    failures: dict[str, BaseException] = {}
+
+    def run(kind: str) -> None:
+        try:
+            answers[kind] = _learner_and_no_quorum_answers(kind, base / kind)
+        except BaseException as e:  # reported below
+            failures[kind] = e
+    threads = [threading.Thread(target=run, args=(k,)) for k in ("etcd", "datastore")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not failures, failures
+    print("etcd:", *answers["etcd"], "datastore:", *answers["datastore"], sep="\n")
+    return answers
+
+
+LEADERLESS_PUT = "no quorum put"
+
+
+def test_learner_and_no_quorum_errors_match_etcd(
+        answers_vs_etcd: dict[str, list[tuple[str, str, str]]]) -> None:
+    """The refusal and timeout strings (copied into the tests above) are etcd's own."""
+    ours = [x for x in answers_vs_etcd["datastore"] if x[0] != LEADERLESS_PUT]
+    etcd = [x for x in answers_vs_etcd["etcd"] if x[0] != LEADERLESS_PUT]
+    assert ours == etcd
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a write on a follower that has lost its leader: etcd 3.4 blocks the proposal until "
+    "the request timeout and answers UNKNOWN 'context deadline exceeded' (3.5 lets gRPC "
+    "map it, DEADLINE_EXCEEDED); datastore answers UNAVAILABLE 'etcdserver: request timed "
+    "out'. Changing it changes client retry decisions: left for a deliberate decision"))
+def test_leaderless_write_error_matches_etcd(
+        answers_vs_etcd: dict[str, list[tuple[str, str, str]]]) -> None:
+    ours = [x for x in answers_vs_etcd["datastore"] if x[0] == LEADERLESS_PUT]
+    etcd = [x for x in answers_vs_etcd["etcd"] if x[0] == LEADERLESS_PUT]
+    assert ours == etcd

@@ -4,7 +4,9 @@ across leader changes.
 
 Peer traffic goes through per-member TCP proxies (faults_util.FaultCluster documents
 what each fault does). DS_FAULT_SEED picks the seed (printed at the start of each
-test); the nemesis log is printed too, so a failing run can be replayed.
+test); the nemesis log is printed too, so a failing run can be replayed. The watch test
+under partition / pause / delay runs a fixed seed list (DS_WATCH_SEEDS, printed) plus
+this run's random seed (the ``random`` case; replay it with DS_FAULT_SEED=<seed>).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from datastore.testing.tcpproxy import TcpProxy
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
 
 SEED = int(os.environ.get("DS_FAULT_SEED", str(random.SystemRandom().randrange(1 << 32))))
+WATCH_SEEDS = [int(x) for x in os.environ.get("DS_WATCH_SEEDS", "1,2").split(",") if x.strip()]
 OP_TIMEOUT = 2.0
 
 
@@ -45,9 +48,9 @@ def cluster(tmp_path: Path) -> Iterator[FaultCluster]:
     c.stop()
 
 
-def seeded(name: str) -> random.Random:
-    print(f"\n{name}: DS_FAULT_SEED={SEED}", flush=True)
-    return random.Random(f"{SEED}/{name}")
+def seeded(name: str, seed: int = SEED) -> random.Random:
+    print(f"\n{name}: DS_FAULT_SEED={seed}", flush=True)
+    return random.Random(f"{seed}/{name}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class Workload:
         self.unexpected: list[str] = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, daemon=True, name=f"client{k}",
-                                         args=(k, rng.randrange(len(c.procs)), rng.randrange(1 << 30)))
+                                         args=(k, rng.choice(c.voters), rng.randrange(1 << 30)))
                         for k in range(clients)]
 
     def start(self) -> Workload:
@@ -182,6 +185,13 @@ class Workload:
                     if not definite:
                         gen += 1  # the outcome stays open: continue as a new logical client
                     self.stop.wait(rng.uniform(0.05, 0.15))  # client retry pacing
+                    if member in self.c.removed or member in self.c.removing:
+                        # its member left the cluster: carry on through a current voter
+                        ch.close()
+                        member = rng.choice(self.c.voters)
+                        ch = grpc.insecure_channel(self.c.procs[member].endpoint)
+                        stub = rpc_pb2_grpc.KVStub(ch)
+                        gen += 1
                     continue
                 self.h.complete(op, result)
         finally:
@@ -222,7 +232,7 @@ def final_reads(c: FaultCluster, h: History) -> dict[bytes, tuple[bytes | None, 
     """Linearizable read of every key (recorded in the history), then every member's
     serializable view must be the same value and mod_revision."""
     out: dict[bytes, tuple[bytes | None, int]] = {}
-    with grpc.insecure_channel(c.procs[0].endpoint) as ch:
+    with grpc.insecure_channel(c.procs[c.voters[0]].endpoint) as ch:
         stub = rpc_pb2_grpc.KVStub(ch)
         for key in KEYS:
             def read(key: bytes = key) -> pb.RangeResponse:
@@ -231,7 +241,7 @@ def final_reads(c: FaultCluster, h: History) -> dict[bytes, tuple[bytes | None, 
             with h.record("final", "get", key) as rec:
                 rec.ok((r.kvs[0].value, r.kvs[0].mod_revision) if r.kvs else (None, 0))
             out[key] = (r.kvs[0].value, r.kvs[0].mod_revision) if r.kvs else (None, 0)
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             stub = rpc_pb2_grpc.KVStub(ch)
             for key in KEYS:
@@ -249,7 +259,7 @@ def check_acked_writes_durable(c: FaultCluster, h: History) -> int:
              if o.status is Status.OK and (o.kind == "put" or (o.kind == "cas" and o.result[0]))]
     revs = [r for _, _, r in acked]
     assert len(revs) == len(set(revs)), "two acknowledged writes share a revision"
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             stub = rpc_pb2_grpc.KVStub(ch)
             for key, value, rev in acked:
@@ -262,7 +272,7 @@ def check_acked_writes_durable(c: FaultCluster, h: History) -> int:
 
 def check_hashkv(c: FaultCluster, rev: int) -> None:
     hashes = []
-    for p in c.procs:
+    for p in (c.procs[i] for i in c.members):
         with grpc.insecure_channel(p.endpoint) as ch:
             r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=rev), timeout=10)
             hashes.append((p.name, r.hash, r.compact_revision, r.hash_revision))
@@ -270,11 +280,11 @@ def check_hashkv(c: FaultCluster, rev: int) -> None:
 
 
 def run_linearizability(c: FaultCluster, tmp_path: Path, name: str, rounds: int, clients: int,
-                        min_ok: int) -> None:
+                        min_ok: int, membership: bool = False) -> None:
     rng = seeded(name)
     h = History()
     w = Workload(c, h, rng, clients=clients).start()
-    nem = Nemesis(c, rng, rounds=rounds).start()
+    nem = Nemesis(c, rng, rounds=rounds, membership=membership).start()
     t0 = time.monotonic()
     try:
         nem.join(timeout=60 + rounds * 40)
@@ -282,6 +292,12 @@ def run_linearizability(c: FaultCluster, tmp_path: Path, name: str, rounds: int,
         w.join()
     print(f"{len(h)} ops in {time.monotonic() - t0:.1f}s, {nem.done_rounds} nemesis rounds; "
           f"errors {w.errors}", flush=True)
+    if membership:
+        print(f"membership changes: {nem.member_changes}; members now "
+              f"{[c.names[i] for i in c.members]}", flush=True)
+        adds = sum(x.startswith("promote") for x in nem.member_changes)
+        removes = sum(x.startswith("remove") for x in nem.member_changes)
+        assert adds >= rounds // 2 and removes >= rounds // 2 - 1, nem.member_changes
     applied, rev = c.wait_converged()
     final = final_reads(c, h)
     print(f"converged at applied index {applied}, revision {rev}; final {final}", flush=True)
@@ -332,6 +348,24 @@ def test_linearizable_under_faults(cluster: FaultCluster, tmp_path: Path) -> Non
     # block inbound of leader, cut a leader link, delay
     run_linearizability(cluster, tmp_path, "linearizable", rounds=len(Nemesis.FAULTS), clients=5,
                         min_ok=200)
+
+
+def test_linearizable_under_faults_with_membership_changes(cluster: FaultCluster,
+                                                          tmp_path: Path) -> None:
+    # kill leader / pause follower / isolate / isolate leader, while a learner is added
+    # (then promoted after the heal) or a healthy voter, maybe the leader, is removed
+    run_linearizability(cluster, tmp_path, "membership", rounds=4, clients=5, min_ok=150,
+                        membership=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_linearizable_under_faults_with_membership_changes_soak(cluster: FaultCluster,
+                                                               tmp_path: Path) -> None:
+    """``make soak``: 100 nemesis rounds, every one with a membership change."""
+    run_linearizability(cluster, tmp_path, "membership-soak",
+                        rounds=int(os.environ.get("DS_SOAK_ROUNDS", "100")), clients=6,
+                        min_ok=2000, membership=True)
 
 
 @pytest.mark.slow
@@ -442,14 +476,33 @@ def test_watch_across_leader_changes(cluster: FaultCluster) -> None:
     run_watch(cluster, "watch", rounds=3, faults=("kill_leader",))
 
 
+PARTITIONS = ("isolate", "isolate_leader", "block_inbound_leader", "cut_leader_link")
+
+
+@pytest.mark.parametrize("seed", [*WATCH_SEEDS, None],
+                         ids=[*(f"seed{s}" for s in WATCH_SEEDS), "random"])
+def test_watch_under_partition_pause_delay(cluster: FaultCluster, seed: int | None) -> None:
+    """One partition (kind chosen by the seed), one paused follower and one delayed
+    member, in a seeded order, while watchers on every member must see exactly the MVCC
+    history. Replay: DS_WATCH_SEEDS=<n> (fixed) or DS_FAULT_SEED=<n> -k random."""
+    print(f"\nwatch seeds: fixed {WATCH_SEEDS} + random {SEED}", flush=True)
+    s = SEED if seed is None else seed
+    order = random.Random(f"{s}/watch-faults")
+    faults = [order.choice(PARTITIONS), "pause_follower", "delay"]
+    order.shuffle(faults)
+    run_watch(cluster, "watch-faults", rounds=3, faults=tuple(faults), seed=s)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_watch_under_faults_soak(cluster: FaultCluster) -> None:
     run_watch(cluster, "watch-soak", rounds=20, faults=Nemesis.FAULTS)
 
 
-def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...]) -> None:
-    rng = seeded(name)
+def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...],
+              seed: int = SEED) -> None:
+    rng = seeded(name, seed)
+    print(f"{name}: faults {faults}", flush=True)
     with grpc.insecure_channel(c.procs[0].endpoint) as ch:
         stub = rpc_pb2_grpc.KVStub(ch)
         for i in range(5):
@@ -535,7 +588,7 @@ def run_watch(c: FaultCluster, name: str, rounds: int, faults: tuple[str, ...]) 
         if got != want:
             gs, ws = set(got), set(want)
             pytest.fail(f"{r.name} (resumes {r.resumes}): missing {sorted(ws - gs)[:5]}, "
-                        f"unexpected {sorted(gs - ws)[:5]} (seed {SEED})")
+                        f"unexpected {sorted(gs - ws)[:5]} (seed {seed})")
     if "kill_leader" in faults:
         assert total_resumes >= 1, "no watch stream was broken: the test did not exercise resumption"
 

@@ -82,6 +82,7 @@ def test_quota_nospace_alarm_and_recovery(ds: Callable[..., ServerProc]) -> None
 def test_lease_expiry_deletes_keys_and_notifies_watchers(ds: Callable[..., ServerProc]) -> None:
     p = ds()
     with Client(p) as c:
+        granted_at = time.monotonic()  # the server grants after this instant
         lid = c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2)).ID
         c.kv.Put(pb.PutRequest(key=b"eph/a", value=b"1", lease=lid))
         c.kv.Put(pb.PutRequest(key=b"eph/b", value=b"2", lease=lid))
@@ -99,16 +100,17 @@ def test_lease_expiry_deletes_keys_and_notifies_watchers(ds: Callable[..., Serve
                 pass  # cancelled below once we have what we need
 
         threading.Thread(target=pump, daemon=True).start()
-        t0 = time.monotonic()
         got: list[kv_pb2.Event] = []
         while len(got) < 2:
-            got.extend(events.get(timeout=15).events)
-        elapsed = time.monotonic() - t0
+            got.extend(events.get(timeout=30).events)
+        elapsed = time.monotonic() - granted_at
         stream.cancel()
         assert [(e.type, e.kv.key) for e in got] == [(kv_pb2.Event.DELETE, b"eph/a"),
                                                      (kv_pb2.Event.DELETE, b"eph/b")]
         assert got[0].kv.mod_revision == got[1].kv.mod_revision == rev + 1  # one revision
-        assert 1.0 < elapsed < 10.0
+        # never before the TTL ran out (a lower bound load cannot break); the upper bound
+        # only says "it does expire", generously
+        assert 2.0 <= elapsed < 30.0, elapsed
         ttl = c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid))
         assert ttl.TTL == -1
 
@@ -122,14 +124,19 @@ def test_lease_remaining_ttl_survives_restart(ds: Callable[..., ServerProc]) -> 
         def ttl() -> int:
             return c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid)).TTL
 
-        wait_until(lambda: ttl() <= 26, 15, "the lease to run down to 26s")
+        # count down well past several 200 ms checkpoint intervals
+        wait_until(lambda: ttl() <= 24, 30, "the lease to run down to 24s")
+        before = ttl()
     p.stop()
     p2 = p.start()  # restart on the same data dir and ports
     with Client(p2) as c:
         after = c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid, keys=True))
         assert after.grantedTTL == 30
-        # a fresh lease would show ~30s (+ election timeout); a checkpointed one ~26s or less
-        assert 0 < after.TTL <= 28, after
+        # A lease without a checkpoint restarts from its full 30 s (+ an election timeout).
+        # A checkpointed one resumes from its last checkpoint: no more than what we saw
+        # before the stop plus the election-timeout extension (1 s) and 2 s of slack for
+        # a checkpoint that lagged; the clock does not run while the member is down.
+        assert 0 < after.TTL <= before + 3 < 30, (before, after)
         assert list(after.keys) == [b"held"]
 
 
@@ -251,14 +258,23 @@ def test_progress_notify_and_request_progress(ds: Callable[..., ServerProc]) -> 
         created = next(stream)
         assert created.created
         other = c.kv.Put(pb.PutRequest(key=b"unrelated", value=b"x")).header.revision
-        # an idle watcher that asked for progress gets an empty response at the current rev
-        note = next(stream)
-        assert (note.watch_id, list(note.events), note.header.revision) == (
-            created.watch_id, [], other)
+        # An idle watcher that asked for progress gets empty responses for its watch ID at
+        # the current revision. One may have been sent before the put was applied, so
+        # only the order is asserted: revisions never go back and one reaches ``other``.
+        t0 = time.monotonic()
+        revs: list[int] = []
+        while not revs or revs[-1] < other:
+            note = next(stream)
+            assert (note.watch_id, list(note.events)) == (created.watch_id, []), note
+            revs.append(note.header.revision)
+        assert revs == sorted(revs) and revs[-1] == other, revs
+        assert time.monotonic() - t0 < 15, "progress notifications stalled"  # generous
+        # The progress_request reply's watch ID is compared with real etcd's in
+        # test_differential_watch.py; here: it reports the current revision, no events.
         q.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
         while True:
             resp = next(stream)
-            if resp.watch_id == -1:
+            if resp.watch_id != created.watch_id:
                 break
         assert not resp.events and resp.header.revision == other
         q.put(None)
@@ -268,8 +284,12 @@ def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
     p = ds("--max-request-bytes=20000")
     with Client(p) as c:
         start_rev = c.kv.Range(pb.RangeRequest(key=b"f")).header.revision + 1
-        for i in range(12):  # ~48 kB of history, replayed to the watcher in one batch
-            c.kv.Put(pb.PutRequest(key=b"f/%02d" % i, value=b"v" * 4000))
+        # ~720 kB of history, replayed to the watcher in one batch: above etcd's limit for
+        # a watch response (the request limit + 512 KiB of gRPC overhead). The exact split
+        # is compared with real etcd's in test_differential_live.py.
+        n = 40
+        for i in range(n):
+            c.kv.Put(pb.PutRequest(key=b"f/%02d" % i, value=b"v" * 18000))
         stream, q = _watch(c, pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=b"f/", range_end=b"f0", start_revision=start_rev, fragment=True)))
         assert next(stream).created
@@ -279,12 +299,12 @@ def test_fragmented_watch_responses(ds: Callable[..., ServerProc]) -> None:
             parts.append(resp)
             if not resp.fragment:
                 break
-        assert len(parts) >= 3
+        assert len(parts) >= 2
         assert all(r.fragment for r in parts[:-1])
-        assert all(r.ByteSize() <= 20000 + 512 for r in parts)
+        assert all(r.ByteSize() < 20000 + 512 * 1024 for r in parts)
         events = [e for r in parts for e in r.events]
-        assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(12)]
-        assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + 12))
+        assert [e.kv.key for e in events] == [b"f/%02d" % i for i in range(n)]
+        assert [e.kv.mod_revision for e in events] == list(range(start_rev, start_rev + n))
         q.put(None)
 
 
@@ -308,7 +328,9 @@ def test_http_health_version_metrics_and_grpc_health(ds: Callable[..., ServerPro
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    assert get("/version") == (200, json.dumps({"etcdserver": "3.5.17", "etcdcluster": "3.5.0"}))
+    # the values are compared with real etcd's in test_differential_live.py
+    code, body = get("/version")
+    assert code == 200 and sorted(json.loads(body)) == ["etcdcluster", "etcdserver"], body
     assert get("/health") == (200, json.dumps({"health": "true", "reason": ""}))
     status, text = get("/metrics")
     assert status == 200 and "etcd_server_has_leader 1" in text

@@ -21,6 +21,7 @@ from datastore.api.mvccpb.kv_pb2 import Event
 from datastore.auth.grpcctx import auth_info
 from datastore.mvcc.watchable import Watcher
 from datastore.server.applier import range_end
+from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
 
 QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
@@ -52,13 +53,14 @@ class WatchStream:
             self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id,
                                         compact_revision=compact_rev, canceled=True))
             return
-        limit = self.s.cfg.max_request_bytes
-        if w.fragment and sum(e.ByteSize() for e in events) > limit:
-            for chunk, last in _fragments(events, limit):
-                self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id,
-                                            events=chunk, fragment=not last))
+        whole = rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id, events=events)
+        # etcd's limit for a watch response is the request limit plus gRPC's overhead
+        limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        if w.fragment and len(events) > 1 and whole.ByteSize() >= limit:
+            for part in _fragments(whole, limit):
+                self._put(part)
             return
-        self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id, events=events))
+        self._put(whole)
 
     def _put(self, resp: object) -> None:
         self.queue.put_nowait(resp)
@@ -139,19 +141,32 @@ class WatchStream:
         self.watchers.clear()
 
 
-def _fragments(events: list[Event], limit: int) -> list[tuple[list[Event], bool]]:
-    out: list[tuple[list[Event], bool]] = []
-    cur: list[Event] = []
-    size = 0
-    for e in events:
-        n = e.ByteSize()
-        if cur and size + n > limit:
-            out.append((cur, False))
-            cur, size = [], 0
-        cur.append(e)
-        size += n
-    out.append((cur, True))
+def _fragments(whole: rpc.WatchResponse, limit: int) -> list[rpc.WatchResponse]:
+    """etcd's sendFragments: each part takes events while its encoded size stays below
+    ``limit`` (at least one event per part); every part but the last has fragment=true."""
+    out: list[rpc.WatchResponse] = []
+    events = list(whole.events)
+    # sizes add up field by field: an event costs its tag (1 byte), its length varint
+    # and its bytes, so the size is tracked without re-encoding each candidate part
+    base = rpc.WatchResponse(header=whole.header, watch_id=whole.watch_id, fragment=True).ByteSize()
+    i = 0
+    while i < len(events):
+        part: list[Event] = []
+        size = base
+        while i < len(events):
+            n = events[i].ByteSize()
+            size += 1 + _varint_len(n) + n
+            if part and size >= limit:
+                break
+            part.append(events[i])
+            i += 1
+        out.append(rpc.WatchResponse(header=whole.header, watch_id=whole.watch_id, events=part,
+                                     fragment=i < len(events)))
     return out
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
