@@ -70,7 +70,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                          ctx: grpc.aio.ServicerContext) -> rpc.DefragmentResponse:
         await self._admin(ctx)
         await asyncio.get_running_loop().run_in_executor(None, self.s.backend.defragment)
-        return rpc.DefragmentResponse(header=self.s.header())
+        return rpc.DefragmentResponse()  # etcd's carries no header
 
     async def _admin(self, ctx: grpc.aio.ServicerContext) -> None:
         """etcd's authMaintenanceServer: these calls are root's when auth is enabled."""
