@@ -15,7 +15,6 @@ from datastore.server.config import (
     add_serve_arguments,
     apply_env,
     config_from_args,
-    prepare_tls,
 )
 from datastore.storage.backend import CorruptDataError
 
@@ -23,24 +22,10 @@ log = logging.getLogger("datastore")
 
 
 async def _serve(ns: argparse.Namespace) -> int:
-    from datastore.api.grpcserver import build_grpc_server
-    from datastore.gateway import serve_member
-    from datastore.server.etcdserver import EtcdServer
-    from datastore.server.transport import PeerTransport
+    from datastore.member import start_member
 
-    cfg = prepare_tls(config_from_args(ns))  # auto-TLS certificates live in the data dir
-    server = EtcdServer(cfg)
-    if cfg.initial_corrupt_check:  # before serving anything, as etcd does
-        from datastore.server.corrupt import initial_corrupt_check
-        await initial_corrupt_check(server, server.request_timeout())
-    grpc_server = build_grpc_server(server)
-    transport = PeerTransport(server)
-    server.transport = transport  # type: ignore[assignment]
-    await transport.start()
-    await server.start()
-    server.cluster_ops.start()
-    await grpc_server.start()
-    http_gateway = await serve_member(server)  # metrics URLs and --listen-client-http-urls
+    member = await start_member(config_from_args(ns))
+    server, cfg = member.server, member.cfg
     log.info("serving client requests", extra={
         "member": cfg.name, "data_dir": cfg.resolved_data_dir,
         "client_urls": list(cfg.listen_client_urls), "member_id": f"{server.member_id:x}",
@@ -54,11 +39,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    await http_gateway.close()
-    await grpc_server.stop(grace=1.0)
-    await server.cluster_ops.stop()
-    await transport.stop()
-    await server.stop()
+    await member.stop()
     log.info("stopped")
     return 0
 

@@ -19,7 +19,6 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from datastore.testing.procs import ServerProc, datastore_proc, free_port
 
@@ -141,33 +140,16 @@ class _InProcess:
             self.loop.close()
 
     async def _serve(self) -> None:
-        from datastore.api.grpcserver import build_grpc_server
-        from datastore.api.http import serve_http
+        from datastore.member import start_member
         from datastore.server.config import add_serve_arguments, config_from_args
-        from datastore.server.etcdserver import EtcdServer
-        from datastore.server.transport import PeerTransport
 
         parser = argparse.ArgumentParser()
         add_serve_arguments(parser)
-        cfg = config_from_args(parser.parse_args(self.argv))
-        server = EtcdServer(cfg)
-        grpc_server = build_grpc_server(server)
-        transport = PeerTransport(server)
-        server.transport = transport  # type: ignore[assignment]
-        await transport.start()
-        await server.start()
-        server.cluster_ops.start()
-        await grpc_server.start()
-        http: list[Any] = await serve_http(server, cfg.listen_metrics_urls)
+        member = await start_member(config_from_args(parser.parse_args(self.argv)))
         self._stop = asyncio.Event()
         self.ready.set()
         await self._stop.wait()
-        for h in http:
-            h.close()
-        await grpc_server.stop(grace=1.0)
-        await server.cluster_ops.stop()
-        await transport.stop()
-        await server.stop()
+        await member.stop()
 
 
 def free_endpoint() -> str:
