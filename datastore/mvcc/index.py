@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from datastore.mvcc.key_index import KeyIndex
 from datastore.mvcc.revision import Revision
 
 
 class TreeIndex:
+    """Besides every key's history, the index tracks which keys are dead (deleted, not
+    yet compacted away) and the newest revision it holds: a read at or after that
+    revision (every list without a past revision) counts a range by bisection and walks
+    only the keys it returns, instead of asking every key's history."""
+
     def __init__(self) -> None:
         self._keys: SortedDict = SortedDict()
+        self._dead: SortedList = SortedList()
+        self.latest = 0  # newest main revision recorded (writes not yet flushed included)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -30,6 +37,24 @@ class TreeIndex:
         if ki is None:
             ki = self._keys[key] = KeyIndex(key)
         return ki
+
+    def put(self, ki: KeyIndex, rev: Revision) -> None:
+        if len(ki.generations) > 1 and not ki.alive:
+            self._dead.discard(ki.key)  # a deleted key comes back
+        ki.put(rev)
+        if rev[0] > self.latest:
+            self.latest = rev[0]
+
+    def tombstone(self, ki: KeyIndex, rev: Revision) -> None:
+        ki.tombstone(rev)
+        self._dead.add(ki.key)
+        if rev[0] > self.latest:
+            self.latest = rev[0]
+
+    def restored(self, ki: KeyIndex) -> None:
+        """``ki.restore`` was called on a new key at start-up."""
+        if ki.modified[0] > self.latest:
+            self.latest = ki.modified[0]
 
     def scan(self, key: bytes, end: bytes | None) -> Iterator[KeyIndex]:
         """KeyIndexes in key order over the range (including dead keys)."""
@@ -51,6 +76,8 @@ class TreeIndex:
 
         Up to ``limit`` pairs (0 = all) are returned; the count covers the whole range.
         """
+        if main >= self.latest and end is not None:
+            return self._latest_revisions(key, end, limit)
         out: list[tuple[KeyIndex, Revision]] = []
         total = 0
         for ki in self.scan(key, end):
@@ -60,6 +87,33 @@ class TreeIndex:
             total += 1
             if limit <= 0 or len(out) < limit:
                 out.append((ki, got[0]))
+        return out, total
+
+    def _latest_revisions(self, key: bytes, end: bytes,
+                          limit: int) -> tuple[list[tuple[KeyIndex, Revision]], int]:
+        """revisions() when nothing in the index is newer than the read: every live key
+        is at its last revision, so count = keys in range - dead keys in range."""
+        keys, dead = self._keys, self._dead
+        if end and end <= key:
+            return [], 0
+        hi = keys.bisect_left(end) if end else len(keys)
+        lo = keys.bisect_left(key)
+        total = hi - lo
+        if dead:
+            total -= (dead.bisect_left(end) if end else len(dead)) - dead.bisect_left(key)
+        if limit == 0:
+            limit = total
+        out: list[tuple[KeyIndex, Revision]] = []
+        if limit <= 0:
+            return out, total
+        if not dead:
+            return [(ki, ki.modified) for ki in keys.values()[lo:min(hi, lo + limit)]], total
+        for k in keys.islice(lo, hi):
+            ki = keys[k]
+            if ki.generations[-1].revs:
+                out.append((ki, ki.modified))
+                if len(out) >= limit:
+                    break
         return out, total
 
     def compact(self, main: int) -> set[Revision]:
@@ -72,6 +126,7 @@ class TreeIndex:
                 empty.append(k)
         for k in empty:
             del self._keys[k]
+            self._dead.discard(k)
         return available
 
     def keep(self, main: int) -> set[Revision]:

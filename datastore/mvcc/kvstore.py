@@ -47,6 +47,13 @@ class RangeResult:
     rev: int
 
 
+@dataclass(slots=True)
+class RawRangeResult:
+    kvs: list[bytes]  # serialized mvccpb.KeyValue messages
+    count: int
+    rev: int
+
+
 class LeaseHooks:
     """How the store tells the lessor which keys belong to which lease (no-op default)."""
 
@@ -81,13 +88,15 @@ class KVStore:
             if is_tombstone(rk):
                 latest.pop(kv.key, None)
                 if ki is not None:  # a lone tombstone left by compaction says nothing
-                    ki.tombstone(rev)
+                    self.index.tombstone(ki, rev)
                 continue
             latest[kv.key] = kv.lease
             if ki is None:  # the oldest surviving revision: trust its create rev/version
-                self.index.get_or_create(kv.key).restore((kv.create_revision, 0), rev, kv.version)
+                ki = self.index.get_or_create(kv.key)
+                ki.restore((kv.create_revision, 0), rev, kv.version)
+                self.index.restored(ki)
             else:
-                ki.put(rev)
+                self.index.put(ki, rev)
         self.current_rev = max(self.current_rev, self.compact_rev)
         for key, lease in latest.items():
             if lease:
@@ -106,6 +115,12 @@ class KVStore:
     def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
               count_only: bool = False, cur_rev: int | None = None) -> RangeResult:
         """etcd's rangeKeys: ``end`` uses the index convention (None/b""/bound)."""
+        rr = self.range_raw(key, end, rev, limit, count_only, cur_rev)
+        return RangeResult([KeyValue.FromString(raw) for raw in rr.kvs], rr.count, rr.rev)
+
+    def range_raw(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+                  count_only: bool = False, cur_rev: int | None = None) -> RawRangeResult:
+        """range() with each KeyValue left as its stored bytes (no per-key objects)."""
         cur = self.current_rev if cur_rev is None else cur_rev
         if rev > cur:
             raise errors.ErrFutureRev()
@@ -115,8 +130,15 @@ class KVStore:
             raise errors.ErrCompacted()
         pairs, total = self.index.revisions(key, end, rev, 0 if count_only else limit)
         if count_only or not pairs:
-            return RangeResult([], total, cur)
-        return RangeResult([self._value(r) for _, r in pairs], total, cur)
+            return RawRangeResult([], total, cur)
+        rbs = [rev_to_bytes(*r) for _, r in pairs]
+        raws = self._key_cf.get(rbs)  # one multi-get instead of a lookup per key
+        overlay = self._overlay
+        if overlay or None in raws:
+            raws = [overlay.get(rb) or raw for rb, raw in zip(rbs, raws, strict=True)]
+            if None in raws:
+                raise errors.ErrCorrupt()
+        return RawRangeResult(raws, total, cur)
 
     def kv_at(self, key: bytes, main: int) -> KeyValue | None:
         """The key's value as of revision ``main`` (None if absent or compacted away)."""
@@ -216,6 +238,10 @@ class WriteTxn:
               count_only: bool = False) -> RangeResult:
         return self.s.range(key, end, rev, limit, count_only, cur_rev=self.read_rev)
 
+    def range_raw(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+                  count_only: bool = False) -> RawRangeResult:
+        return self.s.range_raw(key, end, rev, limit, count_only, cur_rev=self.read_rev)
+
     def put(self, key: bytes, value: bytes, lease: int) -> int:
         s = self.s
         rev = self.begin_rev + 1
@@ -234,7 +260,7 @@ class WriteTxn:
         raw = kv.SerializeToString()
         self._batch.put(rb, raw, s._key_handle)
         s._overlay[rb] = raw
-        (ki or s.index.get_or_create(key)).put(idx_rev)
+        s.index.put(ki or s.index.get_or_create(key), idx_rev)
         self.changes.append(kv)
         self.prev_revs.append(prev)
         if old_lease and old_lease != lease:
@@ -260,7 +286,7 @@ class WriteTxn:
         self._batch.put(rb, raw, s._key_handle)
         s._overlay[rb] = raw
         old_lease = s._value(prev).lease
-        s.index.get_or_create(key).tombstone(idx_rev)
+        s.index.tombstone(s.index.get_or_create(key), idx_rev)
         self.changes.append(KeyValue(key=key, mod_revision=self.begin_rev + 1))
         self.prev_revs.append(prev)
         if old_lease:

@@ -454,12 +454,48 @@ _SORT_KEYS: dict[int, Callable[[KeyValue], object]] = {
 }
 
 
+def _kvs_field(raw: bytes) -> bytes:
+    """``raw`` (a serialized KeyValue) as one ``kvs`` entry of a RangeResponse."""
+    n = len(raw)
+    if n < 0x80:
+        return b"\x12" + bytes((n,)) + raw
+    head = bytearray(b"\x12")
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + raw
+
+
+def _range_in_key_order(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
+    """range_in without sorting or filters: the stored KeyValue bytes are concatenated
+    into the response's wire form and parsed once (protobuf messages concatenate), so no
+    KeyValue object is built per key in Python."""
+    limit = r.limit + 1 if r.limit > 0 else 0  # one extra to know whether there is more
+    rr = view.range_raw(r.key, range_end(r.range_end), r.revision, limit, r.count_only)
+    raws = rr.kvs
+    more = r.limit > 0 and len(raws) > r.limit
+    if more:
+        del raws[r.limit:]
+    resp = rpc.RangeResponse.FromString(b"".join(map(_kvs_field, raws))) if raws \
+        else rpc.RangeResponse()
+    resp.header.revision = rr.rev
+    resp.count = rr.count
+    resp.more = more
+    if r.keys_only:
+        for kv in resp.kvs:
+            kv.value = b""
+    return resp
+
+
 def range_in(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
     """etcd's Range on a read view: limits, filters, sorting, keys_only, count_only."""
     limit = r.limit
     if (r.sort_order != rpc.RangeRequest.NONE or r.min_mod_revision or r.max_mod_revision
             or r.min_create_revision or r.max_create_revision):
         limit = 0  # fetch everything: sorting and filtering happen after the fetch
+    elif r.sort_target == rpc.RangeRequest.KEY:
+        return _range_in_key_order(view, r)
     if limit > 0:
         limit += 1  # one extra to know whether there is more
     rr = view.range(r.key, range_end(r.range_end), r.revision, limit, r.count_only)

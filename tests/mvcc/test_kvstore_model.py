@@ -84,6 +84,13 @@ class StoreVsModel(RuleBasedStateMachine):
         else:
             assert rev == self.rev
 
+    @rule()
+    def reopen(self) -> None:
+        """A restart: the index (and its dead-key and latest-revision tracking, which the
+        fast range path relies on) is rebuilt from disk alone."""
+        self.store = KVStore(self.backend)
+        list(self.store.restore())
+
     @precondition(lambda self: self.rev > 1)
     @rule(data=st.data())
     def compact(self, data: st.DataObject) -> None:
