@@ -70,12 +70,15 @@ class TreeIndex:
         for k in keys.irange(key, maximum, inclusive=(True, False)):
             yield keys[k]
 
-    def revisions(self, key: bytes, end: bytes | None, main: int,
-                  limit: int = 0) -> tuple[list[tuple[KeyIndex, Revision]], int]:
+    def revisions(self, key: bytes, end: bytes | None, main: int, limit: int = 0,
+                  count_only: bool = False) -> tuple[list[tuple[KeyIndex, Revision]], int]:
         """Live (KeyIndex, modified revision) pairs at ``main`` and the total live count.
 
-        Up to ``limit`` pairs (0 = all) are returned; the count covers the whole range.
+        Up to ``limit`` pairs (0 = all; none if ``count_only``) are returned; the count
+        covers the whole range.
         """
+        if count_only:
+            limit = -1
         if main >= self.latest and end is not None:
             return self._latest_revisions(key, end, limit)
         out: list[tuple[KeyIndex, Revision]] = []
@@ -85,7 +88,7 @@ class TreeIndex:
             if got is None:
                 continue
             total += 1
-            if limit <= 0 or len(out) < limit:
+            if limit == 0 or len(out) < limit:
                 out.append((ki, got[0]))
         return out, total
 

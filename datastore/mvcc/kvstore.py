@@ -128,7 +128,7 @@ class KVStore:
             rev = cur
         if rev < self.compact_rev:
             raise errors.ErrCompacted()
-        pairs, total = self.index.revisions(key, end, rev, 0 if count_only else limit)
+        pairs, total = self.index.revisions(key, end, rev, limit, count_only)
         if count_only or not pairs:
             return RawRangeResult([], total, cur)
         rbs = [rev_to_bytes(*r) for _, r in pairs]

@@ -15,12 +15,13 @@ Revision = tuple[int, int]  # (main, sub); tuples compare the way revisions do
 
 _PACK = struct.Struct(">Q").pack
 _UNPACK = struct.Struct(">Q").unpack_from
+_PACK_REV = struct.Struct(">Q1sQ").pack
 REV_BYTES_LEN = 17
 TOMBSTONE_MARK = b"t"
 
 
 def rev_to_bytes(main: int, sub: int = 0, tombstone: bool = False) -> bytes:
-    b = _PACK(main) + b"_" + _PACK(sub)
+    b = _PACK_REV(main, b"_", sub)
     return b + TOMBSTONE_MARK if tombstone else b
 
 

@@ -454,17 +454,23 @@ _SORT_KEYS: dict[int, Callable[[KeyValue], object]] = {
 }
 
 
-def _kvs_field(raw: bytes) -> bytes:
-    """``raw`` (a serialized KeyValue) as one ``kvs`` entry of a RangeResponse."""
-    n = len(raw)
-    if n < 0x80:
-        return b"\x12" + bytes((n,)) + raw
-    head = bytearray(b"\x12")
-    while n >= 0x80:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + raw
+_KVS_HEADS: dict[int, bytes] = {}
+
+
+def _kvs_head(n: int) -> bytes:
+    """The tag and length that make ``n`` bytes of KeyValue one ``kvs`` entry of a
+    RangeResponse (cached: a list's values mostly share a few lengths)."""
+    head = _KVS_HEADS.get(n)
+    if head is None:
+        b, v = bytearray(b"\x12"), n
+        while v >= 0x80:
+            b.append((v & 0x7F) | 0x80)
+            v >>= 7
+        b.append(v)
+        head = bytes(b)
+        if len(_KVS_HEADS) < 65536:
+            _KVS_HEADS[n] = head
+    return head
 
 
 def _range_in_key_order(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
@@ -477,8 +483,15 @@ def _range_in_key_order(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.Ra
     more = r.limit > 0 and len(raws) > r.limit
     if more:
         del raws[r.limit:]
-    resp = rpc.RangeResponse.FromString(b"".join(map(_kvs_field, raws))) if raws \
-        else rpc.RangeResponse()
+    if raws:
+        heads, parts = _KVS_HEADS, []
+        add = parts.append
+        for raw in raws:
+            add(heads.get(len(raw)) or _kvs_head(len(raw)))
+            add(raw)
+        resp = rpc.RangeResponse.FromString(b"".join(parts))
+    else:
+        resp = rpc.RangeResponse()
     resp.header.revision = rr.rev
     resp.count = rr.count
     resp.more = more
