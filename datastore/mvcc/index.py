@@ -71,16 +71,21 @@ class TreeIndex:
             yield keys[k]
 
     def revisions(self, key: bytes, end: bytes | None, main: int, limit: int = 0,
-                  count_only: bool = False) -> tuple[list[tuple[KeyIndex, Revision]], int]:
+                  count_only: bool = False, changed: set[bytes] | None = None,
+                  ) -> tuple[list[tuple[KeyIndex, Revision]], int]:
         """Live (KeyIndex, modified revision) pairs at ``main`` and the total live count.
 
         Up to ``limit`` pairs (0 = all; none if ``count_only``) are returned; the count
-        covers the whole range.
+        covers the whole range. ``changed``, if given, holds every key written after
+        ``main``: the other keys look at ``main`` as they look now.
         """
         if count_only:
             limit = -1
-        if main >= self.latest and end is not None:
-            return self._latest_revisions(key, end, limit)
+        if end is not None:
+            if main >= self.latest:
+                return self._latest_revisions(key, end, limit)
+            if changed is not None:
+                return self._past_revisions(key, end, main, limit, changed)
         out: list[tuple[KeyIndex, Revision]] = []
         total = 0
         for ki in self.scan(key, end):
@@ -117,6 +122,38 @@ class TreeIndex:
                 out.append((ki, ki.modified))
                 if len(out) >= limit:
                     break
+        return out, total
+
+    def _past_revisions(self, key: bytes, end: bytes, main: int, limit: int,
+                        changed: set[bytes]) -> tuple[list[tuple[KeyIndex, Revision]], int]:
+        """revisions() at a past revision, knowing the few keys written since: the count
+        at the latest revision corrected for them, and a walk that asks only them for
+        their history."""
+        keys = self._keys
+        _, total = self._latest_revisions(key, end, -1)
+        for k in changed:
+            if k < key or (end and k >= end):
+                continue
+            ki = keys.get(k)
+            if ki is not None:
+                total += (ki.get(main) is not None) - bool(ki.generations[-1].revs)
+        out: list[tuple[KeyIndex, Revision]] = []
+        if limit < 0 or (end and end <= key):
+            return out, total
+        hi = keys.bisect_left(end) if end else len(keys)
+        for k in keys.islice(keys.bisect_left(key), hi):
+            ki = keys[k]
+            if k in changed:
+                got = ki.get(main)
+                if got is None:
+                    continue
+                out.append((ki, got[0]))
+            elif ki.generations[-1].revs:
+                out.append((ki, ki.modified))
+            else:
+                continue
+            if len(out) == limit:
+                break
         return out, total
 
     def compact(self, main: int) -> set[Revision]:

@@ -72,6 +72,8 @@ class KVStore:
         self._key_cf = backend.cf("key")
         self._key_handle = backend.handle("key")
         self._meta_handle = backend.handle("meta")
+        # a read at a past revision lists the keys written since, up to this many writes
+        self.max_changes_scan = 10_000
 
     # ---- start-up -------------------------------------------------------------------
     def restore(self) -> Iterator[KeyValue]:
@@ -128,7 +130,8 @@ class KVStore:
             rev = cur
         if rev < self.compact_rev:
             raise errors.ErrCompacted()
-        pairs, total = self.index.revisions(key, end, rev, limit, count_only)
+        changed = self._changed_since(rev) if rev < self.index.latest else None
+        pairs, total = self.index.revisions(key, end, rev, limit, count_only, changed)
         if count_only or not pairs:
             return RawRangeResult([], total, cur)
         rbs = [rev_to_bytes(*r) for _, r in pairs]
@@ -139,6 +142,24 @@ class KVStore:
             if None in raws:
                 raise errors.ErrCorrupt()
         return RawRangeResult(raws, total, cur)
+
+    def _changed_since(self, rev: int) -> set[bytes] | None:
+        """Every key written after ``rev`` (disk and the unflushed overlay), or None if
+        there are more than ``max_changes_scan`` such writes (then the index asks every
+        key's history instead)."""
+        out: set[bytes] = set()
+        n, cap = 0, self.max_changes_scan
+        start = main_rev_prefix(rev + 1)
+        for rb, raw in self._overlay.items():
+            if rb >= start:
+                out.add(KeyValue.FromString(raw).key)
+                n += 1
+        for _, raw in self.backend.scan("key", start):
+            n += 1
+            if n > cap:
+                return None
+            out.add(KeyValue.FromString(raw).key)
+        return out if n <= cap else None
 
     def kv_at(self, key: bytes, main: int) -> KeyValue | None:
         """The key's value as of revision ``main`` (None if absent or compacted away)."""

@@ -119,6 +119,8 @@ class StoreVsModel(RuleBasedStateMachine):
             return
         state = self.history[max(r for r in self.history if r <= at)]
         want = sorted((k, v) for k, v in state.items() if in_range(k, key, end))
+        # past reads: with the keys written since (default) or asking every key's history
+        self.store.max_changes_scan = data.draw(st.sampled_from([10_000, 0]))
         got = self.store.range(key, end, rev, limit)
         assert got.count == len(want)
         assert got.rev == self.rev
