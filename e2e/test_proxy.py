@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -251,12 +253,13 @@ def _etcdctl_basics(endpoint: str, tag: str) -> None:
     rev = json.loads(out)["header"]["revision"]
     w = subprocess.Popen(["timeout", "60", ETCDCTL_BIN, f"--endpoints={endpoint}", "watch",
                           f"/{tag}/w", f"--rev={rev}"], stdout=subprocess.PIPE,
-                         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+                         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+                         start_new_session=True)  # killed as a group: timeout and etcdctl
     assert w.stdout is not None
     try:
         assert [w.stdout.readline().strip() for _ in range(3)] == [b"PUT", f"/{tag}/w".encode(), b"x"]
     finally:
-        w.kill()
+        os.killpg(w.pid, signal.SIGKILL)  # w.kill() alone would orphan etcdctl
         w.wait()
     assert b"/" + tag.encode() in etcdctl(endpoint, "lock", f"/{tag}/lock", "echo",
                                           f"/{tag}/locked").stdout

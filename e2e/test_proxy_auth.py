@@ -4,6 +4,8 @@ call (watches and serializable reads included), and denied requests stay denied.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -56,12 +58,13 @@ def test_etcdctl_user_through_proxy(tmp_path: Path, procs: list) -> None:  # noq
     rev = json.loads(etcdctl(p, alice, "put", "/a/w", "1", "-w", "json").stdout)["header"]["revision"]
     w = subprocess.Popen(["timeout", "60", ETCDCTL_BIN, f"--endpoints={p}", alice, "watch",
                           "/a/w", f"--rev={rev}"], stdout=subprocess.PIPE,
-                         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+                         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+                         start_new_session=True)  # killed as a group: timeout and etcdctl
     assert w.stdout is not None
     try:
         assert [w.stdout.readline().strip() for _ in range(3)] == [b"PUT", b"/a/w", b"1"]
     finally:
-        w.kill()
+        os.killpg(w.pid, signal.SIGKILL)  # w.kill() alone would orphan etcdctl
         w.wait()
     with grpc.insecure_channel(p) as ch:
         token = rpc_pb2_grpc.AuthStub(ch).Authenticate(
