@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_local import free_port_block
 
-from datastore.testing.procs import etcdctl
+from datastore.testing.procs import etcdctl, free_port_block
 from kvoperator.etcdapi import ClientClusterAPI
 from kvoperator.kube import ROLE_LABEL, KubeOperator
 from kvoperator.testing import FakeKube, PortURLs, ProcessKubelet
@@ -32,7 +31,7 @@ WAIT_S = 120.0
 
 class Harness:
     def __init__(self, tmp: Path) -> None:
-        self.base = free_port_block(5 * 10)
+        self.base = free_port_block(range(5 * 10))
         self.kubelet = ProcessKubelet(tmp / "node", self.base)
         self.kube = FakeKube(self.kubelet)
         self.kube.store["cr"][KEY] = {

@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,32 +28,11 @@ from typing import Any
 import pytest
 import yaml
 
-from datastore.testing.procs import etcdctl, free_port
+from datastore.testing.procs import etcdctl, free_port_block
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "e2e"
 WAIT_S = 90.0  # generous: the machine is shared
-
-
-def free_port_block(n: int) -> int:
-    """A base port P such that P..P+n-1 are all free on 127.0.0.1 right now."""
-    for _ in range(200):
-        base = free_port()
-        if base + n > 65000:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 def wait_for(cond: Callable[[], Any], what: str, timeout: float = WAIT_S,
@@ -76,7 +54,7 @@ class Operator:
         self.dir = tmp
         self.workdir = tmp / "work"
         self.manifest = tmp / "cluster.yaml"
-        self.base = free_port_block(5 * 10)
+        self.base = free_port_block(range(5 * 10))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "operator.log"
 

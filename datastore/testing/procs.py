@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,28 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {low}..{high}")
+
+
+def free_port_block(offsets: Iterable[int]) -> int:
+    """A base port P such that P + o is free on 127.0.0.1 right now for every offset o."""
+    offsets = sorted(set(offsets))
+    for _ in range(200):
+        base = free_port()
+        if base + offsets[-1] > 65535:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for o in offsets:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + o))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 @dataclass

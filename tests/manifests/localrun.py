@@ -12,13 +12,12 @@ Kubernetes would fill them. `datastore` on PATH is a shim running this interpret
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from datastore.testing.procs import ServerProc, free_port
+from datastore.testing.procs import ServerProc, free_port_block
 
 from .render import Obj, one, render
 
@@ -57,24 +56,7 @@ def member_spec(kustomization: str) -> MemberSpec:
 
 def port_block(n: int) -> int:
     """A base port such that base + 10*k + {0,1,2} are free for k < n."""
-    for _ in range(50):
-        base = free_port()
-        if base + PORT_STRIDE * n > 65535:
-            continue
-        ports = [base + PORT_STRIDE * k + j for k in range(n) for j in range(3)]
-        socks: list[socket.socket] = []
-        try:
-            for p in ports:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports on 127.0.0.1")
+    return free_port_block(PORT_STRIDE * k + j for k in range(n) for j in range(3))
 
 
 def substitute(script: str, replacements: dict[str, str]) -> str:
