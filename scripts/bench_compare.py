@@ -3,19 +3,27 @@
 
 For each target (default ``etcd,datastore``) a fresh cluster (1 or 3 members) is started in a
 temporary directory, every load (workload x clients) is run against it with the same client
-(``datastore.bench``), then the cluster is stopped before the next target starts, so the two
+(``datastore.bench``), then the cluster is stopped before the next target starts, so the
 servers never compete for CPU. Prints a markdown table with ops/s, p99 and the ratio
-second/first (datastore/etcd), and the server and client CPU used.
+datastore/first (datastore/etcd), and the server and client CPU used.
+
+Two more kinds of target measure the ceiling a Python gRPC server reaches on this machine
+(``datastore.bench.noop_server``, always one process): ``noop``, a plain ``grpc.aio`` KV
+servicer that answers without doing anything, and ``noop-raw``, a generic handler that
+echoes fixed bytes without parsing. Each adds its columns and the ratio datastore/noop.
 
     python scripts/bench_compare.py                       # 10 s per load, single node
     python scripts/bench_compare.py --duration 5 --out bench.md --json-out bench.json
     python scripts/bench_compare.py --target etcd,etcd    # test the comparison itself
     python scripts/bench_compare.py --cluster 3
+    python scripts/bench_compare.py --with-noop           # = --target etcd,datastore,noop
+    python scripts/bench_compare.py --target etcd,datastore,noop,noop-raw
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -35,6 +43,7 @@ import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from datastore.bench import BenchConfig, run_bench
+from datastore.bench.noop_server import noop_proc
 from datastore.testing.procs import (
     ETCD_BIN,
     ServerProc,
@@ -43,7 +52,13 @@ from datastore.testing.procs import (
     free_port,
 )
 
-LAUNCHERS: dict[str, Callable[..., ServerProc]] = {"etcd": etcd_proc, "datastore": datastore_proc}
+LAUNCHERS: dict[str, Callable[..., ServerProc]] = {
+    "etcd": etcd_proc,
+    "datastore": datastore_proc,
+    "noop": noop_proc,
+    "noop-raw": functools.partial(noop_proc, mode="raw"),
+}
+NOOP_KINDS = ("noop", "noop-raw")
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -64,7 +79,9 @@ class Cluster:
         self.kind = kind
         self.base = base
         launcher = LAUNCHERS[kind]
-        prefix = "etcd" if kind == "etcd" else "ds"
+        if kind in NOOP_KINDS:
+            size = 1  # nothing to replicate: one process is the whole "cluster"
+        prefix = {"etcd": "etcd", "datastore": "ds"}.get(kind, "noop")
         names = [f"{prefix}{i}" for i in range(size)]
         ports = [(free_port(), free_port()) for _ in names]
         initial = None
@@ -118,7 +135,7 @@ def run_target(kind: str, args: argparse.Namespace, loads: list[tuple[str, int]]
     """Start a cluster of `kind`, run every load against it, stop it."""
     results: dict[tuple[str, int], dict[str, Any]] = {}
     base = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-    extra = args.etcd_arg if kind == "etcd" else args.datastore_arg
+    extra = {"etcd": args.etcd_arg, "datastore": args.datastore_arg}.get(kind, [])
     cluster = Cluster(kind, args.cluster, base, extra)
     try:
         try:
@@ -127,7 +144,7 @@ def run_target(kind: str, args: argparse.Namespace, loads: list[tuple[str, int]]
             msg = f"{type(e).__name__}: {e}".splitlines()[0]
             print(f"[{label}] failed to start: {msg}\n{cluster.log_tails()}", file=sys.stderr)
             return {ld: {"error": f"start failed: {msg}"} for ld in loads}
-        print(f"[{label}] {kind} x{args.cluster} up at {','.join(cluster.endpoints)}",
+        print(f"[{label}] {kind} x{len(cluster.members)} up at {','.join(cluster.endpoints)}",
               file=sys.stderr)
         for workload, clients in loads:
             cfg = BenchConfig(
@@ -170,12 +187,24 @@ def _fmt(x: float | None, digits: int = 0) -> str:
 
 
 def markdown_table(labels: list[str], loads: list[tuple[str, int]],
-                   res: list[dict[tuple[str, int], dict[str, Any]]]) -> str:
-    a, b = labels[0], labels[-1]
-    two = len(labels) > 1
-    head = ["workload", "clients", f"{a} ops/s", f"{a} p99 ms"]
-    if two:
-        head += [f"{b} ops/s", f"{b} p99 ms", f"ops/s {b}/{a}", f"p99 {b}/{a}"]
+                   res: list[dict[tuple[str, int], dict[str, Any]]],
+                   kinds: list[str] | None = None) -> str:
+    """ops/s and p99 of every target, the ratio subject/first (subject: datastore if it
+    ran, else the last target that is not a noop server) and subject/noop for each noop."""
+    kinds = kinds or labels
+    noops = [i for i, k in enumerate(kinds) if k in NOOP_KINDS]
+    subjects = [i for i, k in enumerate(kinds) if k == "datastore"] or \
+        [i for i, k in enumerate(kinds) if k not in NOOP_KINDS] or [len(kinds) - 1]
+    s_i = subjects[-1]
+    b = labels[s_i]
+    a = labels[0]
+    head = ["workload", "clients"]
+    for lab in labels:
+        head += [f"{lab} ops/s", f"{lab} p99 ms"]
+    if s_i != 0:
+        head += [f"ops/s {b}/{a}", f"p99 {b}/{a}"]
+    noops = [i for i in noops if i not in (0, s_i)]  # ratio to the first is already there
+    head += [f"ops/s {b}/{labels[i]}" for i in noops]
     head += ["server cpu % " + "/".join(labels), "client cpu % " + "/".join(labels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
 
@@ -187,16 +216,20 @@ def markdown_table(labels: list[str], loads: list[tuple[str, int]],
             cur = cur[p]
         return float(cur)
 
+    def ratio(x: float | None, y: float | None) -> str:
+        return _fmt(x / y, 2) if x is not None and y else "n/a"
+
     notes: list[str] = []
     for ld in loads:
-        ra, rb = res[0][ld], res[-1][ld]
-        row = [ld[0], str(ld[1]), _fmt(get(ra, "ops_per_s")), _fmt(get(ra, "latency_ms", "p99"), 2)]
-        if two:
-            oa, ob = get(ra, "ops_per_s"), get(rb, "ops_per_s")
-            pa, pb = get(ra, "latency_ms", "p99"), get(rb, "latency_ms", "p99")
-            row += [_fmt(ob), _fmt(pb, 2),
-                    _fmt(ob / oa, 2) if oa and ob is not None else "n/a",
-                    _fmt(pb / pa, 2) if pa and pb is not None else "n/a"]
+        row = [ld[0], str(ld[1])]
+        for r in res:
+            row += [_fmt(get(r[ld], "ops_per_s")), _fmt(get(r[ld], "latency_ms", "p99"), 2)]
+        rs = res[s_i][ld]
+        if s_i != 0:
+            ra = res[0][ld]
+            row += [ratio(get(rs, "ops_per_s"), get(ra, "ops_per_s")),
+                    ratio(get(rs, "latency_ms", "p99"), get(ra, "latency_ms", "p99"))]
+        row += [ratio(get(rs, "ops_per_s"), get(res[i][ld], "ops_per_s")) for i in noops]
         row.append("/".join(_fmt(get(r[ld], "server_cpu_pct")) for r in res))
         row.append("/".join(_fmt(get(r[ld], "client_cpu_pct")) for r in res))
         errs = [f"{lab}: {r[ld]['error'] if 'error' in r[ld] else r[ld]['errors']} errors"
@@ -224,8 +257,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="etcd,datastore",
-                   help="comma list of 1-2 server kinds (etcd|datastore); the ratio is "
-                        "last/first. Use etcd,etcd to test the comparison without datastore")
+                   help="comma list of 1-4 server kinds (etcd|datastore|noop|noop-raw); the "
+                        "ratios are datastore/first and datastore/each noop. Use etcd,etcd "
+                        "to test the comparison without datastore")
+    p.add_argument("--with-noop", action="store_true",
+                   help="add the do-nothing servicer (noop) as the last target")
     p.add_argument("--only-etcd", action="store_true", help="shorthand for --target etcd")
     p.add_argument("--cluster", type=int, choices=(1, 3), default=1, help="members per cluster")
     p.add_argument("--workloads", default="put,get,get-serializable,txn")
@@ -252,8 +288,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kinds = ["etcd"] if args.only_etcd else [k.strip() for k in args.target.split(",") if k.strip()]
-    if not 1 <= len(kinds) <= 2 or any(k not in LAUNCHERS for k in kinds):
-        print(f"--target must be 1-2 of {sorted(LAUNCHERS)}", file=sys.stderr)
+    if args.with_noop and "noop" not in kinds:
+        kinds.append("noop")
+    if not 1 <= len(kinds) <= 4 or any(k not in LAUNCHERS for k in kinds):
+        print(f"--target must be 1-4 of {sorted(LAUNCHERS)}", file=sys.stderr)
         return 2
     labels = kinds if len(set(kinds)) == len(kinds) else [f"{k}#{i + 1}" for i, k in
                                                            enumerate(kinds)]
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = [run_target(k, args, loads, lab) for k, lab in zip(kinds, labels, strict=True)]
 
-    table = markdown_table(labels, loads, res)
+    table = markdown_table(labels, loads, res, kinds)
     header = (
         f"## {' vs '.join(reversed(labels))} ({args.cluster} member"
         f"{'s' if args.cluster > 1 else ''})\n\n"

@@ -105,3 +105,59 @@ def test_histogram_percentiles() -> None:
     other = Histogram.from_dict(h.to_dict())
     other.merge(h)
     assert other.count == 200000 and abs(other.percentile(50) - 50000) < 500
+
+
+@pytest.mark.parametrize("mode", ["servicer", "raw"])
+def test_noop_server_answers_every_workload(tmp_path: Path, mode: str) -> None:
+    """The do-nothing servicer (bench_compare's third column) serves the bench's loads."""
+    from datastore.bench.noop_server import noop_proc
+
+    proc = noop_proc(tmp_path, mode=mode).start()
+    try:
+        for workload in ("put", "get", "txn"):
+            cfg = BenchConfig(endpoints=[proc.endpoint], workload=workload, clients=4, conns=1,
+                              duration=None, total=40, key_space=10, progress="none")
+            _check_summary(run_bench(cfg), workload, 40)
+    finally:
+        proc.stop()
+
+
+def _bench_compare() -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_compare.py"
+    spec = importlib.util.spec_from_file_location("bench_compare", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_table_ratios_to_etcd_and_noop() -> None:
+    bc = _bench_compare()
+    ld = ("put", 16)
+
+    def r(ops: float, p99: float) -> dict:
+        return {ld: {"ops_per_s": ops, "latency_ms": {"p99": p99}, "errors": 0}}
+
+    kinds = ["etcd", "datastore", "noop", "noop-raw"]
+    table = bc.markdown_table(kinds, [ld], [r(4000, 2), r(1000, 4), r(2000, 1), r(5000, 1)],
+                              kinds)  # type: ignore[attr-defined]
+    head, _, row = table.splitlines()
+    cols = dict(zip([c.strip() for c in head.strip("|").split("|")],
+                    [c.strip() for c in row.strip("|").split("|")], strict=True))
+    assert cols["noop ops/s"] == "2,000" and cols["noop-raw ops/s"] == "5,000"
+    assert cols["ops/s datastore/etcd"] == "0.25" and cols["p99 datastore/etcd"] == "2.00"
+    assert cols["ops/s datastore/noop"] == "0.50"
+    assert cols["ops/s datastore/noop-raw"] == "0.20"
+
+
+def test_compare_cli_noop_only(tmp_path: Path) -> None:
+    """A whole bench_compare run, cheap: two noop servers, one short load."""
+    out = tmp_path / "bench.md"
+    rc = _bench_compare().main([  # type: ignore[attr-defined]
+        "--target", "noop,noop-raw", "--workloads", "put", "--clients", "4",
+        "--duration", "0.3", "--warmup", "0", "--out", str(out), "-q"])
+    assert rc == 0
+    text = out.read_text()
+    assert "ops/s noop-raw/noop" in text and "| put | 4 |" in text
