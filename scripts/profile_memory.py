@@ -92,12 +92,26 @@ def rocks_report(name: str, backend: object) -> list[str]:
     return lines
 
 
+def print_trace(snap: tracemalloc.Snapshot, keys: int, top: int) -> None:
+    traced = sum(s.size for s in snap.statistics("filename"))
+    print(f"traced Python heap: {traced / 2**20:.1f} MiB ({traced / keys:.0f} B per key)\n")
+    print("by file:")
+    for s in snap.statistics("filename")[:top]:
+        print(f"  {s.size / 2**20:8.1f} MiB {s.count:9d} blocks  {s.traceback[0].filename}")
+    print("\nby line:")
+    for s in snap.statistics("lineno")[:top]:
+        f = s.traceback[0]
+        print(f"  {s.size / 2**20:8.1f} MiB {s.count:9d} blocks  {f.filename}:{f.lineno}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=50_000)
     ap.add_argument("--val-size", type=int, default=1024)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--frames", type=int, default=1, help="traceback depth kept by tracemalloc")
+    ap.add_argument("--no-trace", dest="trace", action="store_false",
+                    help="skip tracemalloc (full speed): RocksDB, raft log and RSS only")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="profile-mem-"))
     port, peer = free_port(), free_port()
@@ -112,26 +126,18 @@ def main() -> int:
     try:
         m.start()
         before = status_kib()
-        tracemalloc.start(args.frames)
+        if args.trace:
+            tracemalloc.start(args.frames)
         cfg = BenchConfig(endpoints=[f"127.0.0.1:{port}"], workload="get", clients=64,
                           key_size=len(PREFIX) + len(str(args.keys - 1)), key_space=args.keys,
                           val_size=args.val_size, prefix=PREFIX, duration=1.0, progress="none",
                           timeout=60.0)
         asyncio.run(prepopulate(cfg))
-        snap = tracemalloc.take_snapshot()
         after = status_kib()
         srv = m.member.server  # type: ignore[attr-defined]
-        traced = sum(s.size for s in snap.statistics("filename"))
         print(f"{args.keys} keys of {args.val_size} B; process before {before}, after {after} (KiB)")
-        print(f"traced Python heap: {traced / 2**20:.1f} MiB "
-              f"({traced / args.keys:.0f} B per key)\n")
-        print("by file:")
-        for s in snap.statistics("filename")[:args.top]:
-            print(f"  {s.size / 2**20:8.1f} MiB {s.count:9d} blocks  {s.traceback[0].filename}")
-        print("\nby line:")
-        for s in snap.statistics("lineno")[:args.top]:
-            f = s.traceback[0]
-            print(f"  {s.size / 2**20:8.1f} MiB {s.count:9d} blocks  {f.filename}:{f.lineno}")
+        if args.trace:
+            print_trace(tracemalloc.take_snapshot(), args.keys, args.top)
         print("\nRocksDB (not in tracemalloc):")
         for line in rocks_report("state", srv.backend) + rocks_report("wal", srv.wal):
             print(line)

@@ -39,7 +39,7 @@ class TreeIndex:
         return ki
 
     def put(self, ki: KeyIndex, rev: Revision) -> None:
-        if len(ki.generations) > 1 and not ki.alive:
+        if ki.deleted:
             self._dead.discard(ki.key)  # a deleted key comes back
         ki.put(rev)
         if rev[0] > self.latest:
@@ -118,7 +118,7 @@ class TreeIndex:
             return [(ki, ki.modified) for ki in keys.values()[lo:min(hi, lo + limit)]], total
         for k in keys.islice(lo, hi):
             ki = keys[k]
-            if ki.generations[-1].revs:
+            if ki.alive:
                 out.append((ki, ki.modified))
                 if len(out) >= limit:
                     break
@@ -136,7 +136,7 @@ class TreeIndex:
                 continue
             ki = keys.get(k)
             if ki is not None:
-                total += (ki.get(main) is not None) - bool(ki.generations[-1].revs)
+                total += (ki.get(main) is not None) - bool(ki.alive)
         out: list[tuple[KeyIndex, Revision]] = []
         if limit < 0 or (end and end <= key):
             return out, total
@@ -148,7 +148,7 @@ class TreeIndex:
                 if got is None:
                     continue
                 out.append((ki, got[0]))
-            elif ki.generations[-1].revs:
+            elif ki.alive:
                 out.append((ki, ki.modified))
             else:
                 continue
