@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rocksdict import (
+    BlockBasedOptions,
+    Cache,
     Checkpoint,
     ColumnFamily,
     DBRecoveryMode,
@@ -48,10 +50,34 @@ CORRUPT_ACTION = ("the data dir is damaged (disk corruption, a lost or torn writ
                   "the member and add it back with an empty data dir")
 
 
-def _options(strict_wal: bool = False) -> Options:
+# Memory (RSS) bounds. Families that hold a few small records rewritten on every apply
+# (applied index, current revision, hard state...) get small memtables: RocksDB keeps every
+# overwritten version until a flush, so the 64 MiB default would grow to 64 MiB (x2 while
+# flushing) of dead versions each. The bulk families (key, raft_log) keep the default.
+SMALL_MEMTABLE_FAMILIES = ("meta", "lease", "members", "raft_state")
+SMALL_MEMTABLE_BYTES = 4 << 20
+# One block cache for every family of every database in the process: without it each
+# family's table factory makes its own 32 MiB cache (6 families: up to 192 MiB).
+BLOCK_CACHE_BYTES = 32 << 20
+_block_cache: Cache | None = None
+
+
+def _shared_block_cache() -> Cache:
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_BYTES)
+    return _block_cache
+
+
+def _options(strict_wal: bool = False, family: str | None = None) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(_shared_block_cache())
+    opts.set_block_based_table_factory(table)
+    if family in SMALL_MEMTABLE_FAMILIES:
+        opts.set_write_buffer_size(SMALL_MEMTABLE_BYTES)
     if strict_wal:
         # The raft log: an incomplete last record is a write whose fsync never finished
         # (tolerated, like etcd's torn-write repair); a bad record anywhere else is
@@ -68,7 +94,7 @@ class Backend:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         strict = families == WAL_FAMILIES
-        cfs = {name: _options(strict) for name in families}
+        cfs = {name: _options(strict, name) for name in families}
         try:
             self.db = Rdict(str(self.path), _options(strict), column_families=cfs)
         except Exception as e:
