@@ -53,9 +53,11 @@ CORRUPT_ACTION = ("the data dir is damaged (disk corruption, a lost or torn writ
 # Memory (RSS) bounds. Families that hold a few small records rewritten on every apply
 # (applied index, current revision, hard state...) get small memtables: RocksDB keeps every
 # overwritten version until a flush, so the 64 MiB default would grow to 64 MiB (x2 while
-# flushing) of dead versions each. The bulk families (key, raft_log) keep the default.
-SMALL_MEMTABLE_FAMILIES = ("meta", "lease", "members", "raft_state")
-SMALL_MEMTABLE_BYTES = 4 << 20
+# flushing) of dead versions each. The raft log is also held in memory (raftlog.py) and
+# read from disk only after a restart, so a large memtable would hold it a second time.
+# The key family keeps the default (reads look in its memtable first).
+MEMTABLE_BYTES = {"meta": 4 << 20, "lease": 4 << 20, "members": 4 << 20, "raft_state": 4 << 20,
+                  "raft_log": 16 << 20}
 # One block cache for every family of every database in the process: without it each
 # family's table factory makes its own 32 MiB cache (6 families: up to 192 MiB).
 BLOCK_CACHE_BYTES = 32 << 20
@@ -76,8 +78,8 @@ def _options(strict_wal: bool = False, family: str | None = None) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(_shared_block_cache())
     opts.set_block_based_table_factory(table)
-    if family in SMALL_MEMTABLE_FAMILIES:
-        opts.set_write_buffer_size(SMALL_MEMTABLE_BYTES)
+    if family in MEMTABLE_BYTES:
+        opts.set_write_buffer_size(MEMTABLE_BYTES[family])
     if strict_wal:
         # The raft log: an incomplete last record is a write whose fsync never finished
         # (tolerated, like etcd's torn-write repair); a bad record anywhere else is
