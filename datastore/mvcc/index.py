@@ -136,7 +136,7 @@ class TreeIndex:
                 continue
             ki = keys.get(k)
             if ki is not None:
-                total += (ki.get(main) is not None) - bool(ki.alive)
+                total += (ki.get(main) is not None) - ki.alive
         out: list[tuple[KeyIndex, Revision]] = []
         if limit < 0 or (end and end <= key):
             return out, total

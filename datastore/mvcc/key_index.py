@@ -163,6 +163,16 @@ class KeyIndex:
 
     def compact(self, main: int, available: set[Revision]) -> None:
         """Drop history older than ``main``, adding the revisions to keep to ``available``."""
+        if self._old is None:  # one generation (most keys): nothing before it to drop
+            g = self._cur
+            if not g:
+                return
+            off = len(g) - 2 if g[-2] <= main else _last_le(g, main)
+            if off != -1:
+                available.add((g[off], g[off + 1]))
+                if off > _HEAD:
+                    self._cur = g[:_HEAD] + g[off:]
+            return
         gens, i, off = self._compaction_point(main)
         g = gens[i]
         if g:
@@ -180,6 +190,10 @@ class KeyIndex:
 
     def keep(self, main: int) -> set[Revision]:
         """What compact(main) would keep, without changing anything (for HashKV)."""
+        if self._old is None:
+            g = self._cur
+            off = _last_le(g, main)
+            return set() if off == -1 else {(g[off], g[off + 1])}
         gens, i, off = self._compaction_point(main)
         g = gens[i]
         if off == -1 or (off == len(g) - 2 and i != len(gens) - 1):
