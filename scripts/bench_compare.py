@@ -169,6 +169,9 @@ def run_target(kind: str, args: argparse.Namespace, loads: list[tuple[str, int]]
                 (t0, c0), (t1, c1) = marks["load-start"], marks["load-end"]
                 # Server CPU over the load (warm-up included, pre-population excluded).
                 s["server_cpu_pct"] = round((c1 - c0) / max(t1 - t0, 1e-9) * 100, 1)
+                # CPU per request holds up better than ops/s on a machine others load too
+                s["server_cpu_us_per_op"] = round(
+                    s["server_cpu_pct"] / 100 / max(s["ops_per_s"], 1e-9) * 1e6, 1)
                 print(f"[{label}]   {s['ops_per_s']:.0f} ops/s p99 {s['latency_ms']['p99']:.2f} ms"
                       f" errors {s['errors']} server cpu {s['server_cpu_pct']:.0f}% client cpu "
                       f"{s['client_cpu_pct']:.0f}%", file=sys.stderr)
@@ -205,7 +208,8 @@ def markdown_table(labels: list[str], loads: list[tuple[str, int]],
         head += [f"ops/s {b}/{a}", f"p99 {b}/{a}"]
     noops = [i for i in noops if i not in (0, s_i)]  # ratio to the first is already there
     head += [f"ops/s {b}/{labels[i]}" for i in noops]
-    head += ["server cpu % " + "/".join(labels), "client cpu % " + "/".join(labels)]
+    head += ["server cpu % " + "/".join(labels), "server cpu µs/op " + "/".join(labels),
+             "client cpu % " + "/".join(labels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
 
     def get(r: dict[str, Any], *path: str) -> float | None:
@@ -231,6 +235,7 @@ def markdown_table(labels: list[str], loads: list[tuple[str, int]],
                     ratio(get(rs, "latency_ms", "p99"), get(ra, "latency_ms", "p99"))]
         row += [ratio(get(rs, "ops_per_s"), get(res[i][ld], "ops_per_s")) for i in noops]
         row.append("/".join(_fmt(get(r[ld], "server_cpu_pct")) for r in res))
+        row.append("/".join(_fmt(get(r[ld], "server_cpu_us_per_op")) for r in res))
         row.append("/".join(_fmt(get(r[ld], "client_cpu_pct")) for r in res))
         errs = [f"{lab}: {r[ld]['error'] if 'error' in r[ld] else r[ld]['errors']} errors"
                 for lab, r in zip(labels, res, strict=True)

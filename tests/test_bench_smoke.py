@@ -161,3 +161,4 @@ def test_compare_cli_noop_only(tmp_path: Path) -> None:
     assert rc == 0
     text = out.read_text()
     assert "ops/s noop-raw/noop" in text and "| put | 4 |" in text
+    assert "server cpu µs/op noop/noop-raw" in text and "n/a/n/a" not in text
