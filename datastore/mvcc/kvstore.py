@@ -60,6 +60,10 @@ class LeaseHooks:
     def attach(self, lease: int, key: bytes) -> None: ...
     def detach(self, lease: int, key: bytes) -> None: ...
 
+    def lease_of(self, key: bytes) -> int | None:
+        """The key's lease if the hooks track it; None: read it from the stored value."""
+        return None
+
 
 class KVStore:
     def __init__(self, backend: Backend, leases: LeaseHooks | None = None) -> None:
@@ -273,7 +277,8 @@ class WriteTxn:
             if got is not None:
                 prev = got[0]
                 create, ver = got[1][0], got[2] + 1
-                old_lease = s._value(prev).lease
+                known = s.leases.lease_of(key)
+                old_lease = s._value(prev).lease if known is None else known
         idx_rev = (rev, len(self.changes))
         kv = KeyValue(key=key, value=value, create_revision=create, mod_revision=rev,
                       version=ver, lease=lease)
@@ -306,7 +311,8 @@ class WriteTxn:
         raw = KeyValue(key=key).SerializeToString()
         self._batch.put(rb, raw, s._key_handle)
         s._overlay[rb] = raw
-        old_lease = s._value(prev).lease
+        known = s.leases.lease_of(key)
+        old_lease = s._value(prev).lease if known is None else known
         s.index.tombstone(s.index.get_or_create(key), idx_rev)
         self.changes.append(KeyValue(key=key, mod_revision=self.begin_rev + 1))
         self.prev_revs.append(prev)

@@ -110,6 +110,13 @@ class RawNode:
         """
         self.raft.step(Message(type=MsgType.MsgProp, frm=self.raft.id, entries=(Entry(data=data),)))
 
+    def propose_many(self, datas: list[bytes]) -> None:
+        """Propose several normal entries as one message: one append and one broadcast
+        for the batch instead of one per entry. All are accepted or all dropped."""
+        if datas:
+            self.raft.step(Message(type=MsgType.MsgProp, frm=self.raft.id,
+                                   entries=tuple(Entry(data=d) for d in datas)))
+
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose a membership change, encoded with ``encode_conf_change``.
 

@@ -355,20 +355,19 @@ class EtcdServer:
             self._proposals, self._held = self._held + self._proposals, []
         if self._proposals:
             props, self._proposals = self._proposals, []
-            for req_id, data in props:
-                fut = self._waiters.get(req_id)
-                if fut is None or fut.done():
-                    continue  # the caller gave up (timed out) before it was proposed
-                if self._held:
-                    self._held.append((req_id, data))  # keep their order behind the held
-                    continue
+            # the caller gave up (timed out) before it was proposed: drop it
+            live = [(req_id, data) for req_id, data in props
+                    if (fut := self._waiters.get(req_id)) is not None and not fut.done()]
+            if self._held:
+                self._held.extend(live)  # keep their order behind the held
+            elif live:
                 try:
-                    self.node.propose(data)
+                    self.node.propose_many([data for _, data in live])
                 except ProposalDropped:
-                    # No leader (election, transfer): like etcd, hold the request until a
-                    # leader appears or the caller's request timeout expires. Never
-                    # proposed, so retrying cannot apply it twice.
-                    self._held.append((req_id, data))
+                    # No leader (election, transfer): like etcd, hold the requests until
+                    # a leader appears or the callers' request timeout expires. Never
+                    # proposed, so retrying cannot apply them twice.
+                    self._held.extend(live)
         if self._reads_waiting:
             # Unique across members: followers forward their contexts to the leader, which
             # keys pending reads by context (a collision would silently drop a read).
