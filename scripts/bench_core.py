@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -68,6 +69,7 @@ async def run(clients: int, duration: float, val_size: int, key_space: int) -> d
         await asyncio.gather(*(client(i) for i in range(clients)))
         wall, cpu = time.monotonic() - t0, time.process_time() - c0
     await member.stop()
+    shutil.rmtree(data, ignore_errors=True)
     return {"ops": done, "ops_per_s": done / wall, "cpu_us_per_op": 1e6 * cpu / max(done, 1)}
 
 
