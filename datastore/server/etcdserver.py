@@ -292,7 +292,12 @@ class EtcdServer:
             _, start, req_id = deadlines.popleft()
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
-                fut.set_result(self._timeout_error(start))
+                if any(held_id == req_id for held_id, _ in self._held):
+                    # never accepted by raft (no leader all along): etcd's Propose
+                    # blocks and returns the bare context error, not a parsed timeout
+                    fut.set_result(errors.ErrContextDeadlineExceeded())
+                else:
+                    fut.set_result(self._timeout_error(start))
         reads = self._read_deadlines
         while reads and reads[0][0] <= now:
             read = reads.popleft()[1]
