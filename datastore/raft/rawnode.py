@@ -102,6 +102,14 @@ class RawNode:
         """Start an election now (with pre-vote if configured)."""
         self.raft.step(Message(type=MsgType.MsgHup, frm=self.raft.id))
 
+    def leads_alone(self) -> bool:
+        """Leader and the only voter, with an entry of its term committed: every write
+        acknowledged so far is applied here, and no other member can lead without this
+        one's vote, so reading local state now is linearizable (no ReadIndex round)."""
+        r = self.raft
+        return (r.state == StateType.StateLeader and r.trk.is_singleton()
+                and r.id in r.trk.voters and r.committed_entry_in_current_term())
+
     def propose(self, data: bytes) -> None:
         """Propose a normal entry; raises ProposalDropped if it cannot be accepted now.
 
