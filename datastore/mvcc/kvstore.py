@@ -247,9 +247,10 @@ class KVStore:
             rev = cur
         keep: set[Revision] | None = self.index.keep(rev)
         if not keep:
-            # etcd then hashes every revision below the compaction point still on disk.
-            # Once the deletion is done that is the last compaction's keep set: hash as if
-            # it were, so the hash does not depend on how far the deletion has got.
+            # etcd then hashes every revision below the compaction point still on disk
+            # (None: no filter). While a deletion is pending, that is what it will leave:
+            # the last compaction's keep set. Hash as if it were done, so the hash does not
+            # depend on how far the deletion has got.
             keep = self.compactions.pending_keep()
         lower = self.compact_rev + 1
         h = crc32c(b"key")
