@@ -158,6 +158,8 @@ class Putter(threading.Thread):
 
 
 def p99(xs: list[float]) -> float:
+    if not xs:
+        return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
 

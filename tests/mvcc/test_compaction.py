@@ -102,7 +102,7 @@ class BackgroundVsTwin(RuleBasedStateMachine):
 
 
 TestBackgroundVsTwin = BackgroundVsTwin.TestCase
-TestBackgroundVsTwin.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+TestBackgroundVsTwin.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 
 
 def test_reads_below_the_compaction_fail_before_the_deletion_runs(tmp_path: Path) -> None:
