@@ -198,3 +198,35 @@ def test_puts_are_not_stalled_by_a_large_physical_compaction(tmp_path: Path) -> 
     finally:
         putter.stop.set()
         ds.stop()
+
+
+def test_follower_installing_a_snapshot_mid_compaction_resumes_it(tmp_path: Path) -> None:
+    from cluster_util import Cluster, status
+
+    very_slow = ["--experimental-compaction-batch-limit", "1",
+                 "--experimental-compaction-sleep-interval", "500ms"]
+    c = Cluster(tmp_path, extra=["--snapshot-count", "50",
+                                 "--experimental-snapshot-catchup-entries", "10",
+                                 *very_slow]).start()
+    try:
+        lagging = c.followers()[0]
+        leader = c.leader()
+        lagging.stop()
+        with Client(leader) as d:
+            last = history(d)
+            d.kv.Compact(pb.CompactionRequest(revision=last - 5))
+            for i in range(120):  # the raft log is compacted: the follower needs a snapshot
+                d.kv.Put(pb.PutRequest(key=b"s/%03d" % i, value=b"x"))
+        assert not log_lines(leader, FINISHED)  # the image will hold a half-done compaction
+        lagging.start()
+        wait_for(lambda: len({status(p).raftAppliedIndex for p in c.procs}) == 1, 60,
+                 "applied indexes converge")
+        with Client(leader) as d, Client(lagging) as f:
+            rev = d.kv.Range(pb.RangeRequest(key=b"s/000")).header.revision
+            assert hash_kv(f, rev) == hash_kv(d, rev)
+        # it was down before the compaction was proposed: only the image can carry it
+        assert log_lines(lagging, "installed a snapshot from the leader")
+        assert log_lines(lagging, RESUMED)
+        assert not log_lines(leader, FINISHED)
+    finally:
+        c.stop()
