@@ -125,6 +125,23 @@ def test_kill_mid_compaction_resumes_and_matches_etcd(tmp_path: Path) -> None:
             p.stop()
 
 
+def test_physical_compaction_answers_once_the_deletion_is_done(tmp_path: Path) -> None:
+    ds = datastore_proc(tmp_path / "ds", extra=["--experimental-compaction-batch-limit", "4",
+                                                "--experimental-compaction-sleep-interval",
+                                                "50ms"])
+    ds.start()
+    try:
+        with Client(ds) as d:
+            last = history(d)
+            d.kv.Compact(pb.CompactionRequest(revision=last - 5, physical=True))
+            assert len(log_lines(ds, PROGRESS)) >= 1  # it took several batches ...
+            assert log_lines(ds, FINISHED)  # ... and the reply waited for the last one
+            d.kv.Compact(pb.CompactionRequest(revision=last - 2, physical=True))
+            assert len(log_lines(ds, FINISHED)) == 2
+    finally:
+        ds.stop()
+
+
 def _load(c: Client, keys: int, rounds: int) -> int:
     """keys x rounds revisions on disk, one txn of ``keys`` puts per round."""
     rev = 0

@@ -116,8 +116,23 @@ async def steady(endpoint: str, rate: float, clients: int, stop: asyncio.Event,
         await c.close()
 
 
+async def settle(p: ServerProc, label: str, idle: float = 0.1, limit_s: float = 120.0) -> None:
+    """Wait until the server is idle after loading (its storage engine flushes and
+    compacts for a while), so the "before" window measures the steady state."""
+    if p.popen is None:
+        return
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        c0 = proc_cpu_seconds(p.popen.pid)
+        await asyncio.sleep(1.0)  # the sampling interval of the CPU-use condition
+        if proc_cpu_seconds(p.popen.pid) - c0 < idle:
+            break
+    print(f"[{label}] idle after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
 async def measure(p: ServerProc, args: argparse.Namespace, label: str) -> dict[str, Any]:
     last = await load(p.endpoint, args.keys, args.rewrites, args.batch, args.load_conc, label)
+    await settle(p, label)
     samples: list[tuple[float, float]] = []
     stop = asyncio.Event()
     load_task = asyncio.get_running_loop().create_task(
