@@ -12,6 +12,8 @@ ratio during/before per target, plus datastore/etcd.
 
     python scripts/bench_compaction.py                                   # 1M revisions
     python scripts/bench_compaction.py --keys 2000 --rewrites 100 --out bench.md
+    python scripts/bench_compaction.py --targets etcd,datastore,baseline \
+        --baseline-python ../main/.venv/bin/python     # + another checkout's datastore
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ async def measure(p: ServerProc, args: argparse.Namespace, label: str) -> dict[s
     stop.set()
     await load_task
     before = [lat for t, lat in samples if t + lat < t0]
-    during = [lat for t, lat in samples if t >= t0 and t + lat <= t1]
+    during = [lat for t, lat in samples if t0 <= t <= t1]  # sent while it ran
     res = {
         "revisions": args.keys * args.rewrites, "compact_s": t1 - t0,
         "compact_cpu_s": cpu1 - cpu0,
@@ -168,6 +170,10 @@ def run_target(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix=f"bench-compaction-{kind}-"))
     launcher = etcd_proc if kind == "etcd" else datastore_proc
     p = launcher(base, extra=QUOTA)
+    if kind == "baseline":
+        # another checkout's datastore: its interpreter, without the current directory
+        # on sys.path (-P), so it imports its own installed package
+        p.argv = [args.baseline_python, "-P", *p.argv[1:]]
     try:
         p.start(timeout=60)
         return asyncio.run(measure(p, args, kind))
@@ -206,7 +212,10 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", default="etcd,datastore")
+    ap.add_argument("--targets", default="etcd,datastore",
+                    help="etcd, datastore, baseline (the datastore of --baseline-python)")
+    ap.add_argument("--baseline-python", default="/work/main/.venv/bin/python",
+                    help="interpreter whose installed datastore is the 'baseline' target")
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--rewrites", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100,
