@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datastore.mvcc.revision import REV_BYTES_LEN, Revision, main_rev_prefix, rev_to_bytes
 from datastore.storage.backend import Backend
@@ -51,16 +51,13 @@ def from_i64(b: bytes | None, default: int) -> int:
 class CompactionJob:
     rev: int
     keep: set[Revision]
-    keep_bytes: set[bytes] = field(default_factory=set)
+    keep_bytes: set[bytes] | None = None  # encoded keep set, made by the first batch
     cursor: bytes = b""  # the next key to look at
     scanned: int = 0
     deleted: int = 0
     batches: int = 0
     started: float = 0.0
     last_log: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.keep_bytes = {rev_to_bytes(*r) for r in self.keep}
 
 
 class Compactions:
@@ -118,8 +115,9 @@ class Compactions:
     def step(self) -> bool:
         """Delete one batch of the oldest job; True when that job finished with it."""
         job = self.jobs[0]
-        if job.batches == 0:
+        if job.keep_bytes is None:  # here rather than in apply, which scheduled the job
             job.started = job.last_log = time.monotonic()
+            job.keep_bytes = {rev_to_bytes(*r) for r in job.keep}
         end = main_rev_prefix(job.rev + 1)
         keep = job.keep_bytes
         wb = self.backend.batch()
