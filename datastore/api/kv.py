@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from datastore import errors, validation
@@ -98,4 +100,13 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     async def Compact(self, r: rpc.CompactionRequest,
                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
-        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(compaction=r)))
+        return await respond(ctx, self.s, self._compact(r))
+
+    async def _compact(self, r: rpc.CompactionRequest) -> rpc.CompactionResponse:
+        resp = await self.s.propose(InternalRaftRequest(compaction=r))
+        if r.physical:
+            # etcd: answer once the deleted revisions are gone, and make that durable so a
+            # crash cannot bring back a compaction the client saw finished
+            await self.s.kv.compactions.wait_finished(r.revision)
+            await asyncio.get_running_loop().run_in_executor(None, self.s.backend.sync)
+        return resp  # type: ignore[return-value]

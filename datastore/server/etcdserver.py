@@ -102,6 +102,8 @@ class EtcdServer:
         try:
             self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
             self.kv = KVStore(self.backend, self.lessor)
+            self.kv.compactions.batch_limit = cfg.compaction_batch_limit
+            self.kv.compactions.pause_s = cfg.compaction_sleep_interval_s
             self.hub = WatchHub(self.kv)
             self.alarms = AlarmStore(self.backend)
             self.auth = AuthStore(self.backend,
@@ -222,7 +224,7 @@ class EtcdServer:
             self.node.campaign()  # a single voter need not wait out an election timeout
         loop = asyncio.get_running_loop()
         for coro in (self._run(), self._ticker(), self.hub.run(), self._lease_loop(),
-                     self._progress_loop(), run_compactor(self)):
+                     self._progress_loop(), run_compactor(self), self._compaction_loop()):
             self._tasks.append(loop.create_task(coro))
         self._wake.set()
 
@@ -510,6 +512,15 @@ class EtcdServer:
             await aw  # type: ignore[misc]
         except errors.EtcdError as e:
             log.debug("background proposal failed: %s", e)
+
+    async def _compaction_loop(self) -> None:
+        """Physical compaction: bounded batches between applies (see mvcc.compaction)."""
+        try:
+            await self.kv.compactions.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a failed delete batch is a failed disk write: fatal
+            fatal_disk_error("state db write failed (compaction)", e)
 
     async def _progress_loop(self) -> None:
         """Progress notifications for idle synced watchers that asked for them."""
