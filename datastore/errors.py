@@ -376,6 +376,14 @@ class ErrDeadlineExceeded(EtcdError):
     message = "etcdserver: context deadline exceeded"
 
 
+class ErrContextDeadlineExceeded(EtcdError):
+    """A proposal raft never accepted (no leader) when its request timeout expired: etcd
+    3.5 returns the bare context error and grpc-go maps it (3.4 answered UNKNOWN)."""
+
+    code = "DEADLINE_EXCEEDED"
+    message = "context deadline exceeded"
+
+
 # Aliases under clientv3's names, so either spelling works.
 ErrMemberLearnerNotReady = ErrLearnerNotReady
 ErrGPRCNotSupportedForLearner = ErrNotSupportedForLearner

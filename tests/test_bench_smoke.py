@@ -162,3 +162,16 @@ def test_compare_cli_noop_only(tmp_path: Path) -> None:
     text = out.read_text()
     assert "ops/s noop-raw/noop" in text and "| put | 4 |" in text
     assert "server cpu µs/op noop/noop-raw" in text and "n/a/n/a" not in text
+
+
+def test_bench_core_writes_through_the_member_without_grpc(tmp_path: Path) -> None:
+    """scripts/bench_core.py drives a real in-process member; the writes must have
+    happened (a positive rate and CPU per write), or its numbers mean nothing."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_core.py"
+    out = subprocess.run([sys.executable, str(script), "--clients", "8", "--duration", "0.5"],
+                         capture_output=True, text=True, timeout=50, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("core only (no gRPC): "), line
+    rate = float(line.split(": ")[1].split(" writes/s")[0].replace(",", ""))
+    assert rate > 0

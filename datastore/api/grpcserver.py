@@ -10,11 +10,11 @@ from grpc_health.v1.health import aio as health_aio
 
 from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
-from datastore.api.decodeguard import DecodeGuard
+from datastore.api.dispatch import HandlerCollector, MethodTable
 from datastore.api.election import ElectionService
 from datastore.api.etcdserverpb import rpc_pb2_grpc as g
 from datastore.api.kv import KVService
-from datastore.api.learner import LearnerInterceptor
+from datastore.api.learner import is_learner
 from datastore.api.lease import LeaseService
 from datastore.api.lock import LockService, SelfClient
 from datastore.api.maintenance import MaintenanceService
@@ -35,8 +35,7 @@ def listen_address(url: str) -> str:
 
 def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     cfg = server.cfg
-    # DecodeGuard first: it decodes requests itself to refuse undecodable ones as etcd does.
-    srv = grpc.aio.server(interceptors=[DecodeGuard(), LearnerInterceptor(server)], options=[
+    srv = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_concurrent_streams", 2**31 - 1),
@@ -44,18 +43,21 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.so_reuseport", 0),
     ])
-    g.add_KVServicer_to_server(KVService(server), srv)
-    g.add_WatchServicer_to_server(WatchService(server), srv)
-    g.add_LeaseServicer_to_server(LeaseService(server), srv)
-    g.add_ClusterServicer_to_server(ClusterService(server), srv)
-    g.add_MaintenanceServicer_to_server(MaintenanceService(server), srv)
-    g.add_AuthServicer_to_server(AuthService(server), srv)
+    collected = HandlerCollector()
+    g.add_KVServicer_to_server(KVService(server), collected)
+    g.add_WatchServicer_to_server(WatchService(server), collected)
+    g.add_LeaseServicer_to_server(LeaseService(server), collected)
+    g.add_ClusterServicer_to_server(ClusterService(server), collected)
+    g.add_MaintenanceServicer_to_server(MaintenanceService(server), collected)
+    g.add_AuthServicer_to_server(AuthService(server), collected)
     # etcd's lock and election services run recipes through the member's client of itself.
     self_client = SelfClient(server)
-    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(server, self_client), srv)
-    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(server, self_client), srv)
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(server, self_client), collected)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(server, self_client), collected)
     # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
-    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), srv)
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), collected)
+    # Undecodable requests refused as etcd does, and the learner gate, in one method table.
+    srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server)),))
     for url in cfg.listen_client_urls:
         if is_secure(url):  # prepare_tls made sure the certificate and key exist
             srv.add_secure_port(listen_address(url), cfg.client_tls.server_credentials())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from datastore import errors, validation
@@ -12,7 +14,7 @@ from datastore.api.status import abort, respond
 from datastore.auth.grpcctx import auth_info, check_fresh, with_header
 from datastore.server.applier import is_txn_readonly, range_in, txn_ops
 from datastore.server.etcdserver import EtcdServer
-from datastore.server.quota import check_quota
+from datastore.server.quota import refuse_over_quota, within_quota
 
 
 def _txn_serializable(rt: rpc.TxnRequest) -> bool:
@@ -41,16 +43,22 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.s.fill(resp.header)
         return resp
 
+    # Put, Range and Txn are the hot paths: one coroutine each, with no helper awaits on
+    # the common path (each await of a coroutine is a frame and a send per request).
     async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
-        return await respond(ctx, self.s, self._put(r, ctx))
-
-    async def _put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> object:
-        validation.check_put_request(r)
-        await check_quota(self.s, len(r.key) + len(r.value))
-        req = InternalRaftRequest(put=r)
-        if self.s.auth.enabled:
-            await with_header(self.s, ctx, req)
-        return await self.s.propose(req)
+        s = self.s
+        try:
+            validation.check_put_request(r)
+            if not within_quota(s, len(r.key) + len(r.value)):
+                await refuse_over_quota(s)
+            req = InternalRaftRequest(put=r)
+            if s.auth.enabled:
+                await with_header(s, ctx, req)
+            resp = await s.propose(req)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        s.fill(resp.header)  # type: ignore[attr-defined]
+        return resp  # type: ignore[return-value]
 
     async def DeleteRange(self, r: rpc.DeleteRangeRequest,
                           ctx: grpc.aio.ServicerContext) -> rpc.DeleteRangeResponse:
@@ -64,27 +72,41 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return await self.s.propose(req)
 
     async def Txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> rpc.TxnResponse:
-        return await respond(ctx, self.s, self._txn(r, ctx))
-
-    async def _txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> object:
-        validation.check_txn_request(r, self.s.cfg.max_txn_ops)
-        if is_txn_readonly(r):
-            # like etcd: read-only txns skip the log and run on local state
-            if not _txn_serializable(r):
-                await self.s.read_barrier()
-            if self.s.auth.enabled:
-                ai = await auth_info(self.s, ctx)
-                self.s.auth.check_txn(ai, r)
-                resp = self.s.applier.read_only_txn(r)
-                check_fresh(self.s, ai)
-                return resp
-            return self.s.applier.read_only_txn(r)
-        await check_quota(self.s, r.ByteSize())
-        req = InternalRaftRequest(txn=r)
-        if self.s.auth.enabled:
-            await with_header(self.s, ctx, req)
-        return await self.s.propose(req)
+        s = self.s
+        try:
+            validation.check_txn_request(r, s.cfg.max_txn_ops)
+            if is_txn_readonly(r):
+                # like etcd: read-only txns skip the log and run on local state
+                if not _txn_serializable(r):
+                    await s.read_barrier()
+                if s.auth.enabled:
+                    ai = await auth_info(s, ctx)
+                    s.auth.check_txn(ai, r)
+                    resp = s.applier.read_only_txn(r)
+                    check_fresh(s, ai)
+                else:
+                    resp = s.applier.read_only_txn(r)
+            else:
+                if not within_quota(s, r.ByteSize()):
+                    await refuse_over_quota(s)
+                req = InternalRaftRequest(txn=r)
+                if s.auth.enabled:
+                    await with_header(s, ctx, req)
+                resp = await s.propose(req)  # type: ignore[assignment]
+        except errors.EtcdError as e:
+            await abort(ctx, e)
+        s.fill(resp.header)
+        return resp
 
     async def Compact(self, r: rpc.CompactionRequest,
                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
-        return await respond(ctx, self.s, self.s.propose(InternalRaftRequest(compaction=r)))
+        return await respond(ctx, self.s, self._compact(r))
+
+    async def _compact(self, r: rpc.CompactionRequest) -> rpc.CompactionResponse:
+        resp = await self.s.propose(InternalRaftRequest(compaction=r))
+        if r.physical:
+            # etcd: answer once the deleted revisions are gone, and make that durable so a
+            # crash cannot bring back a compaction the client saw finished
+            await self.s.kv.compactions.wait_finished(r.revision)
+            await asyncio.get_running_loop().run_in_executor(None, self.s.backend.sync)
+        return resp  # type: ignore[return-value]

@@ -8,7 +8,6 @@ stream interceptor). Clients are expected to talk to voting members.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,33 +30,24 @@ async def _refuse(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
     await ctx.abort(grpc.StatusCode[_ERR.code], _ERR.message)
 
 
-class LearnerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, server: EtcdServer) -> None:
-        self.s = server
+def learner_handler(h: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """What ``h`` becomes while this member is a learner (built once, not per call)."""
+    if method in (STATUS_METHOD, SNAPSHOT_METHOD):
+        return h
+    kw = {"request_deserializer": h.request_deserializer,
+          "response_serializer": h.response_serializer}
+    if method == RANGE_METHOD and h.unary_unary is not None:
+        inner = h.unary_unary
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        h = await continuation(details)
-        if h is None or not is_learner(self.s):
-            return h
-        method = details.method
-        if method in (STATUS_METHOD, SNAPSHOT_METHOD):
-            return h
-        kw = {"request_deserializer": h.request_deserializer,
-              "response_serializer": h.response_serializer}
-        if method == RANGE_METHOD and h.unary_unary is not None:
-            inner = h.unary_unary
-
-            async def range_(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-                if not request.serializable:
-                    await _refuse(request, ctx)
-                return await inner(request, ctx)
-            return grpc.unary_unary_rpc_method_handler(range_, **kw)
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_refuse, **kw)
-        if h.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_refuse, **kw)
-        if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(_refuse, **kw)
-        return grpc.stream_stream_rpc_method_handler(_refuse, **kw)
+        async def range_(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            if not request.serializable:
+                await _refuse(request, ctx)
+            return await inner(request, ctx)
+        return grpc.unary_unary_rpc_method_handler(range_, **kw)
+    if h.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_refuse, **kw)
+    if h.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_refuse, **kw)
+    if h.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_refuse, **kw)
+    return grpc.stream_stream_rpc_method_handler(_refuse, **kw)

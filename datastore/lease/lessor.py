@@ -47,6 +47,9 @@ class Lessor:
         self.clock = clock
         self.min_ttl = min_ttl
         self.leases: dict[int, Lease] = {}
+        # key -> its lease, for keys attached to one: lets a put learn the key's old lease
+        # without reading the old value (etcd's lessor keeps the same itemMap)
+        self._key_lease: dict[bytes, int] = {}
         self.primary = False
         self._handle = backend.handle("lease")
 
@@ -109,11 +112,20 @@ class Lessor:
         le = self.leases.get(lease_id)
         if le is not None:
             le.keys.add(key)
+            self._key_lease[key] = lease_id
 
     def detach(self, lease_id: int, key: bytes) -> None:
+        if self._key_lease.get(key) == lease_id:
+            del self._key_lease[key]
         le = self.leases.get(lease_id)
         if le is not None:
             le.keys.discard(key)
+
+    def lease_of(self, key: bytes) -> int | None:
+        """The lease ``key`` is attached to (0: none). Exact for every existing lease; a
+        key whose lease is gone reports 0, and detaching from a lease that is gone does
+        nothing either way."""
+        return self._key_lease.get(key, 0)
 
     def attach_restored(self, items: Iterable[tuple[int, bytes]]) -> None:
         for lease_id, key in items:

@@ -10,6 +10,7 @@ written, values live in an overlay so later transactions in the same batch see t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from rocksdict import WriteBatch
 
 from datastore import errors
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
+from datastore.mvcc.compaction import META_SCHEDULED, Compactions
 from datastore.mvcc.index import TreeIndex
 from datastore.mvcc.revision import (
     Revision,
@@ -27,8 +29,9 @@ from datastore.mvcc.revision import (
 )
 from datastore.storage.backend import Backend
 
+log = logging.getLogger("datastore.mvcc")
+
 META_CURRENT_REV = b"current_rev"
-META_COMPACT_REV = b"compact_rev"
 _I64 = 8
 
 
@@ -60,6 +63,10 @@ class LeaseHooks:
     def attach(self, lease: int, key: bytes) -> None: ...
     def detach(self, lease: int, key: bytes) -> None: ...
 
+    def lease_of(self, key: bytes) -> int | None:
+        """The key's lease if the hooks track it; None: read it from the stored value."""
+        return None
+
 
 class KVStore:
     def __init__(self, backend: Backend, leases: LeaseHooks | None = None) -> None:
@@ -72,15 +79,23 @@ class KVStore:
         self._key_cf = backend.cf("key")
         self._key_handle = backend.handle("key")
         self._meta_handle = backend.handle("meta")
+        # revisions a compaction dropped from the index, deleted from disk in the background
+        self.compactions = Compactions(backend)
         # a read at a past revision lists the keys written since, up to this many writes
         self.max_changes_scan = 10_000
 
     # ---- start-up -------------------------------------------------------------------
     def restore(self) -> Iterator[KeyValue]:
-        """Rebuild the index from disk; yields live KeyValues that carry a lease."""
+        """Rebuild the index from disk; yields live KeyValues that carry a lease.
+
+        A compaction scheduled but not finished (crash, or a snapshot taken mid-way) is
+        resumed: the index rebuilt from the half-compacted revisions is compacted again and
+        the deletion queued from the start, as etcd's restore does.
+        """
         self.current_rev = max(1, _from_i64(self.backend.get("meta", META_CURRENT_REV)))
-        raw = self.backend.get("meta", META_COMPACT_REV)
-        self.compact_rev = _from_i64(raw) if raw else -1
+        scheduled, finished = self.compactions.load_markers()
+        self.compactions.reset(finished)
+        self.compact_rev = scheduled
         latest: dict[bytes, int] = {}
         for rk, raw in self.backend.scan("key", b""):
             kv = KeyValue.FromString(raw)
@@ -100,6 +115,10 @@ class KVStore:
             else:
                 self.index.put(ki, rev)
         self.current_rev = max(self.current_rev, self.compact_rev)
+        if scheduled > finished:
+            self.compactions.schedule(scheduled, self.index.compact(scheduled))
+            log.info("resuming scheduled compaction", extra={
+                "compact_revision": scheduled, "finished_compact_revision": finished})
         for key, lease in latest.items():
             if lease:
                 yield KeyValue(key=key, lease=lease)
@@ -195,22 +214,22 @@ class KVStore:
         self._overlay.clear()
 
     def compact(self, rev: int, batch: WriteBatch) -> None:
-        """Forget history before ``rev``: index first, then the revisions nobody needs."""
+        """Forget history before ``rev``: the index now, the revisions on disk later.
+
+        Reads below ``rev`` fail from now on; the marker goes into the apply's batch, so
+        a crash either replays this compaction from the log or resumes its deletion.
+        """
         if rev <= self.compact_rev:
             raise errors.ErrCompacted()
         if rev > self.current_rev:
             raise errors.ErrFutureRev()
         keep = self.index.compact(rev)
-        # From the very first revision, as etcd does: a revision kept by an earlier
-        # compaction (a key's value back then) may be superseded by now.
-        for rk, _ in self.backend.scan("key", b"", main_rev_prefix(rev + 1)):
-            if bytes_to_rev(rk) not in keep:
-                batch.delete(rk, self._key_handle)
-        for rb in [rb for rb in self._overlay if bytes_to_rev(rb)[0] <= rev]:
-            if bytes_to_rev(rb) not in keep:
-                batch.delete(rb, self._key_handle)
         self.compact_rev = rev
-        batch.put(META_COMPACT_REV, _i64(rev), self._meta_handle)
+        batch.put(META_SCHEDULED, _i64(rev), self._meta_handle)
+        # From the very first revision, as etcd does: a revision kept by an earlier
+        # compaction (a key's value back then) may be superseded by now. It starts once
+        # this batch is written (the loop runs between applies), so the overlay is empty.
+        self.compactions.schedule(rev, keep)
 
     def hash_kv(self, rev: int) -> tuple[int, int, int]:
         """etcd's HashKV: CRC-32C over the ``key`` family up to ``rev``.
@@ -226,12 +245,18 @@ class KVStore:
             raise errors.ErrFutureRev()
         if rev <= 0:
             rev = cur
-        keep = self.index.keep(rev)
+        keep: set[Revision] | None = self.index.keep(rev)
+        if not keep:
+            # etcd then hashes every revision below the compaction point still on disk
+            # (None: no filter). While a deletion is pending, that is what it will leave:
+            # the last compaction's keep set. Hash as if it were done, so the hash does not
+            # depend on how far the deletion has got.
+            keep = self.compactions.pending_keep()
         lower = self.compact_rev + 1
         h = crc32c(b"key")
         for rk, raw in self.backend.scan("key", b"", main_rev_prefix(rev + 1)):
             r = bytes_to_rev(rk)
-            if r[0] < lower and keep and r not in keep:
+            if r[0] < lower and keep is not None and r not in keep:
                 continue
             h = crc32c(rk, h)
             h = crc32c(raw, h)
@@ -273,7 +298,8 @@ class WriteTxn:
             if got is not None:
                 prev = got[0]
                 create, ver = got[1][0], got[2] + 1
-                old_lease = s._value(prev).lease
+                known = s.leases.lease_of(key)
+                old_lease = s._value(prev).lease if known is None else known
         idx_rev = (rev, len(self.changes))
         kv = KeyValue(key=key, value=value, create_revision=create, mod_revision=rev,
                       version=ver, lease=lease)
@@ -306,7 +332,8 @@ class WriteTxn:
         raw = KeyValue(key=key).SerializeToString()
         self._batch.put(rb, raw, s._key_handle)
         s._overlay[rb] = raw
-        old_lease = s._value(prev).lease
+        known = s.leases.lease_of(key)
+        old_lease = s._value(prev).lease if known is None else known
         s.index.tombstone(s.index.get_or_create(key), idx_rev)
         self.changes.append(KeyValue(key=key, mod_revision=self.begin_rev + 1))
         self.prev_revs.append(prev)

@@ -102,6 +102,14 @@ class RawNode:
         """Start an election now (with pre-vote if configured)."""
         self.raft.step(Message(type=MsgType.MsgHup, frm=self.raft.id))
 
+    def leads_alone(self) -> bool:
+        """Leader and the only voter, with an entry of its term committed: every write
+        acknowledged so far is applied here, and no other member can lead without this
+        one's vote, so reading local state now is linearizable (no ReadIndex round)."""
+        r = self.raft
+        return (r.state == StateType.StateLeader and r.trk.is_singleton()
+                and r.id in r.trk.voters and r.committed_entry_in_current_term())
+
     def propose(self, data: bytes) -> None:
         """Propose a normal entry; raises ProposalDropped if it cannot be accepted now.
 
@@ -109,6 +117,13 @@ class RawNode:
         change, so the caller must match committed entries back to its proposals.
         """
         self.raft.step(Message(type=MsgType.MsgProp, frm=self.raft.id, entries=(Entry(data=data),)))
+
+    def propose_many(self, datas: list[bytes]) -> None:
+        """Propose several normal entries as one message: one append and one broadcast
+        for the batch instead of one per entry. All are accepted or all dropped."""
+        if datas:
+            self.raft.step(Message(type=MsgType.MsgProp, frm=self.raft.id,
+                                   entries=tuple(Entry(data=d) for d in datas)))
 
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose a membership change, encoded with ``encode_conf_change``.

@@ -23,7 +23,8 @@ class AlarmStore:
 
     @property
     def nospace(self) -> bool:
-        return any(a == rpc.NOSPACE for _, a in self._alarms)
+        # every write asks: an empty set (the usual case) answers without a generator
+        return bool(self._alarms) and any(a == rpc.NOSPACE for _, a in self._alarms)
 
     def list(self) -> list[rpc.AlarmMember]:
         return [rpc.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self._alarms)]

@@ -38,6 +38,8 @@ class Config:
     snapshot_catchup_entries: int = 5_000
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"
+    compaction_batch_limit: int = 1000  # revisions looked at per physical compaction batch
+    compaction_sleep_interval_s: float = 0.01  # pause between those batches
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     log_level: str = "info"
@@ -126,6 +128,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
       help="entries kept after a log compaction for slow followers to catch up")
     a("--auto-compaction-mode", default="periodic", choices=["periodic", "revision"])
     a("--auto-compaction-retention", default="0")
+    a("--experimental-compaction-batch-limit", type=int, default=1000,
+      help="revisions deleted per batch of a background compaction")
+    a("--experimental-compaction-sleep-interval", default="10ms",
+      help="pause between the batches of a background compaction")
     a("--heartbeat-interval", type=int, default=100, help="milliseconds")
     a("--election-timeout", type=int, default=1000, help="milliseconds")
     a("--log-level", default="info", choices=["debug", "info", "warn", "error"])
@@ -258,6 +264,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         snapshot_catchup_entries=ns.experimental_snapshot_catchup_entries,
         auto_compaction_mode=ns.auto_compaction_mode,
         auto_compaction_retention=ns.auto_compaction_retention,
+        compaction_batch_limit=max(1, ns.experimental_compaction_batch_limit),
+        compaction_sleep_interval_s=parse_duration(ns.experimental_compaction_sleep_interval),
         heartbeat_interval_ms=ns.heartbeat_interval,
         election_timeout_ms=ns.election_timeout,
         log_level=ns.log_level,

@@ -102,6 +102,8 @@ class EtcdServer:
         try:
             self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
             self.kv = KVStore(self.backend, self.lessor)
+            self.kv.compactions.batch_limit = cfg.compaction_batch_limit
+            self.kv.compactions.pause_s = cfg.compaction_sleep_interval_s
             self.hub = WatchHub(self.kv)
             self.alarms = AlarmStore(self.backend)
             self.auth = AuthStore(self.backend,
@@ -222,7 +224,7 @@ class EtcdServer:
             self.node.campaign()  # a single voter need not wait out an election timeout
         loop = asyncio.get_running_loop()
         for coro in (self._run(), self._ticker(), self.hub.run(), self._lease_loop(),
-                     self._progress_loop(), run_compactor(self)):
+                     self._progress_loop(), run_compactor(self), self._compaction_loop()):
             self._tasks.append(loop.create_task(coro))
         self._wake.set()
 
@@ -292,7 +294,12 @@ class EtcdServer:
             _, start, req_id = deadlines.popleft()
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
-                fut.set_result(self._timeout_error(start))
+                if any(held_id == req_id for held_id, _ in self._held):
+                    # never accepted by raft (no leader all along): etcd's Propose
+                    # blocks and returns the bare context error, not a parsed timeout
+                    fut.set_result(errors.ErrContextDeadlineExceeded())
+                else:
+                    fut.set_result(self._timeout_error(start))
         reads = self._read_deadlines
         while reads and reads[0][0] <= now:
             read = reads.popleft()[1]
@@ -317,6 +324,8 @@ class EtcdServer:
 
     async def read_barrier(self) -> None:
         """Wait until this member's state reflects every write acknowledged before now."""
+        if self.node.leads_alone():
+            return  # a single-voter cluster: acknowledged writes are applied before the ack
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads_waiting.append(fut)
         self._wake.set()
@@ -355,20 +364,19 @@ class EtcdServer:
             self._proposals, self._held = self._held + self._proposals, []
         if self._proposals:
             props, self._proposals = self._proposals, []
-            for req_id, data in props:
-                fut = self._waiters.get(req_id)
-                if fut is None or fut.done():
-                    continue  # the caller gave up (timed out) before it was proposed
-                if self._held:
-                    self._held.append((req_id, data))  # keep their order behind the held
-                    continue
+            # the caller gave up (timed out) before it was proposed: drop it
+            live = [(req_id, data) for req_id, data in props
+                    if (fut := self._waiters.get(req_id)) is not None and not fut.done()]
+            if self._held:
+                self._held.extend(live)  # keep their order behind the held
+            elif live:
                 try:
-                    self.node.propose(data)
+                    self.node.propose_many([data for _, data in live])
                 except ProposalDropped:
-                    # No leader (election, transfer): like etcd, hold the request until a
-                    # leader appears or the caller's request timeout expires. Never
-                    # proposed, so retrying cannot apply it twice.
-                    self._held.append((req_id, data))
+                    # No leader (election, transfer): like etcd, hold the requests until
+                    # a leader appears or the callers' request timeout expires. Never
+                    # proposed, so retrying cannot apply them twice.
+                    self._held.extend(live)
         if self._reads_waiting:
             # Unique across members: followers forward their contexts to the leader, which
             # keys pending reads by context (a collision would silently drop a read).
@@ -504,6 +512,15 @@ class EtcdServer:
             await aw  # type: ignore[misc]
         except errors.EtcdError as e:
             log.debug("background proposal failed: %s", e)
+
+    async def _compaction_loop(self) -> None:
+        """Physical compaction: bounded batches between applies (see mvcc.compaction)."""
+        try:
+            await self.kv.compactions.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a failed delete batch is a failed disk write: fatal
+            fatal_disk_error("state db write failed (compaction)", e)
 
     async def _progress_loop(self) -> None:
         """Progress notifications for idle synced watchers that asked for them."""

@@ -15,12 +15,23 @@ if TYPE_CHECKING:
 KV_OVERHEAD = 256
 
 
+def within_quota(s: EtcdServer, cost: int) -> bool:
+    """The cheap check every write makes (no coroutine): no alarm and room for ``cost``."""
+    return (not s.alarms.nospace
+            and s.backend.size() + cost + KV_OVERHEAD <= s.cfg.quota_backend_bytes)
+
+
 async def check_quota(s: EtcdServer, cost: int) -> None:
     """Refuse a write that would push the database past the quota, raising the alarm."""
+    if within_quota(s, cost):
+        return
+    await refuse_over_quota(s)
+
+
+async def refuse_over_quota(s: EtcdServer) -> None:
+    """Raise ErrNoSpace for a write past the quota, first raising the alarm if needed."""
     if s.alarms.nospace:
         raise errors.ErrNoSpace()
-    if s.backend.size() + cost + KV_OVERHEAD <= s.cfg.quota_backend_bytes:
-        return
     req = InternalRaftRequest(alarm=rpc.AlarmRequest(
         action=rpc.AlarmRequest.ACTIVATE, memberID=s.member_id, alarm=rpc.NOSPACE))
     try:

@@ -108,6 +108,7 @@ class Backend:
             n: self.db.get_column_family_handle(n) for n in families
         }
         self._nosync = WriteOptions()
+        self._size: int | None = None  # size() until the next write
         self._unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
         if self._unsafe_no_fsync:
             logging.getLogger("datastore.storage").warning(
@@ -129,6 +130,7 @@ class Backend:
         # the whole fsync; flush_wal(sync=True) releases it. Same durability: the batch is
         # in the WAL once write() returns, and flush_wal fsyncs the WAL.
         self.db.write(batch, self._nosync)
+        self._size = None
         if sync and not self._unsafe_no_fsync:
             self.db.flush_wal(True)
 
@@ -154,13 +156,20 @@ class Backend:
         it.status()
 
     def size(self) -> int:
-        """Bytes the database occupies: SST files plus memtables (what the quota counts)."""
+        """Bytes the database occupies: SST files plus memtables (what the quota counts).
+
+        Remembered until the next write: every write request checks the quota, and asking
+        RocksDB costs ten property reads, so under load it is asked once per apply batch.
+        """
+        if self._size is not None:
+            return self._size
         sst = self.db.property_int_value("rocksdb.total-sst-files-size") or 0
         mem = self.db.property_int_value("rocksdb.size-all-mem-tables") or 0
         for h in self._cf.values():
             sst += h.property_int_value("rocksdb.total-sst-files-size") or 0
             mem += h.property_int_value("rocksdb.size-all-mem-tables") or 0
-        return int(sst + mem)
+        self._size = int(sst + mem)
+        return self._size
 
     def size_in_use(self) -> int:
         live = 0
@@ -174,6 +183,7 @@ class Backend:
         for h in self._cf.values():
             h.flush()
             h.compact_range(None, None)
+        self._size = None
 
     def checkpoint(self, dest: str | Path) -> None:
         """A consistent, hard-linked copy of the whole database at ``dest``."""

@@ -77,3 +77,33 @@ def test_revoke_returns_sorted_keys(lessor: Lessor) -> None:
     assert lessor.revoke(3, wb) == [b"a", b"z"]
     with pytest.raises(errors.ErrLeaseNotFound):
         lessor.revoke(3, wb)
+
+
+def test_store_moves_keys_between_leases_without_reading_old_values(tmp_path: Path) -> None:
+    """The store asks the lessor for a key's old lease (it no longer reads the old
+    value): after puts that move, keep and drop leases, and deletes, every lease holds
+    exactly the live keys whose stored value names it."""
+    from datastore.mvcc.kvstore import KVStore
+
+    backend = Backend(tmp_path / "kv")
+    lessor = Lessor(backend, FakeClock(), min_ttl=2)
+    store = KVStore(backend, leases=lessor)
+    wb = backend.batch()
+    for lid in (1, 2):
+        lessor.grant(lid, 10, wb)
+    steps = [(b"a", 1), (b"b", 1), (b"a", 2), (b"c", 2), (b"b", 0), (b"c", 2), (b"a", 1),
+             (b"d", 0), (b"d", 2)]
+    for key, lid in steps:
+        txn = store.write(wb)
+        txn.put(key, b"v", lid)
+        txn.end()
+    txn = store.write(wb)
+    txn.delete_range(b"c", None)
+    txn.end()
+    backend.write(wb, sync=False)
+    store.flushed()
+    live = {kv.key: kv.lease for kv in store.range(b"\x00", b"\xff").kvs}
+    assert live == {b"a": 1, b"b": 0, b"d": 2}
+    for lid in (1, 2):
+        assert lessor.lookup(lid).keys == {k for k, v in live.items() if v == lid}  # type: ignore[union-attr]
+    assert {k: lessor.lease_of(k) for k in live} == live

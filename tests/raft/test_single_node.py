@@ -94,3 +94,25 @@ def test_restart_keeps_state() -> None:
     for _ in range(40):
         rn2.tick()
     assert rn2.state == StateType.StateLeader and rn2.term == 2
+
+
+def test_leads_alone_only_once_its_term_has_a_committed_entry() -> None:
+    """The read fast path's condition: a freshly elected single voter must first commit
+    an entry of its term (until then an older term's writes may be unapplied)."""
+    rn, st = new_node()
+    assert not rn.leads_alone()  # follower
+    rn.campaign()
+    assert rn.state == StateType.StateLeader
+    assert not rn.leads_alone()  # leader, but its empty entry is not committed yet
+    handle(rn, st)
+    handle(rn, st)
+    assert rn.leads_alone()
+
+
+def test_leads_alone_is_false_with_other_voters() -> None:
+    from tests.raft.test_paper import Net
+
+    net = Net(3)
+    net.elect(1)
+    assert net.rn[1].state == StateType.StateLeader
+    assert not any(rn.leads_alone() for rn in net.rn.values())
