@@ -13,6 +13,7 @@ per call.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import grpc
 
@@ -35,11 +36,24 @@ class HandlerCollector:
         """Generated code sends each table here too; the registered copy above is kept."""
 
 
+def _bytes_pass_through(h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler may answer with a response already in wire form (bytes): it is sent as
+    it is; a message is serialized as before."""
+    ser = h.response_serializer
+    if ser is None:
+        return h
+
+    def serialize(resp: Any) -> bytes:
+        return resp if type(resp) is bytes else ser(resp)
+    return h._replace(response_serializer=serialize)  # type: ignore[attr-defined]
+
+
 class MethodTable(grpc.GenericRpcHandler):
     """Every method's handler, wrapped once, chosen per call by the member's role."""
 
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
                  is_learner: Callable[[], bool]) -> None:
+        handlers = {m: _bytes_pass_through(h) for m, h in handlers.items()}
         self._normal = {m: guarded(h, m) for m, h in handlers.items()}
         self._learner = {m: guarded(learner_handler(h, m), m) for m, h in handlers.items()}
         self._is_learner = is_learner

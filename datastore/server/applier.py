@@ -473,32 +473,65 @@ def _kvs_head(n: int) -> bytes:
     return head
 
 
-def _range_in_key_order(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
-    """range_in without sorting or filters: the stored KeyValue bytes are concatenated
-    into the response's wire form and parsed once (protobuf messages concatenate), so no
-    KeyValue object is built per key in Python."""
+def _varint(v: int) -> bytes:
+    b = bytearray()
+    while v >= 0x80:
+        b.append((v & 0x7F) | 0x80)
+        v >>= 7
+    b.append(v)
+    return bytes(b)
+
+
+def _key_order_parts(view: KVStore | WriteTxn,
+                     r: rpc.RangeRequest) -> tuple[list[bytes], int, int, bool]:
+    """The plain (key-ordered, unfiltered) Range as ``kvs`` wire entries: each stored
+    KeyValue framed as field 2 of a RangeResponse. Returns (parts, rev, count, more)."""
     limit = r.limit + 1 if r.limit > 0 else 0  # one extra to know whether there is more
     rr = view.range_raw(r.key, range_end(r.range_end), r.revision, limit, r.count_only)
     raws = rr.kvs
     more = r.limit > 0 and len(raws) > r.limit
     if more:
         del raws[r.limit:]
-    if raws:
-        heads, parts = _KVS_HEADS, []
-        add = parts.append
-        for raw in raws:
-            add(heads.get(len(raw)) or _kvs_head(len(raw)))
-            add(raw)
-        resp = rpc.RangeResponse.FromString(b"".join(parts))
-    else:
-        resp = rpc.RangeResponse()
-    resp.header.revision = rr.rev
-    resp.count = rr.count
+    heads, parts = _KVS_HEADS, []
+    add = parts.append
+    for raw in raws:
+        add(heads.get(len(raw)) or _kvs_head(len(raw)))
+        add(raw)
+    return parts, rr.rev, rr.count, more
+
+
+def _range_in_key_order(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
+    """range_in without sorting or filters: the stored KeyValue bytes are concatenated
+    into the response's wire form and parsed once (protobuf messages concatenate), so no
+    KeyValue object is built per key in Python."""
+    parts, rev, count, more = _key_order_parts(view, r)
+    resp = rpc.RangeResponse.FromString(b"".join(parts)) if parts else rpc.RangeResponse()
+    resp.header.revision = rev
+    resp.count = count
     resp.more = more
     if r.keys_only:
         for kv in resp.kvs:
             kv.value = b""
     return resp
+
+
+def is_plain_range(r: rpc.RangeRequest) -> bool:
+    """No sorting, filters or keys_only: the stored KeyValue bytes are the answer."""
+    return (r.sort_target == rpc.RangeRequest.KEY and r.sort_order == rpc.RangeRequest.NONE
+            and not (r.keys_only or r.min_mod_revision or r.max_mod_revision
+                     or r.min_create_revision or r.max_create_revision))
+
+
+def range_wire(view: KVStore | WriteTxn, r: rpc.RangeRequest,
+               header: rpc.ResponseHeader) -> bytes:
+    """A plain Range (``is_plain_range``) answered as RangeResponse wire bytes, sent
+    as they are: no response message is built, parsed or serialized again (for a large
+    list that was two whole copies and a parse). ``header`` gets the read's revision."""
+    parts, rev, count, more = _key_order_parts(view, r)
+    header.revision = rev
+    h = header.SerializeToString()
+    tail = (b"\x18\x01" if more else b"") + (b"\x20" + _varint(count) if count else b"")
+    return b"".join((b"\x0a", _varint(len(h)), h, *parts, tail))
 
 
 def range_in(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
