@@ -20,7 +20,7 @@ from datastore.api.lock import LockService, SelfClient
 from datastore.api.maintenance import MaintenanceService
 from datastore.api.v3electionpb import v3election_pb2_grpc
 from datastore.api.v3lockpb import v3lock_pb2_grpc
-from datastore.api.watch import WatchService
+from datastore.api.watch import WatchService, add_watch_service
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.tlsutil import is_secure
@@ -45,7 +45,7 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     ])
     collected = HandlerCollector()
     g.add_KVServicer_to_server(KVService(server), collected)
-    g.add_WatchServicer_to_server(WatchService(server), collected)
+    add_watch_service(WatchService(server), collected)  # sends pre-encoded events as they are
     g.add_LeaseServicer_to_server(LeaseService(server), collected)
     g.add_ClusterServicer_to_server(ClusterService(server), collected)
     g.add_MaintenanceServicer_to_server(MaintenanceService(server), collected)

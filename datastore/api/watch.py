@@ -4,6 +4,10 @@ A receive task handles create/cancel/progress requests; responses for every watc
 the stream go through one bounded queue that the handler drains to the client. The hub
 checks ``has_room`` before delivering, so a slow client parks its own watchers (they
 catch up from disk later) instead of growing memory or stalling apply.
+
+Event responses are queued as raw bytes: the hub's ``Batch`` holds the events encoded once
+for every watcher, and the stream prepends the encoded header and watch id (protobuf
+messages concatenate); the method's response serializer passes such bytes through.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -19,13 +24,47 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb.kv_pb2 import Event
 from datastore.auth.grpcctx import auth_info
-from datastore.mvcc.watchable import Watcher
+from datastore.mvcc.watchable import Batch, Watcher, varint
 from datastore.server.applier import range_end
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
 
 QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
 _CLOSE = object()
+FRAGMENT_FIELD = b"\x38\x01"  # WatchResponse.fragment = true
+
+
+class RawResponse(tuple):  # type: ignore[type-arg]
+    """An encoded WatchResponse in two pieces (head, events), joined only when sent."""
+
+    __slots__ = ()
+
+
+def serialize_response(resp: rpc.WatchResponse | RawResponse) -> bytes:
+    if type(resp) is RawResponse:
+        head, body = resp
+        return head + body
+    return resp.SerializeToString()  # type: ignore[union-attr]
+
+
+class HeaderCache:
+    """The encoded response header field for the latest revision (shared by all streams)."""
+
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+        self._key: tuple[int, int] = (-1, -1)
+        self._val = b""
+
+    def field(self, rev: int) -> bytes:
+        key = (rev, self.s.node.term)
+        if key != self._key:
+            raw = self.s.header(rev).SerializeToString()
+            self._key, self._val = key, b"\x0a" + varint(len(raw)) + raw
+        return self._val
+
+
+def watch_id_field(wid: int) -> bytes:
+    return b"\x10" + varint(wid) if wid else b""
 def go_status_text(e: errors.EtcdError) -> str:
     """A gRPC error as grpc-go prints it (etcd puts that text in watch cancel reasons)."""
     code = "".join(w.capitalize() for w in e.code.split("_"))
@@ -36,8 +75,9 @@ PERMISSION_DENIED_REASON = go_status_text(errors.ErrPermissionDenied())
 
 
 class WatchStream:
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: EtcdServer, headers: HeaderCache | None = None) -> None:
         self.s = server
+        self.headers = headers or HeaderCache(server)
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.watchers: dict[int, Watcher] = {}
         self._ids = itertools.count(0)
@@ -61,6 +101,16 @@ class WatchStream:
                 self._put(part)
             return
         self._put(whole)
+
+    def deliver_batch(self, w: Watcher, header_rev: int, batch: Batch) -> None:
+        head = self.headers.field(header_rev) + watch_id_field(w.id)
+        # etcd's limit for a watch response is the request limit plus gRPC's overhead
+        limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        if w.fragment and len(batch.parts) > 1 and len(head) + len(batch.blob) >= limit:
+            for part in _raw_fragments(head, batch.parts, limit):
+                self._put(part)
+            return
+        self._put(RawResponse((head, batch.blob)))
 
     def _put(self, resp: object) -> None:
         self.queue.put_nowait(resp)
@@ -165,6 +215,24 @@ def _fragments(whole: rpc.WatchResponse, limit: int) -> list[rpc.WatchResponse]:
     return out
 
 
+def _raw_fragments(head: bytes, parts: list[bytes] | tuple[bytes, ...], limit: int
+                   ) -> list[RawResponse]:
+    """_fragments on encoded events: every part but the last carries fragment=true."""
+    out: list[RawResponse] = []
+    base = len(head) + len(FRAGMENT_FIELD)
+    i, n = 0, len(parts)
+    while i < n:
+        size, j = base, i
+        while j < n:
+            size += len(parts[j])
+            if j > i and size >= limit:
+                break
+            j += 1
+        out.append(RawResponse((head + (FRAGMENT_FIELD if j < n else b""), b"".join(parts[i:j]))))
+        i = j
+    return out
+
+
 def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
 
@@ -172,10 +240,11 @@ def _varint_len(n: int) -> int:
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(self, server: EtcdServer) -> None:
         self.s = server
+        self.headers = HeaderCache(server)
 
     async def Watch(self, requests: AsyncIterator[rpc.WatchRequest],
                     ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.WatchResponse]:
-        stream = WatchStream(self.s)
+        stream = WatchStream(self.s, self.headers)
 
         async def recv() -> None:
             # Like etcd, a client half-close keeps the stream (and its watchers) alive;
@@ -211,3 +280,13 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         finally:
             task.cancel()
             stream.close()
+
+
+def add_watch_service(service: WatchService, srv: Any) -> None:
+    """Register like the generated add_WatchServicer_to_server, with a response serializer
+    that sends pre-encoded responses as they are."""
+    handlers = {"Watch": grpc.stream_stream_rpc_method_handler(
+        service.Watch, request_deserializer=rpc.WatchRequest.FromString,
+        response_serializer=serialize_response)}
+    srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.Watch", handlers),))
+    srv.add_registered_method_handlers("etcdserverpb.Watch", handlers)

@@ -2,25 +2,67 @@
 
 Watchers are *synced* (caught up; fed directly by ``notify`` as transactions apply) or
 *unsynced* (behind: started from a past revision, or their stream's queue was full).
-A background task replays history for unsynced watchers from the ``key`` column family,
-which is ordered by revision, a chunk at a time and only while their stream has room, so
-one slow client never stalls apply or other watchers. A watcher that needs history
-older than the compaction point is cancelled with ``compact_revision`` set, as in etcd.
+A background task catches unsynced watchers up from the ``key`` column family, which is
+ordered by revision: each pass takes the unsynced watchers whose stream has room, reads
+history ONCE from the smallest revision any of them still needs (at most
+``CATCH_UP_REVISIONS`` revisions), and hands each watcher the events in its key range
+from its own revision on (etcd's watchableStore.syncWatchers). One slow client therefore
+never stalls apply or other watchers, and a thousand late watchers cost one scan.
 
-Everything runs on the event loop thread; there are no locks.
+Fan-out encodes each event once: watchers get the same ``Batch`` of protobuf-encoded
+``events`` fields (one per key range and prev_kv/filter variant), and the stream prepends
+only its header and watch id (protobuf messages concatenate).
+
+A watcher that needs history older than the compaction point is cancelled with
+``compact_revision`` set, as in etcd. Everything runs on the event loop thread; no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
 from datastore.mvcc.kvstore import KVStore
 
-CATCH_UP_REVISIONS = 1000  # revisions replayed per unsynced watcher per pass
+CATCH_UP_REVISIONS = 1000  # revisions read per catch-up pass
+CATCH_UP_WATCHERS = 1024  # watchers served per catch-up pass (bounds one pass's work)
+EVENTS_TAG = b"\x5a"  # WatchResponse field 11 (events), length-delimited
+
+
+Variant = tuple[bool, bool, bool]  # prev_kv, no_put, no_delete
+
+
+def varint(n: int) -> bytes:
+    """Protobuf varint (int64 negatives as their 64-bit two's complement)."""
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def frame_event(ev: Event) -> bytes:
+    """One event as a WatchResponse ``events`` field."""
+    raw = ev.SerializeToString()
+    return EVENTS_TAG + varint(len(raw)) + raw
+
+
+@dataclass(slots=True)
+class Batch:
+    """Encoded ``events`` fields shared by every watcher that gets exactly these events."""
+
+    parts: Sequence[bytes]  # one framed event each (fragmenting splits between them)
+    blob: bytes | memoryview  # the parts joined
+
+    @classmethod
+    def of(cls, parts: list[bytes]) -> Batch:
+        return cls(parts, b"".join(parts))
 
 
 class WatchSink(Protocol):
@@ -30,6 +72,8 @@ class WatchSink(Protocol):
 
     def deliver(self, w: Watcher, header_rev: int, events: list[Event],
                 compact_rev: int = 0) -> None: ...
+
+    def deliver_batch(self, w: Watcher, header_rev: int, batch: Batch) -> None: ...
 
     def synced(self) -> None:
         """One of this sink's watchers has caught up."""
@@ -54,19 +98,65 @@ class Watcher:
             return key == self.key
         return key >= self.key and (not self.end or key < self.end)
 
-    def filtered(self, events: Iterable[Event]) -> list[Event]:
-        if not (self.no_put or self.no_delete):
-            return list(events)
-        return [e for e in events
-                if not ((self.no_put and e.type == Event.PUT)
-                        or (self.no_delete and e.type == Event.DELETE))]
+    @property
+    def variant(self) -> Variant:
+        """What changes the encoded events: prev_kv and the filters."""
+        return self.prev_kv, self.no_put, self.no_delete
+
+    def wants(self, ev: Event) -> bool:
+        return not ((self.no_put and ev.type == Event.PUT)
+                    or (self.no_delete and ev.type == Event.DELETE))
+
+
+def _in_range(key: bytes, lo: bytes, end: bytes) -> bool:
+    return key >= lo and (not end or key < end)
+
+
+class _Encoder:
+    """Encodes a run of events lazily, each at most once per form (plain / with prev_kv)."""
+
+    def __init__(self, kv: KVStore, events: Sequence[Event]) -> None:
+        self.kv = kv
+        self.events = events
+        self._plain: dict[int, bytes] = {}
+        self._prev: dict[int, bytes] = {}
+
+    def part(self, i: int, prev_kv: bool) -> bytes:
+        cache = self._prev if prev_kv else self._plain
+        got = cache.get(i)
+        if got is None:
+            ev = self.events[i]
+            got = cache[i] = frame_event(with_prev(self.kv, ev) if prev_kv else ev)
+        return got
+
+    def batch(self, idx: Iterable[int], variant: Variant) -> tuple[list[int], list[bytes]]:
+        """The events at ``idx`` this variant keeps, and their encodings."""
+        prev_kv, no_put, no_delete = variant
+        evs = self.events
+        keep = [i for i in idx if not ((no_put and evs[i].type == Event.PUT)
+                                       or (no_delete and evs[i].type == Event.DELETE))]
+        return keep, [self.part(i, prev_kv) for i in keep]
+
+
+def with_prev(kv: KVStore, ev: Event) -> Event:
+    """The event with the key's value just before it attached (etcd skips creations)."""
+    if ev.type == Event.PUT and ev.kv.version == 1:
+        return ev
+    prev: KeyValue | None = kv.kv_at(ev.kv.key, ev.kv.mod_revision - 1)
+    if prev is None:
+        return ev
+    out = Event()
+    out.CopyFrom(ev)
+    out.prev_kv.CopyFrom(prev)
+    return out
 
 
 class WatchHub:
     def __init__(self, kv: KVStore) -> None:
         self.kv = kv
         self._by_key: dict[bytes, set[Watcher]] = {}
-        self._ranges: set[Watcher] = set()
+        # range watchers grouped by their range, so an event is matched once per range
+        self._ranges: dict[tuple[bytes, bytes], set[Watcher]] = {}
         self.unsynced: set[Watcher] = set()
         self._wake = asyncio.Event()
 
@@ -89,68 +179,67 @@ class WatchHub:
         if w.end is None:
             self._by_key.setdefault(w.key, set()).add(w)
         else:
-            self._ranges.add(w)
+            self._ranges.setdefault((w.key, w.end), set()).add(w)
 
     def _remove_synced(self, w: Watcher) -> None:
         if w.end is None:
-            ws = self._by_key.get(w.key)
-            if ws is not None:
-                ws.discard(w)
-                if not ws:
-                    del self._by_key[w.key]
+            group, gk = self._by_key, w.key
         else:
-            self._ranges.discard(w)
+            group, gk = self._ranges, (w.key, w.end)  # type: ignore[assignment]
+        ws = group.get(gk)  # type: ignore[arg-type]
+        if ws is not None:
+            ws.discard(w)
+            if not ws:
+                del group[gk]  # type: ignore[arg-type]
+
+    def _park(self, w: Watcher) -> None:
+        """A synced watcher whose stream is full: it catches up from disk later."""
+        self._remove_synced(w)
+        self.unsynced.add(w)
+        self._wake.set()
 
     def synced_watchers(self) -> Iterable[Watcher]:
         for ws in self._by_key.values():
             yield from ws
-        yield from self._ranges
+        for ws in self._ranges.values():
+            yield from ws
 
     # ---- fed by apply ---------------------------------------------------------------
     def notify(self, rev: int, events: list[Event]) -> None:
         """Deliver one transaction's events (all at ``rev``) to synced watchers."""
         if not (self._by_key or self._ranges):
             return
-        batches: dict[Watcher, list[Event]] = {}
-        for ev in events:
+        # which events each group of watchers (one key, or one range) gets
+        groups: dict[object, tuple[set[Watcher], list[int]]] = {}
+        for i, ev in enumerate(events):
             key = ev.kv.key
-            for w in self._by_key.get(key, ()):
-                batches.setdefault(w, []).append(ev)
-            for w in self._ranges:
-                if w.matches(key):
-                    batches.setdefault(w, []).append(ev)
-        for w, evs in batches.items():
-            if rev < w.next_rev:
-                continue  # watching from a future revision
-            if w.sink.has_room():
-                self._send(w, rev, evs)
-                w.next_rev = rev + 1
-            else:  # slow consumer: park it; the sync task replays from disk later
-                self._remove_synced(w)
-                w.next_rev = rev
-                self.unsynced.add(w)
-                self._wake.set()
-
-    def _send(self, w: Watcher, header_rev: int, evs: list[Event]) -> None:
-        evs = w.filtered(evs)
-        if not evs:
+            ws = self._by_key.get(key)
+            if ws:
+                groups.setdefault(key, (ws, []))[1].append(i)
+            for (lo, end), ws in self._ranges.items():
+                if _in_range(key, lo, end):
+                    groups.setdefault((lo, end), (ws, []))[1].append(i)
+        if not groups:
             return
-        if w.prev_kv:
-            evs = [self._with_prev(e) for e in evs]
-        w.sent_since_progress = True
-        w.sink.deliver(w, header_rev, evs)
-
-    def _with_prev(self, ev: Event) -> Event:
-        """Attach the key's value just before the event (etcd skips creations)."""
-        if ev.type == Event.PUT and ev.kv.version == 1:
-            return ev
-        prev: KeyValue | None = self.kv.kv_at(ev.kv.key, ev.kv.mod_revision - 1)
-        if prev is None:
-            return ev
-        out = Event()
-        out.CopyFrom(ev)
-        out.prev_kv.CopyFrom(prev)
-        return out
+        enc = _Encoder(self.kv, events)
+        for ws, idx in groups.values():
+            batches: dict[Variant, Batch | None] = {}
+            for w in list(ws):
+                if rev < w.next_rev:
+                    continue  # watching from a future revision
+                if not w.sink.has_room():  # slow consumer: park it, replay from disk later
+                    w.next_rev = rev
+                    self._park(w)
+                    continue
+                v = w.variant
+                if v not in batches:
+                    _, parts = enc.batch(idx, v)
+                    batches[v] = Batch.of(parts) if parts else None
+                b = batches[v]
+                w.next_rev = rev + 1
+                if b is not None:
+                    w.sent_since_progress = True
+                    w.sink.deliver_batch(w, rev, b)
 
     # ---- catching up ------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,29 +249,88 @@ class WatchHub:
             self._wake.clear()
             progressed = self.sync_once()
             if self.unsynced:
-                # give streams time to drain before the next pass
+                # let other tasks (and streams draining) run before the next pass
                 await asyncio.sleep(0 if progressed else 0.01)
                 self._wake.set()
 
     def sync_once(self) -> bool:
-        progressed = False
-        for w in list(self.unsynced):
-            if not w.sink.has_room():
-                continue
-            progressed = True
-            kv = self.kv
-            if w.next_rev < kv.compact_rev:
+        """One catch-up pass: one history read for every unsynced watcher with room."""
+        kv = self.kv
+        todo: list[Watcher] = []
+        for w in self.unsynced:
+            if w.sink.has_room():
+                todo.append(w)
+                if len(todo) >= CATCH_UP_WATCHERS:
+                    break
+        if not todo:
+            return False
+        compact, cur = kv.compact_rev, kv.current_rev
+        live = []
+        for w in todo:
+            if w.next_rev < compact:
                 self.unsynced.discard(w)
-                w.sink.deliver(w, 0, [], compact_rev=kv.compact_rev)
-                continue
-            cur = kv.current_rev
-            hi = min(cur, w.next_rev + CATCH_UP_REVISIONS - 1)
-            evs = [ev for _, ev in kv.events_since(w.next_rev, hi) if w.matches(ev.kv.key)]
-            if evs:
-                self._send(w, cur, evs)
+                w.sink.deliver(w, 0, [], compact_rev=compact)
+            else:
+                live.append(w)
+        if not live:
+            return True
+        lo = min(w.next_rev for w in live)
+        hi = min(cur, lo + CATCH_UP_REVISIONS - 1)
+        revs: list[int] = []
+        events: list[Event] = []
+        if lo <= hi:
+            for main, ev in kv.events_since(lo, hi):
+                revs.append(main)
+                events.append(ev)
+        self._dispatch(live, revs, events, cur, hi)
+        return True
+
+    def _dispatch(self, live: list[Watcher], revs: list[int], events: list[Event],
+                  cur: int, hi: int) -> None:
+        """Hand each watcher the scanned events in its range from its own revision on."""
+        enc = _Encoder(self.kv, events)
+        by_key: dict[bytes, list[int]] = {}
+        for i, ev in enumerate(events):
+            by_key.setdefault(ev.kv.key, []).append(i)
+        ranges: dict[tuple[bytes, bytes], list[int]] = {}
+        # per (range or key, variant): the revisions kept, and their batch
+        cache: dict[tuple[object, Variant], tuple[list[int], list[bytes], bytes, list[int]]] = {}
+        for w in live:
+            if w.next_rev > hi:
+                if hi >= cur:  # already past the head (moved here while synced)
+                    self.unsynced.discard(w)
+                    self._add_synced(w)
+                    w.sink.synced()
+                continue  # else nothing for it in this window: a later pass reaches it
+            if not w.sink.has_room():
+                continue  # this pass already filled its stream
+            gk: object
+            if w.end is None:
+                gk = w.key
+                idx = by_key.get(w.key, [])
+            else:
+                gk = (w.key, w.end)
+                got = ranges.get(gk)  # type: ignore[arg-type]
+                if got is None:
+                    got = ranges[gk] = [i for i, ev in enumerate(events)  # type: ignore[index]
+                                        if _in_range(ev.kv.key, w.key, w.end)]
+                idx = got
+            ck = (gk, w.variant)
+            entry = cache.get(ck)
+            if entry is None:
+                keep, parts = enc.batch(idx, w.variant)
+                offsets = [0]
+                for p in parts:
+                    offsets.append(offsets[-1] + len(p))
+                entry = cache[ck] = ([revs[i] for i in keep], parts, b"".join(parts), offsets)
+            krevs, parts, blob, offsets = entry
+            start = bisect_left(krevs, w.next_rev)
+            if start < len(parts):
+                view = blob if start == 0 else memoryview(blob)[offsets[start]:]
+                w.sent_since_progress = True
+                w.sink.deliver_batch(w, cur, Batch(parts[start:], view))
             w.next_rev = hi + 1
             if hi >= cur:
                 self.unsynced.discard(w)
                 self._add_synced(w)
                 w.sink.synced()
-        return progressed

@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""Watch fan-out, side by side: real etcd 3.4 vs datastore, one member each, same load.
+
+For each scenario, each server in turn (one at a time, fresh data dir): client processes
+open W watchers on one prefix (``--per-stream`` watchers multiplexed on each Watch
+stream, as clientv3 does for watches sharing a context), then one writer puts at R
+writes/s for D seconds. Reported per server:
+
+- writes/s held (acknowledged puts / writer's elapsed time) against the rate asked;
+- events delivered / expected (every watcher must get every write, once, in order);
+- delivery latency p50/p99/max: the put's acknowledgement time to the event's receipt
+  (clamped at 0: an event may arrive before the put's reply);
+- the server process's CPU-seconds over the run.
+
+Scenarios: ``a`` 1,000 watchers at 40 w/s; ``b`` 1,000 at 10 w/s; ``c`` 10,000 at 10 w/s.
+
+    python scripts/bench_watch.py                       # a, b, c; 10 s each
+    python scripts/bench_watch.py --scenarios a --duration 20
+    python scripts/bench_watch.py --datastore-src /path/to/other/tree   # "before" runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+
+from datastore.api.etcdserverpb import rpc_pb2
+from datastore.bench.wire import PUT, WATCH, prefix_end
+from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc
+
+PREFIX = b"/registry/bench/"
+SCENARIOS = {"a": (1000, 40.0), "b": (1000, 10.0), "c": (10000, 10.0)}
+OPTS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+STREAMS_PER_CHANNEL = 10
+
+
+def log(msg: str, **kv: Any) -> None:
+    fields = " ".join(f"{k}={v}" for k, v in kv.items())
+    print(f"{time.strftime('%H:%M:%S')} bench_watch {msg} {fields}".rstrip(),
+          file=sys.stderr, flush=True)
+
+
+# ---- client processes: watchers ------------------------------------------------------------
+async def _watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: Any,
+                      stop: Any, expected: Any, out: Any) -> None:
+    nstreams = (n + per_stream - 1) // per_stream
+    channels = [grpc.aio.insecure_channel(endpoint, options=OPTS)
+                for _ in range((nstreams + STREAMS_PER_CHANNEL - 1) // STREAMS_PER_CHANNEL)]
+    create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+        key=PREFIX, range_end=prefix_end(PREFIX)))
+    revs, times = array("q"), array("d")
+    counts: list[int] = []  # per watcher: events received
+    bad = [0]  # events out of order, duplicated, or for an unknown watch id
+    calls = []
+    for s in range(nstreams):
+        call = channels[s // STREAMS_PER_CHANNEL].stream_stream(
+            WATCH, request_serializer=rpc_pb2.WatchRequest.SerializeToString,
+            response_deserializer=rpc_pb2.WatchResponse.FromString)()
+        k = min(per_stream, n - s * per_stream)
+        for _ in range(k):
+            await call.write(create)
+        ids: dict[int, int] = {}
+        while len(ids) < k:
+            r = await call.read()
+            if r is grpc.aio.EOF or not r.created or r.canceled:
+                raise RuntimeError(f"watch not created: {r}")
+            ids[r.watch_id] = len(counts)
+            counts.append(0)
+        calls.append((call, ids))
+    last = [0] * len(counts)
+    ready.release()
+
+    async def reader(call: Any, ids: dict[int, int]) -> None:
+        mono = time.monotonic
+        while True:
+            r = await call.read()
+            if r is grpc.aio.EOF:
+                return
+            if not r.events:
+                continue
+            now = mono()
+            i = ids.get(r.watch_id)
+            if i is None:
+                bad[0] += len(r.events)
+                continue
+            prev = last[i]
+            for ev in r.events:
+                rev = ev.kv.mod_revision
+                if rev <= prev:
+                    bad[0] += 1
+                    continue
+                prev = rev
+                revs.append(rev)
+                times.append(now)
+            counts[i] += len(r.events)
+            last[i] = prev
+
+    tasks = [asyncio.create_task(reader(c, ids)) for c, ids in calls]
+    loop = asyncio.get_running_loop()
+    # stop when told, or once every watcher has the expected count
+    while not stop.is_set():
+        want = expected.value
+        if want and all(c >= want for c in counts):
+            done.release()
+            break
+        await asyncio.sleep(0.02)  # poll interval of the completion condition
+    await loop.run_in_executor(None, stop.wait)
+    for c, _ in calls:
+        c.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    out.put({"counts": counts, "bad": bad[0], "revs": revs.tobytes(), "times": times.tobytes()})
+    for ch in channels:
+        await ch.close()
+
+
+def watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: Any, stop: Any,
+               expected: Any, out: Any) -> None:
+    asyncio.run(_watch_proc(endpoint, n, per_stream, ready, done, stop, expected, out))
+
+
+# ---- the writer (this process) --------------------------------------------------------------
+async def write_load(endpoint: str, rate: float, duration: float) -> tuple[dict[int, float], float]:
+    """Puts at ``rate``/s on schedule for ``duration`` s; returns ack time per revision."""
+    acks: dict[int, float] = {}
+    async with grpc.aio.insecure_channel(endpoint, options=OPTS) as ch:
+        put = ch.unary_unary(PUT, request_serializer=rpc_pb2.PutRequest.SerializeToString,
+                             response_deserializer=rpc_pb2.PutResponse.FromString)
+        value = b"v" * 256
+        n = int(rate * duration)
+        t0 = time.monotonic()
+
+        async def one(i: int) -> None:
+            r = await put(rpc_pb2.PutRequest(key=PREFIX + b"k%05d" % (i % 1000), value=value),
+                          timeout=30)
+            acks[r.header.revision] = time.monotonic()
+
+        tasks = []
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        return acks, time.monotonic() - t0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_stream: int,
+            nprocs: int, drain_s: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready, done, stop = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Event()
+    expected = ctx.Value("q", 0)
+    out = ctx.Queue()
+    shares = [watchers // nprocs + (1 if i < watchers % nprocs else 0) for i in range(nprocs)]
+    ps = [ctx.Process(target=watch_proc, args=(proc.endpoint, k, per_stream, ready, done,
+                                               stop, expected, out)) for k in shares if k]
+    for p in ps:
+        p.start()
+    for _ in ps:
+        if not ready.acquire(timeout=300):
+            raise RuntimeError("watchers were not created in time")
+    log("watchers created", server=proc.kind, watchers=watchers)
+    pid = proc.popen.pid  # type: ignore[union-attr]
+    cpu0 = cpu_seconds(pid)
+    acks, elapsed = asyncio.run(write_load(proc.endpoint, rate, duration))
+    expected.value = len(acks)
+    log("writes done", server=proc.kind, writes=len(acks), elapsed=round(elapsed, 2))
+    # every watcher complete, or the drain deadline
+    t_end = time.monotonic()
+    deadline = t_end + drain_s
+    complete = all(done.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in ps)
+    complete_after = time.monotonic() - t_end
+    stop.set()
+    results = [out.get(timeout=120) for _ in ps]
+    cpu = cpu_seconds(pid) - cpu0
+    for p in ps:
+        p.join(30)
+    lat: list[float] = []
+    got, bad = 0, 0
+    counts: list[int] = []
+    for r in results:
+        counts += r["counts"]
+        bad += r["bad"]
+        rv, tm = array("q"), array("d")
+        rv.frombytes(r["revs"])
+        tm.frombytes(r["times"])
+        got += len(rv)
+        for rev, t in zip(rv, tm, strict=True):
+            a = acks.get(rev)
+            if a is not None:
+                lat.append(max(0.0, t - a))
+    lat.sort()
+    want = len(acks) * watchers
+    return {
+        "server": proc.kind, "watchers": watchers, "rate_asked": rate,
+        "writes": len(acks), "writes_per_s": round(len(acks) / elapsed, 2),
+        "events_expected": want, "events_delivered": got, "bad_events": bad,
+        "watchers_complete": sum(1 for c in counts if c >= len(acks)),
+        "p50_ms": round(pct(lat, 0.50) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),
+        "max_ms": round(lat[-1] * 1000, 2) if lat else float("nan"),
+        "server_cpu_s": round(cpu, 2), "all_complete": complete,
+        "complete_after_s": round(complete_after, 2),
+    }
+
+
+def start_server(kind: str, base: Path, src: str | None) -> ServerProc:
+    if kind == "etcd":
+        p = etcd_proc(base, extra=["--quota-backend-bytes", str(8 << 30)])
+    else:
+        p = datastore_proc(base)
+        if src:
+            p.env["PYTHONPATH"] = src
+    return p.start(timeout=60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default="abc", help="any of a, b, c (default %(default)s)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of writes per run")
+    ap.add_argument("--per-stream", type=int, default=100, help="watchers per Watch stream")
+    ap.add_argument("--procs", type=int, default=2, help="watcher client processes")
+    ap.add_argument("--drain", type=float, default=30.0,
+                    help="seconds after the last write to wait for every event")
+    ap.add_argument("--servers", default="etcd,datastore")
+    ap.add_argument("--datastore-src", default=None,
+                    help="run the datastore server from this source tree (PYTHONPATH)")
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args()
+    rows = []
+    for sc in args.scenarios:
+        watchers, rate = SCENARIOS[sc]
+        for kind in args.servers.split(","):
+            with tempfile.TemporaryDirectory(prefix="bench_watch_") as d:
+                proc = start_server(kind, Path(d), args.datastore_src)
+                try:
+                    log("run", scenario=sc, server=kind, watchers=watchers, rate=rate)
+                    row = run_one(proc, watchers, rate, args.duration, args.per_stream,
+                                  args.procs, args.drain)
+                finally:
+                    proc.stop()
+            row["scenario"] = sc
+            log("result", **row)
+            rows.append(row)
+    print("| scenario | server | watchers | w/s asked | w/s held | events delivered/expected "
+          "| p50 ms | p99 ms | max ms | server cpu s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['server']} | {r['watchers']:,} | {r['rate_asked']:g} "
+              f"| {r['writes_per_s']:.1f} | {r['events_delivered']:,}/{r['events_expected']:,} "
+              f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
+              f"| {r['server_cpu_s']:.1f} |")
+    by = {(r["scenario"], r["server"]): r for r in rows}
+    for sc in args.scenarios:
+        e, d = by.get((sc, "etcd")), by.get((sc, "datastore"))
+        if e and d and e["p99_ms"] > 0:
+            print(f"scenario {sc}: p99 datastore/etcd = {d['p99_ms'] / e['p99_ms']:.2f}, "
+                  f"p50 datastore/etcd = {d['p50_ms'] / max(e['p50_ms'], 1e-9):.2f}, "
+                  f"server cpu datastore/etcd = {d['server_cpu_s'] / max(e['server_cpu_s'], 1e-9):.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
