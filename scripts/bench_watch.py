@@ -132,8 +132,10 @@ def watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: Any, st
 
 
 # ---- the writer (this process) --------------------------------------------------------------
-async def write_load(endpoint: str, rate: float, duration: float) -> tuple[dict[int, float], float]:
-    """Puts at ``rate``/s on schedule for ``duration`` s; returns ack time per revision."""
+async def write_load(endpoint: str, rate: float, duration: float, failed: list[str]
+                     ) -> tuple[dict[int, float], float]:
+    """Puts at ``rate``/s on schedule for ``duration`` s; returns ack time per revision
+    (failed puts go to ``failed``)."""
     acks: dict[int, float] = {}
     async with grpc.aio.insecure_channel(endpoint, options=OPTS) as ch:
         put = ch.unary_unary(PUT, request_serializer=rpc_pb2.PutRequest.SerializeToString,
@@ -143,8 +145,12 @@ async def write_load(endpoint: str, rate: float, duration: float) -> tuple[dict[
         t0 = time.monotonic()
 
         async def one(i: int) -> None:
-            r = await put(rpc_pb2.PutRequest(key=PREFIX + b"k%05d" % (i % 1000), value=value),
-                          timeout=30)
+            try:
+                r = await put(rpc_pb2.PutRequest(key=PREFIX + b"k%05d" % (i % 1000),
+                                                 value=value), timeout=30)
+            except grpc.RpcError as e:
+                failed.append(str(e.code()))  # type: ignore[attr-defined]
+                return
             acks[r.header.revision] = time.monotonic()
 
         tasks = []
@@ -185,7 +191,8 @@ def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_s
     log("watchers created", server=proc.kind, watchers=watchers)
     pid = proc.popen.pid  # type: ignore[union-attr]
     cpu0 = cpu_seconds(pid)
-    acks, elapsed = asyncio.run(write_load(proc.endpoint, rate, duration))
+    failed: list[str] = []
+    acks, elapsed = asyncio.run(write_load(proc.endpoint, rate, duration, failed))
     expected.value = len(acks)
     log("writes done", server=proc.kind, writes=len(acks), elapsed=round(elapsed, 2))
     # every watcher complete, or the drain deadline
@@ -216,7 +223,7 @@ def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_s
     want = len(acks) * watchers
     return {
         "server": proc.kind, "watchers": watchers, "rate_asked": rate,
-        "writes": len(acks), "writes_per_s": round(len(acks) / elapsed, 2),
+        "writes": len(acks), "write_errors": len(failed), "writes_per_s": round(len(acks) / elapsed, 2),
         "events_expected": want, "events_delivered": got, "bad_events": bad,
         "watchers_complete": sum(1 for c in counts if c >= len(acks)),
         "p50_ms": round(pct(lat, 0.50) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),

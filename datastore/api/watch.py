@@ -30,6 +30,8 @@ from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
 
 QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
+MERGE_LIMIT = 256 * 1024  # bytes a queued event response may grow to by merging
+MERGE_BACKLOG = 64  # merge only while this many responses wait (the stream is behind)
 _CLOSE = object()
 FRAGMENT_FIELD = b"\x38\x01"  # WatchResponse.fragment = true
 
@@ -40,10 +42,25 @@ class RawResponse(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
 
-def serialize_response(resp: rpc.WatchResponse | RawResponse) -> bytes:
-    if type(resp) is RawResponse:
-        head, body = resp
-        return head + body
+class PendingEvents:
+    """A queued, not yet sent event response of one watcher. While it waits, later events
+    of the same watcher are appended to it (with the newer header), so a stream that is
+    behind sends fewer, larger responses instead of parking its watchers; etcd's catch-up
+    responses carry several revisions the same way."""
+
+    __slots__ = ("chunks", "head", "size", "wid")
+
+    def __init__(self, wid: int, head: bytes, body: bytes | memoryview) -> None:
+        self.wid, self.head, self.chunks, self.size = wid, head, [body], len(head) + len(body)
+
+
+def serialize_response(resp: rpc.WatchResponse | RawResponse | PendingEvents) -> bytes:
+    t = type(resp)
+    if t is PendingEvents:
+        return resp.head + b"".join(resp.chunks)  # type: ignore[union-attr]
+    if t is RawResponse:
+        head, body = resp  # type: ignore[misc]
+        return head + body  # type: ignore[no-any-return]
     return resp.SerializeToString()  # type: ignore[union-attr]
 
 
@@ -80,6 +97,7 @@ class WatchStream:
         self.headers = headers or HeaderCache(server)
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.watchers: dict[int, Watcher] = {}
+        self._open: dict[int, PendingEvents] = {}  # queued event responses, by watch id
         self._ids = itertools.count(0)
         self._progress_pending = False
 
@@ -106,13 +124,24 @@ class WatchStream:
         head = self.headers.field(header_rev) + watch_id_field(w.id)
         # etcd's limit for a watch response is the request limit plus gRPC's overhead
         limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
-        if w.fragment and len(batch.parts) > 1 and len(head) + len(batch.blob) >= limit:
+        size = len(batch.blob)
+        p = self._open.get(w.id)
+        if (p is not None and self.queue.qsize() >= MERGE_BACKLOG
+                and p.size + size < min(MERGE_LIMIT, limit)):
+            p.head = head  # the newest revision, as a multi-revision etcd response has
+            p.chunks.append(batch.blob)
+            p.size += size
+            return
+        if w.fragment and len(batch.parts) > 1 and len(head) + size >= limit:
             for part in _raw_fragments(head, batch.parts, limit):
                 self._put(part)
             return
-        self._put(RawResponse((head, batch.blob)))
+        p = self._open[w.id] = PendingEvents(w.id, head, batch.blob)
+        self.queue.put_nowait(p)
 
     def _put(self, resp: object) -> None:
+        # any other response is a barrier: later events are not merged into earlier ones
+        self._open.clear()
         self.queue.put_nowait(resp)
 
     # ---- requests ------------------------------------------------------------------------
@@ -274,6 +303,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 resp = await stream.queue.get()
                 if resp is _CLOSE:
                     return
+                if type(resp) is PendingEvents and stream._open.get(resp.wid) is resp:
+                    del stream._open[resp.wid]  # sent from here on: no more merging
                 yield resp  # type: ignore[misc]
                 if stream.queue.qsize() < QUEUE_LIMIT // 2 and self.s.hub.unsynced:
                     self.s.hub._wake.set()  # room again: let parked watchers catch up
