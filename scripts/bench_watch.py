@@ -16,7 +16,8 @@ Scenarios: ``a`` 1,000 watchers at 40 w/s; ``b`` 1,000 at 10 w/s; ``c`` 10,000 a
 
     python scripts/bench_watch.py                       # a, b, c; 10 s each
     python scripts/bench_watch.py --scenarios a --duration 20
-    python scripts/bench_watch.py --datastore-src /path/to/other/tree   # "before" runs
+    python scripts/bench_watch.py --repeat 3 --servers etcd,datastore,before \\
+        --before-src /path/to/a/checkout/of/main      # before/after, interleaved
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -233,14 +235,34 @@ def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_s
     }
 
 
-def start_server(kind: str, base: Path, src: str | None) -> ServerProc:
+def start_server(kind: str, base: Path, before_src: str | None) -> ServerProc:
     if kind == "etcd":
         p = etcd_proc(base, extra=["--quota-backend-bytes", str(8 << 30)])
     else:
         p = datastore_proc(base)
-        if src:
-            p.env["PYTHONPATH"] = src
+        if kind == "before":
+            if not before_src:
+                raise SystemExit("--servers before needs --before-src")
+            p.env["PYTHONPATH"] = before_src
+            p.kind = "before"
     return p.start(timeout=60)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario and server: medians of the rates and latencies, sums of the counts."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["scenario"], r["server"]), []).append(r)
+    med = []
+    for (sc, kind), rs in out.items():
+        m = {"scenario": sc, "server": kind, "runs": len(rs), "watchers": rs[0]["watchers"],
+             "rate_asked": rs[0]["rate_asked"]}
+        for k in ("writes_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_s"):
+            m[k] = statistics.median(r[k] for r in rs)
+        for k in ("events_delivered", "events_expected", "bad_events", "write_errors"):
+            m[k] = sum(r[k] for r in rs)
+        med.append(m)
+    return med
 
 
 def main() -> int:
@@ -251,41 +273,51 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="watcher client processes")
     ap.add_argument("--drain", type=float, default=30.0,
                     help="seconds after the last write to wait for every event")
-    ap.add_argument("--servers", default="etcd,datastore")
-    ap.add_argument("--datastore-src", default=None,
-                    help="run the datastore server from this source tree (PYTHONPATH)")
+    ap.add_argument("--servers", default="etcd,datastore",
+                    help="comma-separated: etcd, datastore (this tree), before (--before-src)")
+    ap.add_argument("--before-src", default=None,
+                    help="source tree of the 'before' datastore (run with it on PYTHONPATH)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per scenario and server")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     rows = []
-    for sc in args.scenarios:
-        watchers, rate = SCENARIOS[sc]
-        for kind in args.servers.split(","):
-            with tempfile.TemporaryDirectory(prefix="bench_watch_") as d:
-                proc = start_server(kind, Path(d), args.datastore_src)
-                try:
-                    log("run", scenario=sc, server=kind, watchers=watchers, rate=rate)
-                    row = run_one(proc, watchers, rate, args.duration, args.per_stream,
-                                  args.procs, args.drain)
-                finally:
-                    proc.stop()
-            row["scenario"] = sc
-            log("result", **row)
-            rows.append(row)
+    kinds = args.servers.split(",")
+    for rep in range(args.repeat):  # interleaved, so load changes hit every server alike
+        for sc in args.scenarios:
+            watchers, rate = SCENARIOS[sc]
+            for kind in kinds:
+                with tempfile.TemporaryDirectory(prefix="bench_watch_") as d:
+                    proc = start_server(kind, Path(d), args.before_src)
+                    try:
+                        log("run", scenario=sc, server=kind, watchers=watchers, rate=rate,
+                            rep=rep, loadavg=os.getloadavg()[0])
+                        row = run_one(proc, watchers, rate, args.duration, args.per_stream,
+                                      args.procs, args.drain)
+                    finally:
+                        proc.stop()
+                row.update(scenario=sc, server=kind, rep=rep)
+                log("result", **row)
+                rows.append(row)
+    med = summarize(rows)
+    print(f"median of {args.repeat} run(s) each; events summed over the runs")
     print("| scenario | server | watchers | w/s asked | w/s held | events delivered/expected "
           "| p50 ms | p99 ms | max ms | server cpu s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in med:
         print(f"| {r['scenario']} | {r['server']} | {r['watchers']:,} | {r['rate_asked']:g} "
               f"| {r['writes_per_s']:.1f} | {r['events_delivered']:,}/{r['events_expected']:,} "
               f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
               f"| {r['server_cpu_s']:.1f} |")
-    by = {(r["scenario"], r["server"]): r for r in rows}
+    by = {(r["scenario"], r["server"]): r for r in med}
     for sc in args.scenarios:
-        e, d = by.get((sc, "etcd")), by.get((sc, "datastore"))
-        if e and d and e["p99_ms"] > 0:
-            print(f"scenario {sc}: p99 datastore/etcd = {d['p99_ms'] / e['p99_ms']:.2f}, "
-                  f"p50 datastore/etcd = {d['p50_ms'] / max(e['p50_ms'], 1e-9):.2f}, "
-                  f"server cpu datastore/etcd = {d['server_cpu_s'] / max(e['server_cpu_s'], 1e-9):.2f}")
+        e = by.get((sc, "etcd"))
+        for kind in kinds:
+            d = by.get((sc, kind))
+            if kind == "etcd" or not e or not d:
+                continue
+            print(f"scenario {sc}: {kind}/etcd p99 = {d['p99_ms'] / max(e['p99_ms'], 1e-9):.2f}, "
+                  f"p50 = {d['p50_ms'] / max(e['p50_ms'], 1e-9):.2f}, "
+                  f"server cpu = {d['server_cpu_s'] / max(e['server_cpu_s'], 1e-9):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -13,6 +13,7 @@ messages concatenate); the method's response serializer passes such bytes throug
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +25,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb.kv_pb2 import Event
 from datastore.auth.grpcctx import auth_info
-from datastore.mvcc.watchable import Batch, Watcher, varint
+from datastore.mvcc.watchable import Batch, Watcher, frame_event, varint
 from datastore.server.applier import range_end
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
@@ -80,8 +81,11 @@ class HeaderCache:
         return self._val
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def watch_id_field(wid: int) -> bytes:
     return b"\x10" + varint(wid) if wid else b""
+
+
 def go_status_text(e: errors.EtcdError) -> str:
     """A gRPC error as grpc-go prints it (etcd puts that text in watch cancel reasons)."""
     code = "".join(w.capitalize() for w in e.code.split("_"))
@@ -98,6 +102,8 @@ class WatchStream:
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.watchers: dict[int, Watcher] = {}
         self._open: dict[int, PendingEvents] = {}  # queued event responses, by watch id
+        # etcd's limit for a watch response is the request limit plus gRPC's overhead
+        self.limit = server.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
         self._ids = itertools.count(0)
         self._progress_pending = False
 
@@ -111,19 +117,14 @@ class WatchStream:
             self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id,
                                         compact_revision=compact_rev, canceled=True))
             return
-        whole = rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id, events=events)
-        # etcd's limit for a watch response is the request limit plus gRPC's overhead
-        limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
-        if w.fragment and len(events) > 1 and whole.ByteSize() >= limit:
-            for part in _fragments(whole, limit):
-                self._put(part)
+        if events:
+            self.deliver_batch(w, header_rev, Batch.of([frame_event(e) for e in events]))
             return
-        self._put(whole)
+        self._put(rpc.WatchResponse(header=self.s.header(header_rev), watch_id=w.id))
 
     def deliver_batch(self, w: Watcher, header_rev: int, batch: Batch) -> None:
         head = self.headers.field(header_rev) + watch_id_field(w.id)
-        # etcd's limit for a watch response is the request limit plus gRPC's overhead
-        limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        limit = self.limit
         size = len(batch.blob)
         p = self._open.get(w.id)
         if (p is not None and self.queue.qsize() >= MERGE_BACKLOG
@@ -220,33 +221,10 @@ class WatchStream:
         self.watchers.clear()
 
 
-def _fragments(whole: rpc.WatchResponse, limit: int) -> list[rpc.WatchResponse]:
-    """etcd's sendFragments: each part takes events while its encoded size stays below
-    ``limit`` (at least one event per part); every part but the last has fragment=true."""
-    out: list[rpc.WatchResponse] = []
-    events = list(whole.events)
-    # sizes add up field by field: an event costs its tag (1 byte), its length varint
-    # and its bytes, so the size is tracked without re-encoding each candidate part
-    base = rpc.WatchResponse(header=whole.header, watch_id=whole.watch_id, fragment=True).ByteSize()
-    i = 0
-    while i < len(events):
-        part: list[Event] = []
-        size = base
-        while i < len(events):
-            n = events[i].ByteSize()
-            size += 1 + _varint_len(n) + n
-            if part and size >= limit:
-                break
-            part.append(events[i])
-            i += 1
-        out.append(rpc.WatchResponse(header=whole.header, watch_id=whole.watch_id, events=part,
-                                     fragment=i < len(events)))
-    return out
-
-
 def _raw_fragments(head: bytes, parts: list[bytes] | tuple[bytes, ...], limit: int
                    ) -> list[RawResponse]:
-    """_fragments on encoded events: every part but the last carries fragment=true."""
+    """etcd's sendFragments: each part takes events while its encoded size stays below
+    ``limit`` (at least one event per part); every part but the last has fragment=true."""
     out: list[RawResponse] = []
     base = len(head) + len(FRAGMENT_FIELD)
     i, n = 0, len(parts)
@@ -260,10 +238,6 @@ def _raw_fragments(head: bytes, parts: list[bytes] | tuple[bytes, ...], limit: i
         out.append(RawResponse((head + (FRAGMENT_FIELD if j < n else b""), b"".join(parts[i:j]))))
         i = j
     return out
-
-
-def _varint_len(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):

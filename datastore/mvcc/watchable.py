@@ -92,20 +92,10 @@ class Watcher:
     fragment: bool = False
     next_rev: int = 0  # the first revision this watcher still has to see
     sent_since_progress: bool = field(default=False)
+    variant: Variant = field(init=False)  # what changes its encoded events
 
-    def matches(self, key: bytes) -> bool:
-        if self.end is None:
-            return key == self.key
-        return key >= self.key and (not self.end or key < self.end)
-
-    @property
-    def variant(self) -> Variant:
-        """What changes the encoded events: prev_kv and the filters."""
-        return self.prev_kv, self.no_put, self.no_delete
-
-    def wants(self, ev: Event) -> bool:
-        return not ((self.no_put and ev.type == Event.PUT)
-                    or (self.no_delete and ev.type == Event.DELETE))
+    def __post_init__(self) -> None:
+        self.variant = (self.prev_kv, self.no_put, self.no_delete)
 
 
 def _in_range(key: bytes, lo: bytes, end: bytes) -> bool:
