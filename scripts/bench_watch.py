@@ -12,7 +12,9 @@ writes/s for D seconds. Reported per server:
   (clamped at 0: an event may arrive before the put's reply);
 - the server process's CPU-seconds over the run.
 
-Scenarios: ``a`` 1,000 watchers at 40 w/s; ``b`` 1,000 at 10 w/s; ``c`` 10,000 at 10 w/s.
+Scenarios: ``a`` 1,000 watchers at 40 w/s; ``b`` 1,000 at 10 w/s; ``c`` 10,000 at 10 w/s;
+``d`` 1,000 watchers that all start 5,000 revisions back (catch-up from history) while
+writes go on at 10 w/s: also reported, when every watcher had the whole history.
 
     python scripts/bench_watch.py                       # a, b, c; 10 s each
     python scripts/bench_watch.py --scenarios a --duration 20
@@ -44,7 +46,9 @@ from datastore.bench.wire import PUT, WATCH, prefix_end
 from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc
 
 PREFIX = b"/registry/bench/"
-SCENARIOS = {"a": (1000, 40.0), "b": (1000, 10.0), "c": (10000, 10.0)}
+# watchers, writes/s, revisions of history the watchers start behind
+SCENARIOS = {"a": (1000, 40.0, 0), "b": (1000, 10.0, 0), "c": (10000, 10.0, 0),
+             "d": (1000, 10.0, 5000)}
 OPTS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 STREAMS_PER_CHANNEL = 10
 
@@ -56,16 +60,41 @@ def log(msg: str, **kv: Any) -> None:
 
 
 # ---- client processes: watchers ------------------------------------------------------------
-async def _watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: Any,
-                      stop: Any, expected: Any, out: Any) -> None:
+async def _watch_proc(endpoint: str, n: int, per_stream: int, start_rev: int, history: int,
+                      ready: Any, done: Any, stop: Any, expected: Any, out: Any) -> None:
     nstreams = (n + per_stream - 1) // per_stream
     channels = [grpc.aio.insecure_channel(endpoint, options=OPTS)
                 for _ in range((nstreams + STREAMS_PER_CHANNEL - 1) // STREAMS_PER_CHANNEL)]
     create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-        key=PREFIX, range_end=prefix_end(PREFIX)))
+        key=PREFIX, range_end=prefix_end(PREFIX), start_revision=start_rev))
     revs, times = array("q"), array("d")
     counts: list[int] = []  # per watcher: events received
     bad = [0]  # events out of order, duplicated, or for an unknown watch id
+    last: list[int] = []
+    live_from = start_rev + history  # latencies only for the writes made during the run
+    mono = time.monotonic
+
+    def handle(r: Any, ids: dict[int, int]) -> None:
+        if not r.events:
+            return
+        now = mono()
+        i = ids.get(r.watch_id)
+        if i is None:
+            bad[0] += len(r.events)
+            return
+        prev = last[i]
+        for ev in r.events:
+            rev = ev.kv.mod_revision
+            if rev <= prev:
+                bad[0] += 1
+                continue
+            prev = rev
+            if rev >= live_from:
+                revs.append(rev)
+                times.append(now)
+        counts[i] += len(r.events)
+        last[i] = prev
+
     calls = []
     for s in range(nstreams):
         call = channels[s // STREAMS_PER_CHANNEL].stream_stream(
@@ -77,43 +106,31 @@ async def _watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: 
         ids: dict[int, int] = {}
         while len(ids) < k:
             r = await call.read()
-            if r is grpc.aio.EOF or not r.created or r.canceled:
+            if r is grpc.aio.EOF or r.canceled:
                 raise RuntimeError(f"watch not created: {r}")
-            ids[r.watch_id] = len(counts)
-            counts.append(0)
+            if r.created:
+                ids[r.watch_id] = len(counts)
+                counts.append(0)
+                last.append(0)
+            else:  # a watcher from the past already catching up
+                handle(r, ids)
         calls.append((call, ids))
-    last = [0] * len(counts)
     ready.release()
 
     async def reader(call: Any, ids: dict[int, int]) -> None:
-        mono = time.monotonic
         while True:
             r = await call.read()
             if r is grpc.aio.EOF:
                 return
-            if not r.events:
-                continue
-            now = mono()
-            i = ids.get(r.watch_id)
-            if i is None:
-                bad[0] += len(r.events)
-                continue
-            prev = last[i]
-            for ev in r.events:
-                rev = ev.kv.mod_revision
-                if rev <= prev:
-                    bad[0] += 1
-                    continue
-                prev = rev
-                revs.append(rev)
-                times.append(now)
-            counts[i] += len(r.events)
-            last[i] = prev
+            handle(r, ids)
 
     tasks = [asyncio.create_task(reader(c, ids)) for c, ids in calls]
     loop = asyncio.get_running_loop()
     # stop when told, or once every watcher has the expected count
+    history_done = 0.0  # when every watcher here had the whole history (scenario d)
     while not stop.is_set():
+        if history and not history_done and all(c >= history for c in counts):
+            history_done = time.monotonic()
         want = expected.value
         if want and all(c >= want for c in counts):
             done.release()
@@ -123,14 +140,34 @@ async def _watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: 
     for c, _ in calls:
         c.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    out.put({"counts": counts, "bad": bad[0], "revs": revs.tobytes(), "times": times.tobytes()})
+    out.put({"counts": counts, "bad": bad[0], "revs": revs.tobytes(), "times": times.tobytes(),
+             "history_done": history_done})
     for ch in channels:
         await ch.close()
 
 
-def watch_proc(endpoint: str, n: int, per_stream: int, ready: Any, done: Any, stop: Any,
-               expected: Any, out: Any) -> None:
-    asyncio.run(_watch_proc(endpoint, n, per_stream, ready, done, stop, expected, out))
+def watch_proc(endpoint: str, n: int, per_stream: int, start_rev: int, history: int, ready: Any,
+               done: Any, stop: Any, expected: Any, out: Any) -> None:
+    asyncio.run(_watch_proc(endpoint, n, per_stream, start_rev, history, ready, done, stop,
+                            expected, out))
+
+
+async def preload(endpoint: str, n: int) -> int:
+    """n puts (one revision each) on the prefix; returns the first one's revision."""
+    async with grpc.aio.insecure_channel(endpoint, options=OPTS) as ch:
+        put = ch.unary_unary(PUT, request_serializer=rpc_pb2.PutRequest.SerializeToString,
+                             response_deserializer=rpc_pb2.PutResponse.FromString)
+        revs: list[int] = []
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await put(rpc_pb2.PutRequest(key=PREFIX + b"k%05d" % (i % 1000),
+                                                 value=b"h" * 256), timeout=60)
+                revs.append(r.header.revision)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return min(revs)
 
 
 # ---- the writer (this process) --------------------------------------------------------------
@@ -176,26 +213,29 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_stream: int,
-            nprocs: int, drain_s: float) -> dict[str, Any]:
+def run_one(proc: ServerProc, watchers: int, rate: float, history: int, duration: float,
+            per_stream: int, nprocs: int, drain_s: float) -> dict[str, Any]:
+    start_rev = asyncio.run(preload(proc.endpoint, history)) if history else 0
     ctx = mp.get_context("spawn")
     ready, done, stop = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Event()
     expected = ctx.Value("q", 0)
     out = ctx.Queue()
     shares = [watchers // nprocs + (1 if i < watchers % nprocs else 0) for i in range(nprocs)]
-    ps = [ctx.Process(target=watch_proc, args=(proc.endpoint, k, per_stream, ready, done,
-                                               stop, expected, out)) for k in shares if k]
+    ps = [ctx.Process(target=watch_proc, args=(proc.endpoint, k, per_stream, start_rev, history,
+                                               ready, done, stop, expected, out))
+          for k in shares if k]
     for p in ps:
         p.start()
     for _ in ps:
         if not ready.acquire(timeout=300):
             raise RuntimeError("watchers were not created in time")
+    t_ready = time.monotonic()
     log("watchers created", server=proc.kind, watchers=watchers)
     pid = proc.popen.pid  # type: ignore[union-attr]
     cpu0 = cpu_seconds(pid)
     failed: list[str] = []
     acks, elapsed = asyncio.run(write_load(proc.endpoint, rate, duration, failed))
-    expected.value = len(acks)
+    expected.value = history + len(acks)
     log("writes done", server=proc.kind, writes=len(acks), elapsed=round(elapsed, 2))
     # every watcher complete, or the drain deadline
     t_end = time.monotonic()
@@ -212,22 +252,26 @@ def run_one(proc: ServerProc, watchers: int, rate: float, duration: float, per_s
     counts: list[int] = []
     for r in results:
         counts += r["counts"]
+        got += sum(r["counts"])
         bad += r["bad"]
         rv, tm = array("q"), array("d")
         rv.frombytes(r["revs"])
         tm.frombytes(r["times"])
-        got += len(rv)
         for rev, t in zip(rv, tm, strict=True):
             a = acks.get(rev)
             if a is not None:
                 lat.append(max(0.0, t - a))
     lat.sort()
-    want = len(acks) * watchers
+    want = (history + len(acks)) * watchers
+    hist_done = [r["history_done"] for r in results]
     return {
         "server": proc.kind, "watchers": watchers, "rate_asked": rate,
         "writes": len(acks), "write_errors": len(failed), "writes_per_s": round(len(acks) / elapsed, 2),
         "events_expected": want, "events_delivered": got, "bad_events": bad,
-        "watchers_complete": sum(1 for c in counts if c >= len(acks)),
+        "watchers_complete": sum(1 for c in counts if c >= history + len(acks)),
+        "history": history,
+        "history_caught_up_s": round(max(hist_done) - t_ready, 2) if history and all(hist_done)
+        else None,
         "p50_ms": round(pct(lat, 0.50) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),
         "max_ms": round(lat[-1] * 1000, 2) if lat else float("nan"),
         "server_cpu_s": round(cpu, 2), "all_complete": complete,
@@ -261,6 +305,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m[k] = statistics.median(r[k] for r in rs)
         for k in ("events_delivered", "events_expected", "bad_events", "write_errors"):
             m[k] = sum(r[k] for r in rs)
+        caught = [r["history_caught_up_s"] for r in rs]
+        m["history_caught_up_s"] = (statistics.median(caught) if all(c is not None for c in caught)
+                                    else None)
         med.append(m)
     return med
 
@@ -284,15 +331,15 @@ def main() -> int:
     kinds = args.servers.split(",")
     for rep in range(args.repeat):  # interleaved, so load changes hit every server alike
         for sc in args.scenarios:
-            watchers, rate = SCENARIOS[sc]
+            watchers, rate, history = SCENARIOS[sc]
             for kind in kinds:
                 with tempfile.TemporaryDirectory(prefix="bench_watch_") as d:
                     proc = start_server(kind, Path(d), args.before_src)
                     try:
                         log("run", scenario=sc, server=kind, watchers=watchers, rate=rate,
                             rep=rep, loadavg=os.getloadavg()[0])
-                        row = run_one(proc, watchers, rate, args.duration, args.per_stream,
-                                      args.procs, args.drain)
+                        row = run_one(proc, watchers, rate, history, args.duration,
+                                      args.per_stream, args.procs, args.drain)
                     finally:
                         proc.stop()
                 row.update(scenario=sc, server=kind, rep=rep)
@@ -301,13 +348,14 @@ def main() -> int:
     med = summarize(rows)
     print(f"median of {args.repeat} run(s) each; events summed over the runs")
     print("| scenario | server | watchers | w/s asked | w/s held | events delivered/expected "
-          "| p50 ms | p99 ms | max ms | server cpu s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| p50 ms | p99 ms | max ms | server cpu s | history caught up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in med:
         print(f"| {r['scenario']} | {r['server']} | {r['watchers']:,} | {r['rate_asked']:g} "
               f"| {r['writes_per_s']:.1f} | {r['events_delivered']:,}/{r['events_expected']:,} "
               f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
-              f"| {r['server_cpu_s']:.1f} |")
+              f"| {r['server_cpu_s']:.1f} "
+              f"| {'-' if r['history_caught_up_s'] is None else r['history_caught_up_s']} |")
     by = {(r["scenario"], r["server"]): r for r in med}
     for sc in args.scenarios:
         e = by.get((sc, "etcd"))

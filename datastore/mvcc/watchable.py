@@ -30,6 +30,7 @@ from datastore.mvcc.kvstore import KVStore
 
 CATCH_UP_REVISIONS = 1000  # revisions read per catch-up pass
 CATCH_UP_WATCHERS = 1024  # watchers served per catch-up pass (bounds one pass's work)
+KEEP_WINDOWS = 4  # catch-up reads kept for the next passes
 EVENTS_TAG = b"\x5a"  # WatchResponse field 11 (events), length-delimited
 
 
@@ -141,6 +142,44 @@ def with_prev(kv: KVStore, ev: Event) -> Event:
     return out
 
 
+class _Window:
+    """One read of history for catch-up, and its encodings per key range and variant."""
+
+    def __init__(self, kv: KVStore, hi: int, revs: list[int], events: list[Event]) -> None:
+        self.hi, self.revs, self.events = hi, revs, events
+        self.enc = _Encoder(kv, events)
+        self.by_key: dict[bytes, list[int]] = {}
+        for i, ev in enumerate(events):
+            self.by_key.setdefault(ev.kv.key, []).append(i)
+        self.ranges: dict[tuple[bytes, bytes], list[int]] = {}
+        # per (key or range, variant): revisions kept, encoded events, joined, offsets
+        self.cache: dict[tuple[object, Variant],
+                         tuple[list[int], list[bytes], bytes, list[int]]] = {}
+
+    def batch_for(self, w: Watcher) -> tuple[list[int], list[bytes], bytes, list[int]]:
+        gk: object
+        if w.end is None:
+            gk = w.key
+            idx = self.by_key.get(w.key, [])
+        else:
+            gk = (w.key, w.end)
+            got = self.ranges.get(gk)  # type: ignore[arg-type]
+            if got is None:
+                got = self.ranges[gk] = [  # type: ignore[index]
+                    i for i, ev in enumerate(self.events) if _in_range(ev.kv.key, w.key, w.end)]
+            idx = got
+        ck = (gk, w.variant)
+        entry = self.cache.get(ck)
+        if entry is None:
+            keep, parts = self.enc.batch(idx, w.variant)
+            offsets = [0]
+            for p in parts:
+                offsets.append(offsets[-1] + len(p))
+            entry = self.cache[ck] = ([self.revs[i] for i in keep], parts, b"".join(parts),
+                                      offsets)
+        return entry
+
+
 class WatchHub:
     def __init__(self, kv: KVStore) -> None:
         self.kv = kv
@@ -149,6 +188,8 @@ class WatchHub:
         self._ranges: dict[tuple[bytes, bytes], set[Watcher]] = {}
         self.unsynced: set[Watcher] = set()
         self._wake = asyncio.Event()
+        self._windows: dict[int, _Window] = {}  # recent catch-up reads, by first revision
+        self._windows_compact = 0
 
     # ---- registration ---------------------------------------------------------------
     def watch(self, w: Watcher, start_rev: int) -> None:
@@ -265,26 +306,35 @@ class WatchHub:
         if not live:
             return True
         lo = min(w.next_rev for w in live)
-        hi = min(cur, lo + CATCH_UP_REVISIONS - 1)
-        revs: list[int] = []
-        events: list[Event] = []
-        if lo <= hi:
-            for main, ev in kv.events_since(lo, hi):
-                revs.append(main)
-                events.append(ev)
-        self._dispatch(live, revs, events, cur, hi)
+        # windows are aligned, so passes that serve different watchers (as their streams
+        # drain) reuse one read and one encoding of the same history
+        start = (lo - 1) // CATCH_UP_REVISIONS * CATCH_UP_REVISIONS + 1
+        hi = min(cur, start + CATCH_UP_REVISIONS - 1)
+        self._dispatch(live, self._window(start, hi), cur, hi)
         return True
 
-    def _dispatch(self, live: list[Watcher], revs: list[int], events: list[Event],
-                  cur: int, hi: int) -> None:
-        """Hand each watcher the scanned events in its range from its own revision on."""
-        enc = _Encoder(self.kv, events)
-        by_key: dict[bytes, list[int]] = {}
-        for i, ev in enumerate(events):
-            by_key.setdefault(ev.kv.key, []).append(i)
-        ranges: dict[tuple[bytes, bytes], list[int]] = {}
-        # per (range or key, variant): the revisions kept, and their batch
-        cache: dict[tuple[object, Variant], tuple[list[int], list[bytes], bytes, list[int]]] = {}
+    def _window(self, start: int, hi: int) -> _Window:
+        """History [start, hi], read from disk once while passes keep asking for it."""
+        if self._windows_compact != self.kv.compact_rev:  # prev_kv reads may have changed
+            self._windows.clear()
+            self._windows_compact = self.kv.compact_rev
+        win = self._windows.get(start)
+        if win is None or win.hi != hi:
+            revs: list[int] = []
+            events: list[Event] = []
+            if start <= hi:
+                for main, ev in self.kv.events_since(start, hi):
+                    revs.append(main)
+                    events.append(ev)
+            win = _Window(self.kv, hi, revs, events)
+            self._windows.pop(start, None)
+            self._windows[start] = win
+            while len(self._windows) > KEEP_WINDOWS:
+                del self._windows[next(iter(self._windows))]  # the least recently read
+        return win
+
+    def _dispatch(self, live: list[Watcher], win: _Window, cur: int, hi: int) -> None:
+        """Hand each watcher the window's events in its range from its own revision on."""
         for w in live:
             if w.next_rev > hi:
                 if hi >= cur:  # already past the head (moved here while synced)
@@ -294,26 +344,7 @@ class WatchHub:
                 continue  # else nothing for it in this window: a later pass reaches it
             if not w.sink.has_room():
                 continue  # this pass already filled its stream
-            gk: object
-            if w.end is None:
-                gk = w.key
-                idx = by_key.get(w.key, [])
-            else:
-                gk = (w.key, w.end)
-                got = ranges.get(gk)  # type: ignore[arg-type]
-                if got is None:
-                    got = ranges[gk] = [i for i, ev in enumerate(events)  # type: ignore[index]
-                                        if _in_range(ev.kv.key, w.key, w.end)]
-                idx = got
-            ck = (gk, w.variant)
-            entry = cache.get(ck)
-            if entry is None:
-                keep, parts = enc.batch(idx, w.variant)
-                offsets = [0]
-                for p in parts:
-                    offsets.append(offsets[-1] + len(p))
-                entry = cache[ck] = ([revs[i] for i in keep], parts, b"".join(parts), offsets)
-            krevs, parts, blob, offsets = entry
+            krevs, parts, blob, offsets = win.batch_for(w)
             start = bisect_left(krevs, w.next_rev)
             if start < len(parts):
                 view = blob if start == 0 else memoryview(blob)[offsets[start]:]
