@@ -3,11 +3,14 @@
 Watchers are *synced* (caught up; fed directly by ``notify`` as transactions apply) or
 *unsynced* (behind: started from a past revision, or their stream's queue was full).
 A background task catches unsynced watchers up from the ``key`` column family, which is
-ordered by revision: each pass takes the unsynced watchers whose stream has room, reads
-history ONCE from the smallest revision any of them still needs (at most
-``CATCH_UP_REVISIONS`` revisions), and hands each watcher the events in its key range
-from its own revision on (etcd's watchableStore.syncWatchers). One slow client therefore
-never stalls apply or other watchers, and a thousand late watchers cost one scan.
+ordered by revision: each pass takes the unsynced watchers whose stream has room (at most
+``CATCH_UP_WATCHERS``), reads the window of ``CATCH_UP_REVISIONS`` revisions holding the
+smallest revision any of them still needs, and hands each watcher the window's events in
+its key range from its own revision on (etcd's watchableStore.syncWatchers). Windows
+are aligned and the last few are kept with their encodings, so later passes (for
+watchers whose streams drained later) reuse them: a thousand late watchers cost one read
+per window. One slow client never stalls apply or other watchers, and no pass is
+longer than one window for a bounded number of watchers.
 
 Fan-out encodes each event once: watchers get the same ``Batch`` of protobuf-encoded
 ``events`` fields (one per key range and prev_kv/filter variant), and the stream prepends
