@@ -306,8 +306,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k in ("events_delivered", "events_expected", "bad_events", "write_errors"):
             m[k] = sum(r[k] for r in rs)
         caught = [r["history_caught_up_s"] for r in rs]
-        m["history_caught_up_s"] = (statistics.median(caught) if all(c is not None for c in caught)
-                                    else None)
+        m["history_caught_up_s"] = (round(statistics.median(caught), 2)  # type: ignore[arg-type]
+                                    if all(c is not None for c in caught) else None)
         med.append(m)
     return med
 
