@@ -1,0 +1,177 @@
+"""A snapshot transfer interrupted by kill -9, at either end or during the install.
+
+Three members with a tiny raft log (small --snapshot-count and catch-up entries), so a
+member that was down needs a snapshot. The test-only knobs make the leader stream the
+image in many small chunks with a pause after each, so the transfer is in progress when
+a test sees the receiver's first progress line, and the kill lands mid-transfer (each
+test asserts the transfer had not completed). Afterwards every member converges: the same
+HashKV, every acknowledged write present. Every wait polls a condition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from cluster_util import Cluster, status, wait_for
+from e2e_util import target_is_etcd
+
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.testing.procs import ServerProc
+
+pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
+
+SMALL_LOG = ["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]
+# ~100 chunks of 512 bytes, 50 ms apart: a transfer takes a few seconds.
+SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "512",
+               "DATASTORE_SNAPSHOT_CHUNK_DELAY_S": "0.05"}
+VALUE = b"v" * 100
+
+
+def put(proc: ServerProc, key: bytes, value: bytes = VALUE) -> None:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value), timeout=10)
+
+
+def values(proc: ServerProc, prefix: bytes) -> dict[bytes, bytes]:
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.KVStub(ch).Range(
+            pb.RangeRequest(key=prefix, range_end=end, serializable=True), timeout=10)
+    return {kv.key: kv.value for kv in r.kvs}
+
+
+def hash_kv(proc: ServerProc) -> tuple[int, int]:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=0), timeout=10)
+    return r.header.revision, r.hash
+
+
+def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
+    for line in proc.log_path.read_text(errors="replace").splitlines():
+        if f'"msg": "{msg}"' not in line:
+            continue
+        rec = json.loads(line)
+        if all(rec.get(k) == v for k, v in fields.items()):
+            return True
+    return False
+
+
+def incoming(proc: ServerProc) -> list[str]:
+    d = proc.data_dir / "snap-incoming"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def start_cluster(tmp_path: Path) -> Cluster:
+    c = Cluster(tmp_path, extra=SMALL_LOG)
+    for p in c.procs:
+        p.env.update(SLOW_STREAM)
+    return c.start()
+
+
+def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, ServerProc]:
+    """Stop a follower and write enough that it needs a snapshot; returns (it, leader)."""
+    leader = c.leader()
+    lagging = c.followers()[0]
+    put(leader, b"k/early")
+    acked[b"k/early"] = VALUE
+    lagging.stop()
+    for i in range(300):
+        key = f"k/{i:04d}".encode()
+        put(leader, key)
+        acked[key] = VALUE
+    return lagging, leader
+
+
+def start_receiving(lagging: ServerProc) -> None:
+    lagging.launch()
+    wait_for(lambda: log_has(lagging, "snapshot transfer progress", direction="receive"), 60,
+             "the first snapshot chunk on the lagging member")
+
+
+def converged(c: Cluster, acked: dict[bytes, bytes]) -> None:
+    procs = c.procs
+    for p in procs:
+        wait_for(lambda p=p: values(p, b"k/") == acked, 60, f"every acked write on {p.name}")
+    wait_for(lambda: len({hash_kv(p) for p in procs}) == 1, 30, "HashKV equal on all members")
+    wait_for(lambda: len({status(p).raftAppliedIndex for p in procs}) == 1, 30,
+             "applied indexes equal")
+
+
+def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path)
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, leader = lag_behind(c, acked)
+        start_receiving(lagging)
+        lagging.kill()
+        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
+        assert any(n.startswith("recv-") for n in incoming(lagging)), incoming(lagging)
+        wait_for(lambda: log_has(leader, "sending a snapshot failed"), 30,
+                 "the leader to see the transfer fail")
+        for i in range(20):  # writes while it is down
+            key = f"k/late{i:02d}".encode()
+            put(leader, key)
+            acked[key] = VALUE
+        lagging.launch()
+        lagging.wait_ready()
+        assert log_has(lagging, "discarding snapshot images not installed")
+        wait_for(lambda: log_has(lagging, "installed a snapshot from the leader"), 60,
+                 "a new snapshot installed")
+        converged(c, acked)
+        assert incoming(lagging) == []
+    finally:
+        c.stop()
+
+
+def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path)
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, leader = lag_behind(c, acked)
+        start_receiving(lagging)
+        leader.kill()
+        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
+        wait_for(lambda: log_has(lagging, "receiving a snapshot failed"), 30,
+                 "the receiver to drop the broken stream")
+        # the other follower takes over and sends a new snapshot
+        survivors = [p for p in c.procs if p is not leader]
+        c.wait_leader(survivors, timeout=30)
+        new_leader = next(p for p in survivors if p is not lagging)
+        wait_for(lambda: log_has(lagging, "installed a snapshot from the leader"), 60,
+                 "the snapshot from the new leader installed")
+        for i in range(20):
+            key = f"k/late{i:02d}".encode()
+            put(new_leader, key)
+            acked[key] = VALUE
+        leader.launch()
+        leader.wait_ready()
+        converged(c, acked)
+        assert incoming(lagging) == []
+    finally:
+        c.stop()
+
+
+def test_crash_midway_through_install_recovers(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, extra=SMALL_LOG).start()
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, leader = lag_behind(c, acked)
+        # some column families replaced, not all: the restart must finish the install
+        lagging.env["DATASTORE_FAILPOINT"] = "snapshot-install-midway"
+        lagging.launch()
+        wait_for(lambda: lagging.popen is not None and lagging.popen.poll() is not None, 60,
+                 "the member to crash at the failpoint")
+        assert lagging.popen is not None and lagging.popen.returncode == 97
+        del lagging.env["DATASTORE_FAILPOINT"]
+        lagging.launch()
+        lagging.wait_ready()
+        assert log_has(lagging, "finishing an interrupted snapshot image install")
+        put(leader, b"k/after")
+        acked[b"k/after"] = VALUE
+        converged(c, acked)
+    finally:
+        c.stop()
