@@ -20,7 +20,11 @@ from e2e_util import target_is_etcd
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
-from datastore.testing.procs import ServerProc
+from datastore.api.raftpb import raft_pb2, raft_pb2_grpc
+from datastore.raft.types import ConfState, Message, MsgType, Snapshot, SnapshotMetadata
+from datastore.server import codec
+from datastore.server.snapshot_image import _REC
+from datastore.testing.procs import ServerProc, datastore_proc
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
 
@@ -160,18 +164,59 @@ def test_crash_midway_through_install_recovers(tmp_path: Path) -> None:
     acked: dict[bytes, bytes] = {}
     try:
         lagging, leader = lag_behind(c, acked)
+        expected = hash_kv(leader)
         # some column families replaced, not all: the restart must finish the install
         lagging.env["DATASTORE_FAILPOINT"] = "snapshot-install-midway"
         lagging.launch()
         wait_for(lambda: lagging.popen is not None and lagging.popen.poll() is not None, 60,
                  "the member to crash at the failpoint")
         assert lagging.popen is not None and lagging.popen.returncode == 97
+        # Alone, so no leader can send it another snapshot: what it serves after the
+        # restart is what the interrupted install left (finished by the restart).
+        others = [p for p in c.procs if p is not lagging]
+        for p in others:
+            p.stop()
         del lagging.env["DATASTORE_FAILPOINT"]
         lagging.launch()
         lagging.wait_ready()
+        assert values(lagging, b"k/") == acked
+        assert hash_kv(lagging) == expected
         assert log_has(lagging, "finishing an interrupted snapshot image install")
-        put(leader, b"k/after")
+        for p in others:
+            p.launch()
+        for p in others:
+            p.wait_ready()
+        put(c.leader(), b"k/after")
         acked[b"k/after"] = VALUE
         converged(c, acked)
     finally:
         c.stop()
+
+
+def test_receiver_refuses_a_truncated_or_corrupt_image(tmp_path: Path) -> None:
+    """Only a complete image whose checksum matches reaches raft; anything else is
+    refused with DATA_LOSS and leaves no file behind (the stream could end cleanly when
+    its sender dies, so the receiver must not trust the end of the stream)."""
+    ds = datastore_proc(tmp_path, "one").start()
+    try:
+        put(ds, b"k/keep")
+        st = status(ds)
+        mid, cid = st.header.member_id, st.header.cluster_id
+        meta = SnapshotMetadata(ConfState(voters=(mid,)), index=10_000, term=10_000)
+        msg = Message(type=MsgType.MsgSnap, to=mid, frm=12345, term=10_000,
+                      snapshot=Snapshot(b"x", meta))
+        head = raft_pb2.SnapshotChunk(cluster_id=cid, message=codec.message_to_pb(msg))
+        data = _REC.pack(0, 3, 1) + b"abc" + b"v"
+        bad_sum = raft_pb2.SnapshotChunk(done=True, sha256=b"0" * 32, total_bytes=len(data))
+        for tail in ([], [bad_sum]):
+            with grpc.insecure_channel(f"127.0.0.1:{ds.peer_port}") as ch:
+                stub = raft_pb2_grpc.RaftTransportStub(ch)
+                chunks = [head, raft_pb2.SnapshotChunk(data=data), *tail]
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.SendSnapshot(iter(chunks), timeout=10)
+                assert ei.value.code() == grpc.StatusCode.DATA_LOSS
+        assert values(ds, b"k/") == {b"k/keep": VALUE}
+        assert status(ds).leader == mid
+        assert incoming(ds) == []
+    finally:
+        ds.stop()

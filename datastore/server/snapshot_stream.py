@@ -203,6 +203,11 @@ async def receive_snapshot(t: PeerTransport, requests: AsyncIterator[pb.Snapshot
         s.receive([dataclasses.replace(m, snapshot=Snapshot(name.encode(), meta))])
         progress.done("received a snapshot")
         return pb.SnapshotAck()
+    except asyncio.CancelledError:  # the sender went away (killed, restarted, removed)
+        log.warning("receiving a snapshot failed", extra={"frm": f"{m.frm:x}",
+                                                           "index": meta.index,
+                                                           "error": "stream cancelled"})
+        raise
     except Exception as e:
         log.warning("receiving a snapshot failed", extra={"frm": f"{m.frm:x}",
                                                            "index": meta.index, "error": str(e)})
