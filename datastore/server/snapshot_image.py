@@ -165,6 +165,15 @@ class Checkpoints:
         path = self.dir / name
         self.dir.mkdir(exist_ok=True)
         self.backend.checkpoint(path)
+        meta = self.describe(path)
+        log.info("made a checkpoint to send as a snapshot",
+                 extra={"index": meta.index, "seconds": round(time.monotonic() - t0, 3)})
+        return Prepared(name, path, meta)
+
+    @staticmethod
+    def describe(path: Path) -> SnapshotMetadata:
+        """The raft snapshot metadata of a checkpoint: its applied index and term, and the
+        ConfState of the member records inside it (so image and metadata always agree)."""
         db = _open_read_only(path)
         try:
             meta_cf = db.get_column_family("meta")
@@ -177,10 +186,7 @@ class Checkpoints:
             _close(db)
         index = int.from_bytes(raw_i, "big") if raw_i else 0
         term = int.from_bytes(raw_t, "big") if raw_t else 0
-        meta = SnapshotMetadata(conf_state_of(members), index, term)
-        log.info("made a checkpoint to send as a snapshot",
-                 extra={"index": index, "seconds": round(time.monotonic() - t0, 3)})
-        return Prepared(name, path, meta)
+        return SnapshotMetadata(conf_state_of(members), index, term)
 
     def _adopt(self, fut: Future[Prepared]) -> None:  # on the event loop
         self._preparing = None
