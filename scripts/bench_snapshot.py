@@ -79,6 +79,10 @@ def status(proc: ServerProc) -> rpc_pb2.StatusResponse:
 
 def run(kind: str, base: Path, keys: int, value_bytes: int, source: str | None) -> dict[str, float]:
     make = etcd_proc if kind == "etcd" else datastore_proc
+    base.mkdir(parents=True, exist_ok=True)
+    # The servers run ``python -m datastore`` from our working directory, which comes first
+    # on their sys.path: start them elsewhere so --before's PYTHONPATH picks the code.
+    os.chdir(base)
     extra = ["--quota-backend-bytes", str(16 << 30), "--snapshot-count", SNAPSHOT_COUNT]
     if kind == "datastore":
         extra += ["--experimental-snapshot-catchup-entries", SNAPSHOT_COUNT]
@@ -144,6 +148,7 @@ def main() -> None:
     ap.add_argument("--value-bytes", type=int, default=1024)
     ap.add_argument("--impl", choices=["both", "etcd", "datastore"], default="both")
     ap.add_argument("--before", help="also run datastore from this source tree (e.g. main)")
+    ap.add_argument("--workdir", help="keep data dirs and logs here (default: a temp dir)")
     a = ap.parse_args()
     runs: list[tuple[str, str, str | None]] = []
     if a.impl in ("both", "etcd"):
@@ -153,10 +158,11 @@ def main() -> None:
     if a.before:
         runs.append((f"datastore ({a.before})", "datastore", a.before))
     rows = {}
-    for label, kind, source in runs:
+    for i, (label, kind, source) in enumerate(runs):
         with tempfile.TemporaryDirectory(prefix="bench-snap-") as tmp:
+            base = Path(a.workdir) / f"run{i}" if a.workdir else Path(tmp)
             print(f"{label}: {a.keys} keys of {a.value_bytes} B", file=sys.stderr, flush=True)
-            rows[label] = run(kind, Path(tmp), a.keys, a.value_bytes, source)
+            rows[label] = run(kind, base, a.keys, a.value_bytes, source)
     print(f"\nLearner catch-up by snapshot, {a.keys} keys of {a.value_bytes} B, one leader:\n")
     print("| server | db MB | catch-up s | leader RSS before MB | peak MB | growth MB "
           "| leader CPU s |")
