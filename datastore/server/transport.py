@@ -6,10 +6,10 @@ another cluster id are ignored. Outbound, one task per peer drains a bounded que
 writes everything queued as ONE ``MessageBatch`` per write on a long-lived client stream;
 it reconnects with exponential backoff. A full queue drops the message and reports the
 peer unreachable (etcd's ``ReportUnreachable``). A ``MsgSnap`` leaves the batch stream: its
-state image is streamed on a ``SendSnapshot`` call of its own (``snapshot_stream``), whose
-outcome is reported with ``report_snapshot``. The server hands messages over only after the Ready that
-produced them was persisted, except a leader's, which replicate while its own fsync runs
-(raft thesis 10.2.1).
+state image goes on a ``SendSnapshot`` call of its own (``snapshot_stream``), whose outcome
+is reported with ``report_snapshot``. The server hands messages over only after the Ready
+that produced them was persisted, except a leader's, which replicate while its own fsync
+runs (raft thesis 10.2.1).
 
 Besides ``Send`` the service answers ``Members`` (a joining member learns the cluster
 from a peer, like etcd's ``GetClusterFromRemotePeers``), ``LeaseRenew`` and
