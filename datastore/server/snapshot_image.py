@@ -35,6 +35,8 @@ from pathlib import Path
 
 from rocksdict import (
     AccessType,
+    BlockBasedOptions,
+    Cache,
     IngestExternalFileOptions,
     Options,
     Rdict,
@@ -67,6 +69,7 @@ META_INSTALLED_SNAPSHOT = b"installed_snapshot"
 _LOCAL_META = (META_LOCAL_ID, META_INSTALLED_SNAPSHOT)  # never part of an image
 _REC = struct.Struct(">BII")  # family index, key length, value length
 FAILPOINT_ENV = "DATASTORE_FAILPOINT"
+SCAN_CACHE_BYTES = 8 << 20
 
 
 def conf_state_of(members: list[MemberRecord]) -> ConfState:
@@ -90,9 +93,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _scan_options(cache: Cache) -> Options:
+    """Options for reading a checkpoint once: index blocks live in one small block cache
+    instead of staying in memory per open file, so the reader's memory does not grow with
+    the store's size."""
+    o = Options(raw_mode=True)
+    t = BlockBasedOptions()
+    t.set_block_cache(cache)
+    t.set_cache_index_and_filter_blocks(True)
+    o.set_block_based_table_factory(t)
+    return o
+
+
 def _open_read_only(path: Path) -> Rdict:
-    return Rdict(str(path), Options(raw_mode=True),
-                 column_families={cf: Options(raw_mode=True) for cf in STATE_FAMILIES},
+    cache = Cache(SCAN_CACHE_BYTES)
+    return Rdict(str(path), _scan_options(cache),
+                 column_families={cf: _scan_options(cache) for cf in STATE_FAMILIES},
                  access_type=AccessType.read_only(False))
 
 
