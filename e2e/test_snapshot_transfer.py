@@ -4,7 +4,8 @@ Three members with a tiny raft log (small --snapshot-count and catch-up entries)
 member that was down needs a snapshot. The test-only knobs make the leader stream the
 image in many small chunks with a pause after each, so the transfer is in progress when
 a test sees the receiver's first progress line, and the kill lands mid-transfer (each
-test asserts the transfer had not completed). Afterwards every member converges: the same
+test asserts the transfer had not completed). The sender is whoever the receiver names
+(leadership may move on a loaded machine). Afterwards every member converges: the same
 HashKV, every acknowledged write present. Every wait polls a condition.
 """
 
@@ -29,8 +30,8 @@ from datastore.testing.procs import ServerProc, datastore_proc
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
 
 SMALL_LOG = ["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]
-# ~100 chunks of 512 bytes, 50 ms apart: a transfer takes a few seconds.
-SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "512",
+# ~80 chunks of 256 bytes, 50 ms apart: a transfer takes a few seconds.
+SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "256",
                "DATASTORE_SNAPSHOT_CHUNK_DELAY_S": "0.05"}
 VALUE = b"v" * 100
 
@@ -54,14 +55,19 @@ def hash_kv(proc: ServerProc) -> tuple[int, int]:
     return r.header.revision, r.hash
 
 
-def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
+def log_lines(proc: ServerProc, msg: str, **fields: object) -> list[dict[str, object]]:
+    out = []
     for line in proc.log_path.read_text(errors="replace").splitlines():
         if f'"msg": "{msg}"' not in line:
             continue
         rec = json.loads(line)
         if all(rec.get(k) == v for k, v in fields.items()):
-            return True
-    return False
+            out.append(rec)
+    return out
+
+
+def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
+    return bool(log_lines(proc, msg, **fields))
 
 
 def incoming(proc: ServerProc) -> list[str]:
@@ -83,17 +89,20 @@ def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, Serve
     put(leader, b"k/early")
     acked[b"k/early"] = VALUE
     lagging.stop()
-    for i in range(300):
+    for i in range(150):
         key = f"k/{i:04d}".encode()
         put(leader, key)
         acked[key] = VALUE
     return lagging, leader
 
 
-def start_receiving(lagging: ServerProc) -> None:
+def start_receiving(c: Cluster, lagging: ServerProc) -> ServerProc:
+    """Start the lagging member; once it has a chunk, return the member sending it."""
+    ids = {f"{c.member_id(p):x}": p for p in c.procs if p is not lagging}
     lagging.launch()
     wait_for(lambda: log_has(lagging, "snapshot transfer progress", direction="receive"), 60,
              "the first snapshot chunk on the lagging member")
+    return ids[str(log_lines(lagging, "receiving a snapshot")[-1]["frm"])]
 
 
 def converged(c: Cluster, acked: dict[bytes, bytes]) -> None:
@@ -109,16 +118,16 @@ def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
     c = start_cluster(tmp_path)
     acked: dict[bytes, bytes] = {}
     try:
-        lagging, leader = lag_behind(c, acked)
-        start_receiving(lagging)
+        lagging, _ = lag_behind(c, acked)
+        sender = start_receiving(c, lagging)
         lagging.kill()
         assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
         assert any(n.startswith("recv-") for n in incoming(lagging)), incoming(lagging)
-        wait_for(lambda: log_has(leader, "sending a snapshot failed"), 30,
-                 "the leader to see the transfer fail")
+        wait_for(lambda: log_has(sender, "sending a snapshot failed"), 30,
+                 "the sender to see the transfer fail")
         for i in range(20):  # writes while it is down
             key = f"k/late{i:02d}".encode()
-            put(leader, key)
+            put(c.leader(), key)
             acked[key] = VALUE
         lagging.launch()
         lagging.wait_ready()
@@ -135,14 +144,14 @@ def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
     c = start_cluster(tmp_path)
     acked: dict[bytes, bytes] = {}
     try:
-        lagging, leader = lag_behind(c, acked)
-        start_receiving(lagging)
-        leader.kill()
+        lagging, _ = lag_behind(c, acked)
+        sender = start_receiving(c, lagging)
+        sender.kill()
         assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
         wait_for(lambda: log_has(lagging, "receiving a snapshot failed"), 30,
                  "the receiver to drop the broken stream")
-        # the other follower takes over and sends a new snapshot
-        survivors = [p for p in c.procs if p is not leader]
+        # the other member takes over and sends a new snapshot
+        survivors = [p for p in c.procs if p is not sender]
         c.wait_leader(survivors, timeout=30)
         new_leader = next(p for p in survivors if p is not lagging)
         wait_for(lambda: log_has(lagging, "installed a snapshot from the leader"), 60,
@@ -151,8 +160,8 @@ def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
             key = f"k/late{i:02d}".encode()
             put(new_leader, key)
             acked[key] = VALUE
-        leader.launch()
-        leader.wait_ready()
+        sender.launch()
+        sender.wait_ready()
         converged(c, acked)
         assert incoming(lagging) == []
     finally:
