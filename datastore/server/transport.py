@@ -230,6 +230,12 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
             if batch.cluster_id and s.cluster_id and batch.cluster_id != s.cluster_id:
                 continue  # another cluster's traffic (etcd: ErrClusterIDMismatch)
             msgs = [codec.message_from_pb(m) for m in batch.messages]
+            if any(m.type == MsgType.MsgSnap for m in msgs):
+                # A snapshot's data must name an image received on SendSnapshot; one
+                # inline here (an older sender) would make the install fail: drop it.
+                log.warning("dropped a snapshot sent inline on the message stream",
+                            extra={"frm": f"{msgs[0].frm:x}"})
+                msgs = [m for m in msgs if m.type != MsgType.MsgSnap]
             if msgs and msgs[0].frm in s.cluster_ops.removed_ids:
                 # etcd answers a removed member with 410 Gone, and it stops
                 await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, ERR_REMOVED)
