@@ -12,11 +12,11 @@ the member list. A member removed from the cluster stops, as etcd's does.
 A member that starts (or whose record lacks its name or client URLs) publishes its
 attributes through the log (``InternalRaftRequest.member_attr``), like etcd's publish.
 
-Snapshots: the raft snapshot a leader sends carries a full image of the state database
+Snapshots: the raft snapshot a leader sends names a checkpoint of its state database
 (every column family) at its applied index, which becomes the snapshot's index; its
 ConfState is derived from the member records in the image, so image and metadata always
-agree. A follower installs it in place (one WriteBatch replaces the state) and reloads
-its in-memory indexes.
+agree. The image travels on a stream of its own (``snapshot_stream``); a follower
+installs it crash-safely (``snapshot_image``) and reloads its in-memory indexes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
-import struct
-import tempfile
 import time
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -45,7 +41,6 @@ from datastore.raft.confchange import decode_conf_change
 from datastore.raft.types import (
     ConfChange,
     ConfChangeType,
-    ConfState,
     Entry,
     ProposalDropped,
     Snapshot,
@@ -54,9 +49,15 @@ from datastore.raft.types import (
 )
 from datastore.server import codec
 from datastore.server.membership import META_LOCAL_ID, compute_member_id
+from datastore.server.snapshot_image import (
+    META_INSTALLED_SNAPSHOT,
+    Checkpoints,
+    conf_state_of,
+    install_image,
+)
 from datastore.server.tlsutil import open_channel
 from datastore.server.transport import fetch_cluster
-from datastore.storage.backend import STATE_FAMILIES, Backend
+from datastore.storage.backend import Backend
 
 if TYPE_CHECKING:
     from rocksdict import WriteBatch
@@ -78,11 +79,7 @@ MAX_LEARNERS = 1  # etcd's default --experimental-max-learners
 LEARNER_READY_PERCENT = 0.9  # etcd: a learner within 90% of the leader's match may be promoted
 CONF_CHANGE_TIMEOUT_S = 7.0
 HEALTH_INTERVAL_S = 5.0  # etcd's HealthInterval: a peer counts as active once connected this long
-_REC = struct.Struct(">BII")
 REMOVED_PREFIX = b"removed/"  # meta: ids of removed members (etcd's members_removed bucket)
-# meta: the raft snapshot whose image the state holds, written with the image itself so
-# a crash before the raft log records the snapshot can be finished on restart.
-META_INSTALLED_SNAPSHOT = b"installed_snapshot"
 
 
 class _Peers(Protocol):
@@ -145,11 +142,6 @@ def installed_snapshot_meta(b: Backend) -> SnapshotMetadata | None:
     return codec.snapshot_from_pb(raft_pb2.Snapshot.FromString(raw)).metadata
 
 
-def conf_state_of(members: list[MemberRecord]) -> ConfState:
-    return ConfState(voters=tuple(sorted(m.ID for m in members if not m.is_learner)),
-                     learners=tuple(sorted(m.ID for m in members if m.is_learner)))
-
-
 def _member_pb(m: MemberRecord) -> rpc.Member:
     return rpc.Member(ID=m.ID, name=m.name, peerURLs=list(m.peer_urls),
                       clientURLs=list(m.client_urls), isLearner=m.is_learner)
@@ -182,7 +174,7 @@ class ClusterOps:
     def __init__(self, server: ClusterHost) -> None:
         self.s = server
         self.removed = False
-        self._snap_cache: Snapshot | None = None
+        self.checkpoints = Checkpoints(server.backend, server.data_dir, server.wake)
         self._tasks: list[asyncio.Task[None]] = []
         self.removed_ids: set[int] = set()
         self._load_removed()
@@ -321,72 +313,23 @@ class ClusterOps:
 
     # ---- snapshots -------------------------------------------------------------------
     def make_snapshot(self) -> Snapshot:
-        """The leader's state database as a raft snapshot at its applied index."""
-        s = self.s
-        cached = self._snap_cache
-        if cached is not None and cached.metadata.index == s.applier.applied_index:
-            return cached
-        with tempfile.TemporaryDirectory(dir=s.data_dir) as tmp:
-            cp = Path(tmp) / "state"
-            s.backend.checkpoint(cp)
-            b = Backend(cp)
-            try:
-                parts: list[bytes] = []
-                members: list[MemberRecord] = []
-                for i, cf in enumerate(STATE_FAMILIES):
-                    for k, v in b.scan(cf, b""):
-                        if cf == "meta" and k in (META_LOCAL_ID, META_INSTALLED_SNAPSHOT):
-                            continue
-                        if cf == "members":
-                            members.append(MemberRecord.FromString(v))
-                        parts.append(_REC.pack(i, len(k), len(v)))
-                        parts.append(k)
-                        parts.append(v)
-                raw_i = b.get("meta", b"applied_index")
-                raw_t = b.get("meta", b"applied_term")
-            finally:
-                b.close()
-                shutil.rmtree(cp, ignore_errors=True)
-        index = int.from_bytes(raw_i, "big") if raw_i else 0
-        term = int.from_bytes(raw_t, "big") if raw_t else 0
-        data = zlib.compress(b"".join(parts), 1)
-        snap = Snapshot(data, SnapshotMetadata(conf_state_of(members), index, term))
-        self._snap_cache = snap
-        log.info("made a snapshot to send", extra={"index": index, "bytes": len(data)})
-        return snap
+        """The raft snapshot a leader sends: a checkpoint of its state at its applied index
+        (SnapshotTemporarilyUnavailable while one is being made, off the event loop)."""
+        return self.checkpoints.snapshot(self.s.storage.first_index())
 
     def install_snapshot(self, snap: Snapshot) -> None:
-        """Replace the state machine with the snapshot's image (follower, in the node loop)."""
+        """Replace the state machine with the received image (follower, in the node loop)."""
         s = self.s
         if not snap.data:
             return
-        raw = zlib.decompress(snap.data)
-        b = s.backend
-        wb = b.batch()
-        for cf in STATE_FAMILIES:
-            h = b.handle(cf)
-            for k, _ in list(b.scan(cf, b"")):
-                if cf == "meta" and k == META_LOCAL_ID:
-                    continue
-                wb.delete(k, h)
-        handles = [b.handle(cf) for cf in STATE_FAMILIES]
-        off = 0
-        while off < len(raw):
-            i, kl, vl = _REC.unpack_from(raw, off)
-            off += _REC.size
-            k = raw[off:off + kl]
-            off += kl
-            v = raw[off:off + vl]
-            off += vl
-            wb.put(k, v, handles[i])
-        wb.put(b"applied_index", snap.metadata.index.to_bytes(8, "big"), b.handle("meta"))
-        wb.put(b"applied_term", snap.metadata.term.to_bytes(8, "big"), b.handle("meta"))
-        wb.put(META_INSTALLED_SNAPSHOT,
-               codec.snapshot_to_pb(Snapshot(b"", snap.metadata)).SerializeToString(),
-               b.handle("meta"))
-        b.write(wb, sync=True)
-        self._reload(snap.metadata.index)
-        log.info("installed a snapshot from the leader", extra={"index": snap.metadata.index})
+        t0 = time.monotonic()
+        local = s.backend.get("meta", META_LOCAL_ID) or b""
+        install_image(s.backend, s.data_dir, snap.data.decode(), snap.metadata, local)
+        t1 = time.monotonic()
+        self._reload(snap.metadata.index)  # rebuilds the key index: the long part
+        log.info("installed a snapshot from the leader",
+                 extra={"index": snap.metadata.index, "image_seconds": round(t1 - t0, 3),
+                        "seconds": round(time.monotonic() - t0, 3)})
 
     def _reload(self, applied: int) -> None:
         s = self.s

@@ -50,6 +50,7 @@ from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
+from datastore.server.snapshot_image import recover_install
 from datastore.storage.backend import (
     CORRUPT_ACTION,
     WAL_FAMILIES,
@@ -98,6 +99,7 @@ class EtcdServer:
         self.data_dir = data
         self.wal = Backend(data / "wal", WAL_FAMILIES)
         self.backend = Backend(data / "state")
+        recover_install(data, self.backend)  # an interrupted snapshot install, before any read
         self.clock = MonotonicClock()
         try:
             self.lessor = Lessor(self.backend, self.clock, cfg.min_lease_ttl)
@@ -244,6 +246,7 @@ class EtcdServer:
             if not fut.done():
                 fut.set_exception(errors.ErrStopped())
         self._io.shutdown(wait=True)
+        self.cluster_ops.checkpoints.close()
         self.wal.close()
         self.backend.close()
 
@@ -455,6 +458,8 @@ class EtcdServer:
 
     def _maybe_compact_log(self) -> None:
         applied = self.applier.applied_index
+        if self.cluster_ops.checkpoints.busy:
+            return  # etcd too: the entries after a snapshot in flight must stay in the log
         if applied - self.storage.snap_meta.index > self.cfg.snapshot_count:
             keep_from = max(applied - self.cfg.snapshot_catchup_entries, 1)
             # Power loss: the state db is never fsynced per apply (it is replayed from the

@@ -5,10 +5,11 @@ Inbound, the member listens on its ``--listen-peer-urls``; every ``MessageBatch`
 another cluster id are ignored. Outbound, one task per peer drains a bounded queue and
 writes everything queued as ONE ``MessageBatch`` per write on a long-lived client stream;
 it reconnects with exponential backoff. A full queue drops the message and reports the
-peer unreachable (etcd's ``ReportUnreachable``); the outcome of a ``MsgSnap`` is reported
-with ``report_snapshot``. The server hands messages over only after the Ready that
-produced them was persisted, except a leader's, which replicate while its own fsync runs
-(raft thesis 10.2.1).
+peer unreachable (etcd's ``ReportUnreachable``). A ``MsgSnap`` leaves the batch stream: its
+state image goes on a ``SendSnapshot`` call of its own (``snapshot_stream``), whose outcome
+is reported with ``report_snapshot``. The server hands messages over only after the Ready
+that produced them was persisted, except a leader's, which replicate while its own fsync
+runs (raft thesis 10.2.1).
 
 Besides ``Send`` the service answers ``Members`` (a joining member learns the cluster
 from a peer, like etcd's ``GetClusterFromRemotePeers``), ``LeaseRenew`` and
@@ -34,13 +35,17 @@ from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
+from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from datastore.lease.lessor import Lessor
     from datastore.raft.rawnode import RawNode
     from datastore.server.config import Config
     from datastore.server.membership import Membership
+    from datastore.server.snapshot_image import Checkpoints
 
 log = logging.getLogger("datastore.transport")
 
@@ -67,6 +72,7 @@ class _RemovedMembers(Protocol):
     """What the transport needs from ``ClusterOps``."""
 
     removed_ids: set[int]
+    checkpoints: Checkpoints
 
     def removed_by_peer(self) -> None: ...
 
@@ -75,6 +81,7 @@ class PeerHost(Protocol):
     """What the transport needs from the member (not the whole EtcdServer)."""
 
     cfg: Config
+    data_dir: Path
     cluster_id: int
     member_id: int
     leader_id: int
@@ -116,16 +123,26 @@ class _Peer:
         self.urls = list(urls)
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
         self.task: asyncio.Task[None] | None = None
+        self.snap_task: asyncio.Task[None] | None = None  # the snapshot being streamed
         self.active_since = 0.0  # monotonic time of the current healthy stream, 0 if down
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        for task in (self.task, self.snap_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _start_snapshot(self, m: Message) -> None:
+        if self.snap_task is not None and not self.snap_task.done():
+            # raft sends one at a time; a repeat (progress reset) waits for the running one
+            log.debug("snapshot to %x already in flight", self.id)
+            return
+        self.snap_task = asyncio.get_running_loop().create_task(
+            send_snapshot(self.t, self.id, self.urls[0], m))
 
     def enqueue(self, m: Message) -> None:
         try:
@@ -164,15 +181,18 @@ class _Peer:
                         await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
                         continue
                     pending = self._take_all(first)
+                    for m in pending:
+                        if m.type == MsgType.MsgSnap:
+                            self._start_snapshot(m)
+                    pending = [m for m in pending if m.type != MsgType.MsgSnap]
+                    if not pending:
+                        continue
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
                                             messages=[codec.message_to_pb(m) for m in pending])
                     await call.write(batch)
                     if not self.active_since:
                         self.active_since = time.monotonic()
                     backoff = BACKOFF_MIN_S
-                    for m in pending:
-                        if m.type == MsgType.MsgSnap:
-                            self.t.report_snapshot(self.id, True)
                     pending = []
             except asyncio.CancelledError:
                 raise
@@ -210,6 +230,12 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
             if batch.cluster_id and s.cluster_id and batch.cluster_id != s.cluster_id:
                 continue  # another cluster's traffic (etcd: ErrClusterIDMismatch)
             msgs = [codec.message_from_pb(m) for m in batch.messages]
+            if any(m.type == MsgType.MsgSnap for m in msgs):
+                # A snapshot's data must name an image received on SendSnapshot; one
+                # inline here (an older sender) would make the install fail: drop it.
+                log.warning("dropped a snapshot sent inline on the message stream",
+                            extra={"frm": f"{msgs[0].frm:x}"})
+                msgs = [m for m in msgs if m.type != MsgType.MsgSnap]
             if msgs and msgs[0].frm in s.cluster_ops.removed_ids:
                 # etcd answers a removed member with 410 Gone, and it stops
                 await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, ERR_REMOVED)
@@ -217,6 +243,10 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
                 self.t.last_heard[msgs[0].frm] = time.monotonic()
                 s.receive(msgs)
         return pb.SendAck()
+
+    async def SendSnapshot(self, requests: AsyncIterator[pb.SnapshotChunk],
+                           ctx: grpc.aio.ServicerContext) -> pb.SnapshotAck:
+        return await receive_snapshot(self.t, requests, ctx)
 
     async def Members(self, r: pb.MembersRequest, ctx: grpc.aio.ServicerContext) -> pb.MembersResponse:
         s = self.t.server
@@ -314,8 +344,10 @@ class PeerTransport:
     def remove_peer(self, peer_id: int) -> None:
         p = self.peers.pop(peer_id, None)
         self.last_heard.pop(peer_id, None)
-        if p is not None and p.task is not None:
-            p.task.cancel()
+        if p is not None:
+            for task in (p.task, p.snap_task):
+                if task is not None:
+                    task.cancel()
 
     # ---- outbound --------------------------------------------------------------------
     def send(self, messages: Iterable[Message]) -> None:

@@ -169,3 +169,23 @@ class LeaseTimeToLiveResponse(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     not_leader: bool
     def __init__(self, TTL: _Optional[int] = ..., granted_TTL: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., not_leader: _Optional[bool] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("cluster_id", "message", "data", "done", "sha256", "total_bytes")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: int
+    message: Message
+    data: bytes
+    done: bool
+    sha256: bytes
+    total_bytes: int
+    def __init__(self, cluster_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[bool] = ..., sha256: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class SnapshotAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

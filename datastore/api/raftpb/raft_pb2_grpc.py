@@ -39,6 +39,11 @@ class RaftTransportStub:
                 request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.SerializeToString,
                 response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.FromString,
                 _registered_method=True)
+        self.SendSnapshot = channel.stream_unary(
+                '/raftpb.RaftTransport/SendSnapshot',
+                request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotAck.FromString,
+                _registered_method=True)
         self.Members = channel.unary_unary(
                 '/raftpb.RaftTransport/Members',
                 request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MembersRequest.SerializeToString,
@@ -60,6 +65,12 @@ class RaftTransportServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Send(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSnapshot(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +101,11 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.FromString,
                     response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.SerializeToString,
+            ),
+            'SendSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.SendSnapshot,
+                    request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotChunk.FromString,
+                    response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotAck.SerializeToString,
             ),
             'Members': grpc.unary_unary_rpc_method_handler(
                     servicer.Members,
@@ -134,6 +150,33 @@ class RaftTransport:
             '/raftpb.RaftTransport/Send',
             datastore_dot_api_dot_raftpb_dot_raft__pb2.MessageBatch.SerializeToString,
             datastore_dot_api_dot_raftpb_dot_raft__pb2.SendAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/raftpb.RaftTransport/SendSnapshot',
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotChunk.SerializeToString,
+            datastore_dot_api_dot_raftpb_dot_raft__pb2.SnapshotAck.FromString,
             options,
             channel_credentials,
             insecure,

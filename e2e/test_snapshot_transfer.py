@@ -1,0 +1,231 @@
+"""A snapshot transfer interrupted by kill -9, at either end or during the install.
+
+Three members with a tiny raft log (small --snapshot-count and catch-up entries), so a
+member that was down needs a snapshot. The test-only knobs make the leader stream the
+image in many small chunks with a pause after each, so the transfer is in progress when
+a test sees the receiver's first progress line, and the kill lands mid-transfer (each
+test asserts the transfer had not completed). The sender is whoever the receiver names
+(leadership may move on a loaded machine). Afterwards every member converges: the same
+HashKV, every acknowledged write present. Every wait polls a condition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from cluster_util import Cluster, status, wait_for
+from e2e_util import target_is_etcd
+
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.api.raftpb import raft_pb2, raft_pb2_grpc
+from datastore.raft.types import ConfState, Message, MsgType, Snapshot, SnapshotMetadata
+from datastore.server import codec
+from datastore.server.snapshot_image import _REC
+from datastore.testing.procs import ServerProc, datastore_proc
+
+pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
+
+SMALL_LOG = ["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]
+# ~80 chunks of 256 bytes, 50 ms apart: a transfer takes a few seconds.
+SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "256",
+               "DATASTORE_SNAPSHOT_CHUNK_DELAY_S": "0.05"}
+VALUE = b"v" * 100
+
+
+def put(proc: ServerProc, key: bytes, value: bytes = VALUE) -> None:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value), timeout=10)
+
+
+def values(proc: ServerProc, prefix: bytes) -> dict[bytes, bytes]:
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.KVStub(ch).Range(
+            pb.RangeRequest(key=prefix, range_end=end, serializable=True), timeout=10)
+    return {kv.key: kv.value for kv in r.kvs}
+
+
+def hash_kv(proc: ServerProc) -> tuple[int, int]:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=0), timeout=10)
+    return r.header.revision, r.hash
+
+
+def log_lines(proc: ServerProc, msg: str, **fields: object) -> list[dict[str, object]]:
+    out = []
+    for line in proc.log_path.read_text(errors="replace").splitlines():
+        if f'"msg": "{msg}"' not in line:
+            continue
+        rec = json.loads(line)
+        if all(rec.get(k) == v for k, v in fields.items()):
+            out.append(rec)
+    return out
+
+
+def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
+    return bool(log_lines(proc, msg, **fields))
+
+
+def incoming(proc: ServerProc) -> list[str]:
+    d = proc.data_dir / "snap-incoming"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def start_cluster(tmp_path: Path) -> Cluster:
+    c = Cluster(tmp_path, extra=SMALL_LOG)
+    for p in c.procs:
+        p.env.update(SLOW_STREAM)
+    return c.start()
+
+
+def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, ServerProc]:
+    """Stop a follower and write enough that it needs a snapshot; returns (it, leader)."""
+    leader = c.leader()
+    lagging = c.followers()[0]
+    put(leader, b"k/early")
+    acked[b"k/early"] = VALUE
+    lagging.stop()
+    for i in range(150):
+        key = f"k/{i:04d}".encode()
+        put(leader, key)
+        acked[key] = VALUE
+    return lagging, leader
+
+
+def start_receiving(c: Cluster, lagging: ServerProc) -> ServerProc:
+    """Start the lagging member; once it has a chunk, return the member sending it."""
+    ids = {f"{c.member_id(p):x}": p for p in c.procs if p is not lagging}
+    lagging.launch()
+    wait_for(lambda: log_has(lagging, "snapshot transfer progress", direction="receive"), 60,
+             "the first snapshot chunk on the lagging member")
+    return ids[str(log_lines(lagging, "receiving a snapshot")[-1]["frm"])]
+
+
+def converged(c: Cluster, acked: dict[bytes, bytes]) -> None:
+    procs = c.procs
+    for p in procs:
+        wait_for(lambda p=p: values(p, b"k/") == acked, 60, f"every acked write on {p.name}")
+    wait_for(lambda: len({hash_kv(p) for p in procs}) == 1, 30, "HashKV equal on all members")
+    wait_for(lambda: len({status(p).raftAppliedIndex for p in procs}) == 1, 30,
+             "applied indexes equal")
+
+
+def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path)
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, _ = lag_behind(c, acked)
+        sender = start_receiving(c, lagging)
+        lagging.kill()
+        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
+        assert any(n.startswith("recv-") for n in incoming(lagging)), incoming(lagging)
+        wait_for(lambda: log_has(sender, "sending a snapshot failed"), 30,
+                 "the sender to see the transfer fail")
+        for i in range(20):  # writes while it is down
+            key = f"k/late{i:02d}".encode()
+            put(c.leader(), key)
+            acked[key] = VALUE
+        lagging.launch()
+        lagging.wait_ready()
+        assert log_has(lagging, "discarding snapshot images not installed")
+        wait_for(lambda: log_has(lagging, "installed a snapshot from the leader"), 60,
+                 "a new snapshot installed")
+        converged(c, acked)
+        assert incoming(lagging) == []
+    finally:
+        c.stop()
+
+
+def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path)
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, _ = lag_behind(c, acked)
+        sender = start_receiving(c, lagging)
+        sender.kill()
+        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
+        wait_for(lambda: log_has(lagging, "receiving a snapshot failed"), 30,
+                 "the receiver to drop the broken stream")
+        # the other member takes over and sends a new snapshot
+        survivors = [p for p in c.procs if p is not sender]
+        c.wait_leader(survivors, timeout=30)
+        new_leader = next(p for p in survivors if p is not lagging)
+        wait_for(lambda: log_has(lagging, "installed a snapshot from the leader"), 60,
+                 "the snapshot from the new leader installed")
+        for i in range(20):
+            key = f"k/late{i:02d}".encode()
+            put(new_leader, key)
+            acked[key] = VALUE
+        sender.launch()
+        sender.wait_ready()
+        converged(c, acked)
+        assert incoming(lagging) == []
+    finally:
+        c.stop()
+
+
+def test_crash_midway_through_install_recovers(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, extra=SMALL_LOG).start()
+    acked: dict[bytes, bytes] = {}
+    try:
+        lagging, leader = lag_behind(c, acked)
+        expected = hash_kv(leader)
+        # some column families replaced, not all: the restart must finish the install
+        lagging.env["DATASTORE_FAILPOINT"] = "snapshot-install-midway"
+        lagging.launch()
+        wait_for(lambda: lagging.popen is not None and lagging.popen.poll() is not None, 60,
+                 "the member to crash at the failpoint")
+        assert lagging.popen is not None and lagging.popen.returncode == 97
+        # Alone, so no leader can send it another snapshot: what it serves after the
+        # restart is what the interrupted install left (finished by the restart).
+        others = [p for p in c.procs if p is not lagging]
+        for p in others:
+            p.stop()
+        del lagging.env["DATASTORE_FAILPOINT"]
+        lagging.launch()
+        lagging.wait_ready()
+        assert values(lagging, b"k/") == acked
+        assert hash_kv(lagging) == expected
+        assert log_has(lagging, "finishing an interrupted snapshot image install")
+        for p in others:
+            p.launch()
+        for p in others:
+            p.wait_ready()
+        put(c.leader(), b"k/after")
+        acked[b"k/after"] = VALUE
+        converged(c, acked)
+    finally:
+        c.stop()
+
+
+def test_receiver_refuses_a_truncated_or_corrupt_image(tmp_path: Path) -> None:
+    """Only a complete image whose checksum matches reaches raft; anything else is
+    refused with DATA_LOSS and leaves no file behind (the stream could end cleanly when
+    its sender dies, so the receiver must not trust the end of the stream)."""
+    ds = datastore_proc(tmp_path, "one").start()
+    try:
+        put(ds, b"k/keep")
+        st = status(ds)
+        mid, cid = st.header.member_id, st.header.cluster_id
+        meta = SnapshotMetadata(ConfState(voters=(mid,)), index=10_000, term=10_000)
+        msg = Message(type=MsgType.MsgSnap, to=mid, frm=12345, term=10_000,
+                      snapshot=Snapshot(b"x", meta))
+        head = raft_pb2.SnapshotChunk(cluster_id=cid, message=codec.message_to_pb(msg))
+        data = _REC.pack(0, 3, 1) + b"abc" + b"v"
+        bad_sum = raft_pb2.SnapshotChunk(done=True, sha256=b"0" * 32, total_bytes=len(data))
+        for tail in ([], [bad_sum]):
+            with grpc.insecure_channel(f"127.0.0.1:{ds.peer_port}") as ch:
+                stub = raft_pb2_grpc.RaftTransportStub(ch)
+                chunks = [head, raft_pb2.SnapshotChunk(data=data), *tail]
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.SendSnapshot(iter(chunks), timeout=10)
+                assert ei.value.code() == grpc.StatusCode.DATA_LOSS
+        assert values(ds, b"k/") == {b"k/keep": VALUE}
+        assert status(ds).leader == mid
+        assert incoming(ds) == []
+    finally:
+        ds.stop()
