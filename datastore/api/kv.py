@@ -32,6 +32,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
     def __init__(self, server: EtcdServer) -> None:
         self.s = server
 
+    # Put, Range and Txn are the hot paths: one coroutine each, with no helper awaits on
+    # the common path (each await of a coroutine is a frame and a send per request).
     async def Range(self, r: rpc.RangeRequest,
                     ctx: grpc.aio.ServicerContext) -> rpc.RangeResponse | bytes:
         s = self.s
@@ -55,8 +57,6 @@ class KVService(rpc_pb2_grpc.KVServicer):
             await abort(ctx, e)
         return resp
 
-    # Put, Range and Txn are the hot paths: one coroutine each, with no helper awaits on
-    # the common path (each await of a coroutine is a frame and a send per request).
     async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
         s = self.s
         try:

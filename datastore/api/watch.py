@@ -25,10 +25,11 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb.kv_pb2 import Event
 from datastore.auth.grpcctx import auth_info
-from datastore.mvcc.watchable import Batch, Watcher, frame_event, varint
+from datastore.mvcc.watchable import Batch, Watcher, frame_event
 from datastore.server.applier import range_end
 from datastore.server.config import GRPC_OVERHEAD_BYTES
 from datastore.server.etcdserver import EtcdServer
+from datastore.util.protowire import varint
 
 QUEUE_LIMIT = 256  # responses buffered per stream before its watchers are parked
 MERGE_LIMIT = 256 * 1024  # bytes a queued event response may grow to by merging

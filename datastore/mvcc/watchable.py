@@ -30,6 +30,7 @@ from typing import Protocol
 
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
 from datastore.mvcc.kvstore import KVStore
+from datastore.util.protowire import varint
 
 CATCH_UP_REVISIONS = 1000  # revisions read per catch-up pass
 CATCH_UP_WATCHERS = 1024  # watchers served per catch-up pass (bounds one pass's work)
@@ -38,17 +39,6 @@ EVENTS_TAG = b"\x5a"  # WatchResponse field 11 (events), length-delimited
 
 
 Variant = tuple[bool, bool, bool]  # prev_kv, no_put, no_delete
-
-
-def varint(n: int) -> bytes:
-    """Protobuf varint (int64 negatives as their 64-bit two's complement)."""
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def frame_event(ev: Event) -> bytes:

@@ -27,6 +27,7 @@ from datastore.mvcc.kvstore import KVStore, WriteTxn
 from datastore.mvcc.watchable import WatchHub
 from datastore.server.alarms import AlarmStore
 from datastore.storage.backend import Backend
+from datastore.util.protowire import varint
 
 META_APPLIED = b"applied_index"
 META_APPLIED_TERM = b"applied_term"
@@ -462,24 +463,10 @@ def _kvs_head(n: int) -> bytes:
     RangeResponse (cached: a list's values mostly share a few lengths)."""
     head = _KVS_HEADS.get(n)
     if head is None:
-        b, v = bytearray(b"\x12"), n
-        while v >= 0x80:
-            b.append((v & 0x7F) | 0x80)
-            v >>= 7
-        b.append(v)
-        head = bytes(b)
+        head = b"\x12" + varint(n)
         if len(_KVS_HEADS) < 65536:
             _KVS_HEADS[n] = head
     return head
-
-
-def _varint(v: int) -> bytes:
-    b = bytearray()
-    while v >= 0x80:
-        b.append((v & 0x7F) | 0x80)
-        v >>= 7
-    b.append(v)
-    return bytes(b)
 
 
 def _key_order_parts(view: KVStore | WriteTxn,
@@ -530,8 +517,8 @@ def range_wire(view: KVStore | WriteTxn, r: rpc.RangeRequest,
     parts, rev, count, more = _key_order_parts(view, r)
     header.revision = rev
     h = header.SerializeToString()
-    tail = (b"\x18\x01" if more else b"") + (b"\x20" + _varint(count) if count else b"")
-    return b"".join((b"\x0a", _varint(len(h)), h, *parts, tail))
+    tail = (b"\x18\x01" if more else b"") + (b"\x20" + varint(count) if count else b"")
+    return b"".join((b"\x0a", varint(len(h)), h, *parts, tail))
 
 
 def range_in(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:
