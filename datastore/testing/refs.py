@@ -1,0 +1,190 @@
+"""The real programs that test the datastore, built from their Go modules and cached.
+
+Each reference is a Go module of ours under ``tools/refs/<name>/`` (a ``go.mod`` that pins
+the upstream module and names its commands as ``tool`` lines, plus its ``go.sum``); no
+upstream source is kept in the checkout. Binaries land in a cache outside the checkout,
+one folder per reference and content digest, so an unchanged pin is built once per machine
+and a changed one can never be confused with the old build.
+
+``build_all()`` is what ``scripts/build_refs.py`` (and so ``scripts/test.sh``) runs;
+``binary(name)`` is how tests and ``datastore kube up`` find a program.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+REFS_DIR = REPO / "tools" / "refs"
+
+KUBE_VERSION = "v1.37.2"
+_KV = "k8s.io/component-base/version"
+_CV = "k8s.io/client-go/pkg/version"
+
+
+def _kube_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    pairs = {"gitVersion": version, "gitMajor": major, "gitMinor": minor,
+             "gitTreeState": "clean", "gitCommit": "0" * 40, "buildDate": "2026-01-01T00:00:00Z"}
+    return " ".join(f"-X {pkg}.{k}={v}" for pkg in (_KV, _CV) for k, v in pairs.items())
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One reference module: the programs it builds, by binary name → Go package."""
+
+    name: str
+    version: str
+    programs: dict[str, str]
+    ldflags: str = ""
+    cgo: bool = False
+    extra_files: tuple[str, ...] = ()  # files of ours beside go.mod that the build reads
+    test_packages: dict[str, str] = field(default_factory=dict)  # test binary → package
+
+    @property
+    def module_dir(self) -> Path:
+        return REFS_DIR / self.name
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for rel in ("go.mod", "go.sum", *self.extra_files):
+            h.update(rel.encode())
+            h.update((self.module_dir / rel).read_bytes())
+        h.update(self.ldflags.encode())
+        h.update(go_version().encode())
+        return h.hexdigest()[:12]
+
+    def cache_dir(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}-{self.digest()}"
+
+
+REFS: tuple[Ref, ...] = (
+    Ref("etcd", "v3.6.16", {
+        "etcd": "./cmd/etcd",
+        "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
+        "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
+    }, extra_files=("cmd/etcd/main.go",)),
+    Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
+    Ref("kwok", "v0.8.0", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+    Ref("kubernetes", KUBE_VERSION, {
+        "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+        "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    }, ldflags=_kube_ldflags(KUBE_VERSION)),
+)
+
+
+class RefError(RuntimeError):
+    """A reference program is missing or could not be built (the message says what to do)."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("DATASTORE_REFS_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datastore" / "refs"
+
+
+_go_version: str | None = None
+
+
+def go_version() -> str:
+    """``go version``'s output; raises RefError when Go is not installed."""
+    global _go_version
+    if _go_version is None:
+        go = shutil.which("go")
+        if go is None:
+            raise RefError(
+                "Go is not installed (no `go` on PATH): the reference programs (kube-apiserver, "
+                "etcd 3.6, kine, kwok) are built from their Go modules. Install Go 1.26 or newer "
+                "and run scripts/build_refs.py again.")
+        _go_version = subprocess.run([go, "version"], check=True, capture_output=True,
+                                     text=True).stdout.strip()
+    return _go_version
+
+
+def ref_for(binary_name: str) -> Ref:
+    for ref in REFS:
+        if binary_name in ref.programs or binary_name in ref.test_packages:
+            return ref
+    raise RefError(f"no reference program is called {binary_name!r}")
+
+
+def binary(name: str) -> Path:
+    """The path of a built reference program, or RefError saying how to build it."""
+    ref = ref_for(name)
+    path = ref.cache_dir() / "bin" / name
+    if not path.exists():
+        raise RefError(f"{name} ({ref.name} {ref.version}) is not built yet: "
+                       f"run `python3 scripts/build_refs.py` (it caches under {cache_root()})")
+    return path
+
+
+def is_built(ref: Ref) -> bool:
+    d = ref.cache_dir() / "bin"
+    return all((d / n).exists() for n in (*ref.programs, *ref.test_packages))
+
+
+def build(ref: Ref, log: Callable[[str], None] = print) -> Path:
+    """Build ``ref`` into its cache folder unless it is there already; returns the folder."""
+    out = ref.cache_dir()
+    if is_built(ref):
+        log(f"  {ref.name} {ref.version}: cached ({out})")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "bin").mkdir(parents=True)
+    env = dict(os.environ, CGO_ENABLED="1" if ref.cgo else "0", GOFLAGS="-trimpath",
+               GOTOOLCHAIN="local")
+    ldflags = f"-s -w {ref.ldflags}".strip()
+    for i, (name, pkg) in enumerate(ref.programs.items(), 1):
+        t0 = time.monotonic()
+        log(f"  {ref.name} {ref.version}: building {name} ({i}/{len(ref.programs)}) ...")
+        _go(["build", "-ldflags", ldflags, "-o", str(staging / "bin" / name), pkg], ref, env)
+        log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    for name, pkg in ref.test_packages.items():
+        t0 = time.monotonic()
+        log(f"  {ref.name} {ref.version}: compiling the tests of {pkg} ...")
+        _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env)
+        log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def _go(args: list[str], ref: Ref, env: dict[str, str]) -> None:
+    proc = subprocess.run(["go", *args], cwd=ref.module_dir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise RefError(f"`go {' '.join(args)}` failed in {ref.module_dir}:\n{tail}")
+
+
+def build_all(names: list[str] | None = None, log: Callable[[str], None] = print) -> int:
+    """Build (or reuse) every reference, or those named; returns a process exit code."""
+    try:
+        go = go_version()
+    except RefError as e:
+        print(f"build_refs: error: {e}", file=sys.stderr)
+        return 2
+    refs = [r for r in REFS if not names or r.name in names]
+    log(f"reference programs ({go}), cache {cache_root()}")
+    t0 = time.monotonic()
+    for i, ref in enumerate(refs, 1):
+        log(f"[{i}/{len(refs)}] {ref.name} {ref.version}")
+        try:
+            build(ref, log)
+        except RefError as e:
+            print(f"build_refs: error: {e}", file=sys.stderr)
+            return 1
+    log(f"reference programs ready in {time.monotonic() - t0:.0f} s")
+    return 0

@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Build (or reuse from the cache) the real programs that test the datastore.
+
+    python3 scripts/build_refs.py            # all: etcd 3.6, kine, kwok, Kubernetes
+    python3 scripts/build_refs.py etcd kine  # only these
+
+Binaries are cached outside the checkout (``~/.cache/datastore/refs``, or
+``$DATASTORE_REFS_CACHE``); see datastore/testing/refs.py.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datastore.testing.refs import build_all  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(build_all(sys.argv[1:] or None, log=lambda line: print(line, flush=True)))
