@@ -12,6 +12,7 @@ and a changed one can never be confused with the old build.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -48,6 +49,9 @@ class Ref:
     cgo: bool = False
     extra_files: tuple[str, ...] = ()  # files of ours beside go.mod that the build reads
     test_packages: dict[str, str] = field(default_factory=dict)  # test binary → package
+    # Data files the programs need, concatenated from the upstream module into share/NAME:
+    # (NAME, module path, files relative to that module's root).
+    assets: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @property
     def module_dir(self) -> Path:
@@ -58,7 +62,7 @@ class Ref:
         for rel in ("go.mod", "go.sum", *self.extra_files):
             h.update(rel.encode())
             h.update((self.module_dir / rel).read_bytes())
-        h.update(self.ldflags.encode())
+        h.update(f"{self.ldflags}{self.programs}{self.test_packages}{self.assets}".encode())
         h.update(go_version().encode())
         return h.hexdigest()[:12]
 
@@ -73,7 +77,12 @@ REFS: tuple[Ref, ...] = (
         "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
     }, extra_files=("cmd/etcd/main.go",)),
     Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
-    Ref("kwok", "v0.8.0", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+    # kwok's own default stages (what kwokctl hands it): nodes become Ready and renew their
+    # Lease, pods become Running, deleted pods go away.
+    Ref("kwok", "v0.8.0", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, assets=(
+        ("kwok-stages.yaml", "sigs.k8s.io/kwok", tuple(f"kustomize/stage/{f}.yaml" for f in (
+            "node/fast/node-initialize", "node/heartbeat-with-lease/node-heartbeat-with-lease",
+            "pod/fast/pod-ready", "pod/fast/pod-complete", "pod/fast/pod-delete"))),)),
     Ref("kubernetes", KUBE_VERSION, {
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
@@ -128,18 +137,37 @@ def binary(name: str) -> Path:
     return path
 
 
+def asset(ref_name: str, name: str) -> Path:
+    """A data file a reference build copied from its module (``Ref.assets``)."""
+    ref = next(r for r in REFS if r.name == ref_name)
+    path = ref.cache_dir() / "share" / name
+    if not path.exists():
+        raise RefError(f"{name} ({ref.name} {ref.version}) is not built yet: "
+                       f"run `python3 scripts/build_refs.py {ref.name}`")
+    return path
+
+
 def is_built(ref: Ref) -> bool:
-    d = ref.cache_dir() / "bin"
-    return all((d / n).exists() for n in (*ref.programs, *ref.test_packages))
+    d = ref.cache_dir()
+    return (all((d / "bin" / n).exists() for n in (*ref.programs, *ref.test_packages))
+            and all((d / "share" / a[0]).exists() for a in ref.assets))
 
 
 def build(ref: Ref, log: Callable[[str], None] = print) -> Path:
     """Build ``ref`` into its cache folder unless it is there already; returns the folder."""
     out = ref.cache_dir()
-    if is_built(ref):
-        log(f"  {ref.name} {ref.version}: cached ({out})")
-        return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per reference at a time (two test runs may start together).
+    with open(out.parent / f".{ref.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_built(ref):
+            log(f"  {ref.name} {ref.version}: cached ({out})")
+            return out
+        _build_locked(ref, out, log)
+    return out
+
+
+def _build_locked(ref: Ref, out: Path, log: Callable[[str], None]) -> None:
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
@@ -156,17 +184,22 @@ def build(ref: Ref, log: Callable[[str], None] = print) -> Path:
         log(f"  {ref.name} {ref.version}: compiling the tests of {pkg} ...")
         _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env)
         log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    for name, module, files in ref.assets:
+        src = Path(_go(["list", "-m", "-f", "{{.Dir}}", module], ref, env).strip())
+        (staging / "share").mkdir(exist_ok=True)
+        docs = [(src / f).read_text().strip() for f in files]
+        (staging / "share" / name).write_text("\n---\n".join(docs) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    return out
 
 
-def _go(args: list[str], ref: Ref, env: dict[str, str]) -> None:
+def _go(args: list[str], ref: Ref, env: dict[str, str]) -> str:
     proc = subprocess.run(["go", *args], cwd=ref.module_dir, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise RefError(f"`go {' '.join(args)}` failed in {ref.module_dir}:\n{tail}")
+    return proc.stdout
 
 
 def build_all(names: list[str] | None = None, log: Callable[[str], None] = print) -> int:
