@@ -1,5 +1,5 @@
 """The ``datastore`` command: ``serve`` (the default), ``snapshot restore``, ``bench``, ``version``,
-``grpc-proxy start``, ``gateway start``."""
+``grpc-proxy start``, ``gateway start``, ``kube up|down``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from datastore.proxy.cli import add_gateway_arguments, add_grpc_proxy_arguments
     add_grpc_proxy_arguments(sub.add_parser("grpc-proxy", help="etcd's gRPC proxy"))
     add_gateway_arguments(sub.add_parser("gateway", help="etcd's L4 (TCP) gateway"))
+    from datastore.kube.cli import add_arguments as kube_args
+    kube_args(sub.add_parser("kube", help="a local Kubernetes control plane on the datastore"))
     env_warnings: list[str] = []
     if argv[0] == "serve":
         # ETCD_<FLAG> / DATASTORE_<FLAG> variables become flag defaults (etcd's behaviour)
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.cmd == "bench":
         from datastore.bench import run as bench_run
         return bench_run(ns)
+    if ns.cmd == "kube":
+        from datastore.kube.cli import run as kube_run
+        return kube_run(ns)
     setup_logging(getattr(ns, "log_level", "info"))
     for w in env_warnings:
         log.warning(w)

@@ -87,6 +87,7 @@ REFS: tuple[Ref, ...] = (
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     }, ldflags=_kube_ldflags(KUBE_VERSION)),
 )
 
