@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from datastore.server.config import (
     VERSION,
@@ -35,13 +37,42 @@ async def _serve(ns: argparse.Namespace) -> int:
         "version": VERSION})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def first_signal(sig: signal.Signals) -> None:
+        log.info("received signal; shutting down", extra={"signal": sig.name})
+        # A second SIGTERM/SIGINT ends the process at once, whatever the loop is doing:
+        # everything acknowledged is already fsynced, so this is a crash, nothing lost.
+        for s in STOP_SIGNALS:
+            loop.remove_signal_handler(s)
+            signal.signal(s, signal.SIG_DFL)
+        _start_watchdog(SHUTDOWN_BOUND_S)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, first_signal, sig)
     await stop.wait()
-    log.info("shutting down")
+    # Shielded from nothing: the watchdog thread, not this loop, bounds the shutdown, so
+    # neither raft activity nor a stalled disk can keep the process alive.
     await member.stop()
     log.info("stopped")
     return 0
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SHUTDOWN_BOUND_S = 10.0  # then exit anyway, as after a crash (acknowledged data is durable)
+
+
+def _start_watchdog(bound_s: float) -> None:
+    """A thread that ends the process if the shutdown has not finished within ``bound_s``."""
+    def watch() -> None:
+        time.sleep(bound_s)  # a deadline, not synchronisation
+        log.error("shutdown did not finish in time; exiting without finishing it",
+                  extra={"bound_s": bound_s})
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

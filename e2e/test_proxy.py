@@ -185,11 +185,71 @@ def test_watch_coalescing_one_upstream_watcher(tmp_path: Path, procs: list) -> N
     assert metric(pmetrics, "etcd_grpc_proxy_events_coalescing_total") == (N_WATCHERS - 1) * N_EVENTS
 
 
+def keep_alive_once(ch: grpc.Channel, lease_id: int) -> rpc.LeaseKeepAliveResponse:
+    return next(rpc_pb2_grpc.LeaseStub(ch).LeaseKeepAlive(
+        iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=30))
+
+
+def keyspace_watch_live(ch: grpc.Channel, pm: str) -> bool:
+    """The proxy caches serializable reads only while its keyspace watch is established."""
+    rpc_pb2_grpc.KVStub(ch).Range(rpc.RangeRequest(key=b"probe", serializable=True), timeout=30)
+    return metric(pm, "etcd_grpc_proxy_cache_keys_total") > 0
+
+
+def keepalive_is_cached(ch: grpc.Channel, pm: str, lease_id: int) -> bool:
+    """Two keep-alives through the proxy: was the second answered without the cluster?"""
+    keep_alive_once(ch, lease_id)
+    sent = metric(pm, "datastore_grpc_proxy_keepalive_upstream_total")
+    keep_alive_once(ch, lease_id)
+    return metric(pm, "datastore_grpc_proxy_keepalive_upstream_total") == sent
+
+
+def test_lease_revoked_elsewhere_is_never_reported_alive(tmp_path: Path, procs: list) -> None:
+    """A keep-alive answered from the proxy's memory must not outlive a revoke it could see."""
+    d, _ = ds_with_metrics(tmp_path, procs)
+    proxy, pm = our_proxy(tmp_path, d.endpoint, procs)
+    with grpc.insecure_channel(proxy.endpoint) as pch, grpc.insecure_channel(d.endpoint) as dch:
+        pls, dls = rpc_pb2_grpc.LeaseStub(pch), rpc_pb2_grpc.LeaseStub(dch)
+        pkv = rpc_pb2_grpc.KVStub(pch)
+        held = pls.LeaseGrant(rpc.LeaseGrantRequest(TTL=600), timeout=30).ID  # TTL/6: 100 s
+        bare = pls.LeaseGrant(rpc.LeaseGrantRequest(TTL=600), timeout=30).ID  # no keys
+        wait_for(lambda: keyspace_watch_live(pch, pm), "the proxy's keyspace watch")
+        pkv.Put(rpc.PutRequest(key=b"held", value=b"1", lease=held), timeout=30)
+
+        def sread() -> bytes:
+            r = pkv.Range(rpc.RangeRequest(key=b"held", serializable=True), timeout=30)
+            return r.kvs[0].value if r.kvs else b""
+        # the read is cached, and so is the keep-alive of the lease with a key
+        wait_for(lambda: sread() == b"1" and metric(pm, "etcd_grpc_proxy_cache_keys_total") >= 1,
+                 "the read to be cached")
+        wait_for(lambda: keepalive_is_cached(pch, pm, held), "the held lease's keep-alive to be cached")
+        # a lease without keys: its revoke would be invisible to the watch, so never cached
+        assert not keepalive_is_cached(pch, pm, bare)
+        hits = metric(pm, "etcd_grpc_proxy_cache_hits_total")
+        assert sread() == b"1" and metric(pm, "etcd_grpc_proxy_cache_hits_total") == hits + 1
+
+        dls.LeaseRevoke(rpc.LeaseRevokeRequest(ID=bare), timeout=30)  # behind the proxy's back
+        assert keep_alive_once(pch, bare).TTL <= 0, "the bare lease reported alive after its revoke"
+
+        dls.LeaseRevoke(rpc.LeaseRevokeRequest(ID=held), timeout=30)
+        # once the proxy's watch has delivered the deletion (the cached read shows it), the
+        # lease is dead through the proxy too, and stays so
+        wait_for(lambda: sread() == b"", "the proxy's watch to see the revoke's deletion")
+        for _ in range(3):
+            assert keep_alive_once(pch, held).TTL <= 0, "the revoked lease reported alive"
+
+
 def test_keepalive_and_range_cache_coalescing(tmp_path: Path, procs: list) -> None:
     d, _ = ds_with_metrics(tmp_path, procs)
     proxy, pm = our_proxy(tmp_path, d.endpoint, procs)
     with grpc.insecure_channel(proxy.endpoint) as ch:
         lease = rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(rpc.LeaseGrantRequest(TTL=60), timeout=30)
+        # only a lease with keys the proxy's watch has seen is answered from memory
+        wait_for(lambda: keyspace_watch_live(ch, pm), "the proxy's keyspace watch")
+        rpc_pb2_grpc.KVStub(ch).Put(rpc.PutRequest(key=b"held", lease=lease.ID), timeout=30)
+        wait_for(lambda: keepalive_is_cached(ch, pm, lease.ID), "the proxy to see the lease's key")
+    base_asked, base_sent = (metric(pm, "datastore_grpc_proxy_keepalive_requests_total"),
+                             metric(pm, "datastore_grpc_proxy_keepalive_upstream_total"))
 
     async def keepalives(n_clients: int, rounds: int) -> list[int]:
         async with grpc.aio.insecure_channel(proxy.endpoint) as ch:
@@ -208,8 +268,8 @@ def test_keepalive_and_range_cache_coalescing(tmp_path: Path, procs: list) -> No
 
     ttls = asyncio.run(keepalives(20, 5))
     assert len(ttls) == 100 and all(50 <= t <= 60 for t in ttls)
-    asked, sent = (metric(pm, "datastore_grpc_proxy_keepalive_requests_total"),
-                   metric(pm, "datastore_grpc_proxy_keepalive_upstream_total"))
+    asked, sent = (metric(pm, "datastore_grpc_proxy_keepalive_requests_total") - base_asked,
+                   metric(pm, "datastore_grpc_proxy_keepalive_upstream_total") - base_sent)
     print(f"keep-alives: {asked} from clients, {sent} sent to the cluster")
     assert asked == 100 and sent <= 5
 

@@ -59,8 +59,12 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     # Undecodable requests refused as etcd does, and the learner gate, in one method table.
     srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server)),))
     for url in cfg.listen_client_urls:
-        if is_secure(url):  # prepare_tls made sure the certificate and key exist
-            srv.add_secure_port(listen_address(url), cfg.client_tls.server_credentials())
-        else:
-            srv.add_insecure_port(listen_address(url))
+        try:
+            if is_secure(url):  # prepare_tls made sure the certificate and key exist
+                srv.add_secure_port(listen_address(url), cfg.client_tls.server_credentials())
+            else:
+                srv.add_insecure_port(listen_address(url))
+        except RuntimeError:  # gRPC's "Failed to bind": say it as etcd's net.Listen does
+            raise OSError(f"listen tcp {listen_address(url)}: bind: address already in use "
+                          "or not an address of this host") from None
     return srv

@@ -66,6 +66,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
             req = InternalRaftRequest(put=r)
             if s.auth.enabled:
                 await with_header(s, ctx, req)
+            else:  # auth revision 0: refused if `auth enable` is applied first
+                req.header.SetInParent()
             resp = await s.propose(req)
         except errors.EtcdError as e:
             await abort(ctx, e)
@@ -81,6 +83,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         req = InternalRaftRequest(delete_range=r)
         if self.s.auth.enabled:
             await with_header(self.s, ctx, req)
+        else:
+            req.header.SetInParent()
         return await self.s.propose(req)
 
     async def Txn(self, r: rpc.TxnRequest, ctx: grpc.aio.ServicerContext) -> rpc.TxnResponse:
@@ -104,6 +108,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 req = InternalRaftRequest(txn=r)
                 if s.auth.enabled:
                     await with_header(s, ctx, req)
+                else:
+                    req.header.SetInParent()
                 resp = await s.propose(req)  # type: ignore[assignment]
         except errors.EtcdError as e:
             await abort(ctx, e)

@@ -82,10 +82,15 @@ async def _wait_applied(s: EtcdServer, index: int) -> bool:
 
 async def with_header(s: EtcdServer, ctx: grpc.aio.ServicerContext,
                       req: InternalRaftRequest) -> InternalRaftRequest:
-    """Stamp who asks on a proposal (apply checks permissions against it), if auth is on."""
+    """Stamp who asks on a proposal: apply checks permissions against it (etcd's header).
+
+    With auth off the header stays empty (auth revision 0). It is still added: a request
+    checked while auth was off but applied after ``auth enable`` must be refused (etcd:
+    user name is empty), and only internal proposals (lease expiry, ...) go without one.
+    """
+    req.header.SetInParent()
     if s.auth.enabled:
         ai = await auth_info(s, ctx)
-        req.header.SetInParent()
         if ai is not None:
             req.header.username = ai.username
             req.header.auth_revision = ai.revision

@@ -14,6 +14,7 @@ older than the store's is refused with ErrAuthOldRevision by the permission chec
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import string
 import time
@@ -123,6 +124,20 @@ class SimpleTokens(TokenProvider):
         return len(self._tokens)
 
 
+class NopTokens(TokenProvider):
+    """``--auth-token ''``: no tokens at all (etcd's tokenNop); client certificates still name users."""
+
+    kind = "nop"
+
+    def assign(self, username: str, revision: int, index: int, prefix: str) -> str:
+        from datastore import errors
+
+        raise errors.ErrAuthFailed()
+
+    async def info(self, token: str, revision: int, wait_applied: WaitApplied) -> AuthInfo | None:
+        return None
+
+
 class JWTTokens(TokenProvider):
     kind = "jwt"
 
@@ -130,39 +145,19 @@ class JWTTokens(TokenProvider):
                  ttl_s: float) -> None:
         import jwt  # pyjwt: only needed when jwt tokens are configured
 
+        from datastore.auth.jwtkeys import FAMILY, JWTKeyError, load_keys
+
         self._jwt = jwt
         self.alg = sign_method
         self.ttl = ttl_s
+        if sign_method not in FAMILY:
+            raise InvalidAuthOptions(
+                f"auth: invalid auth options (unknown sign-method {sign_method!r}: use RS256/384/512, "
+                "PS256/384/512, ES256/384/512, EdDSA or HS256/384/512)")
         try:
-            algo = jwt.get_algorithm_by_name(sign_method)
-        except NotImplementedError:
-            raise InvalidAuthOptions(f"--auth-token jwt: unknown sign-method {sign_method!r} "
-                                     "(use RS256/384/512, PS256/384/512, ES256/384/512, "
-                                     "EdDSA or HS256/384/512)") from None
-        self.verify_only = False
-        if sign_method.startswith("HS"):
-            if not priv_key:
-                raise InvalidAuthOptions("--auth-token jwt with an HS* sign-method needs "
-                                         "priv-key=FILE holding the shared secret")
-            self._sign_key: object = priv_key
-            self._verify_key: object = priv_key
-            return
-        if priv_key:
-            try:
-                self._sign_key = algo.prepare_key(priv_key)
-            except Exception as e:
-                raise InvalidAuthOptions(f"--auth-token jwt: cannot load priv-key: {e}") from None
-            self._verify_key = self._sign_key.public_key()  # type: ignore[attr-defined]
-            if pub_key:
-                pub = algo.prepare_key(pub_key)
-                if algo.to_jwk(pub) != algo.to_jwk(self._verify_key):
-                    raise InvalidAuthOptions("--auth-token jwt: pub-key and priv-key do not match")
-        elif pub_key:
-            self.verify_only = True  # etcd: a member with only the public key verifies
-            self._verify_key = algo.prepare_key(pub_key)
-        else:
-            raise InvalidAuthOptions("--auth-token jwt needs priv-key=FILE (and optionally "
-                                     "pub-key=FILE)")
+            self._sign_key, self._verify_key, self.verify_only = load_keys(sign_method, priv_key, pub_key)
+        except JWTKeyError as e:
+            raise InvalidAuthOptions(f"{e} ({_KEY_HELP})") from None
 
     def assign(self, username: str, revision: int, index: int, prefix: str) -> str:
         if self.verify_only:
@@ -183,46 +178,89 @@ class JWTTokens(TokenProvider):
         return AuthInfo(user, int(rev))
 
 
+_KEY_HELP = ("jwt needs sign-method=ALG and priv-key=FILE (PEM), and optionally pub-key=FILE "
+             "(PEM public key or certificate); HS* methods take the shared secret in priv-key")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+          "m": 60.0, "h": 3600.0}
+_GO_DURATION_PART = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+
+
 def parse_duration_go(s: str) -> float:
-    """A Go duration string ("5m", "1h30m", "300s", "500ms") in seconds."""
-    import re
+    """Go's time.ParseDuration ("5m", "1h30m", "-1.5h", ".5s", "0") in seconds."""
+    bad = InvalidAuthOptions(f"auth: invalid auth options (ttl {s!r} is not a duration like 5m or 300s)")
+    rest, sign = s, 1.0
+    if rest[:1] in ("+", "-"):
+        sign, rest = (-1.0 if rest[0] == "-" else 1.0), rest[1:]
+    if rest == "0":
+        return 0.0
+    if not rest:
+        raise bad
+    total = 0.0
+    while rest:
+        m = _GO_DURATION_PART.match(rest)
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)  # type: ignore[union-attr]
+        if (not whole and not frac) or unit not in _UNITS:
+            raise bad
+        total += float(f"{whole or 0}.{frac or 0}") * _UNITS[unit]
+        rest = rest[m.end():]  # type: ignore[union-attr]
+    if total * 1e9 > 2**63 - 1:
+        raise bad
+    return sign * total
 
-    parts = re.fullmatch(r"((\d+(\.\d+)?)(ns|us|µs|ms|s|m|h))+", s.strip())
-    if not parts:
-        raise InvalidAuthOptions(f"--auth-token jwt: ttl {s!r} is not a duration like 5m or 300s")
-    mult = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * mult[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", s))
 
-
-def new_token_provider(option: str, simple_ttl_s: float) -> TokenProvider:
-    """etcd's NewTokenProvider: ``simple`` or ``jwt,sign-method=...,priv-key=...,...``."""
+def _decompose(option: str) -> tuple[str, dict[str, str]]:
+    """etcd's decomposeOpts: TYPE[,KEY=VALUE...]; a pair without exactly one '=', or a key
+    given twice, is invalid."""
     kind, *rest = option.split(",")
     opts: dict[str, str] = {}
     for pair in rest:
-        k, eq, v = pair.partition("=")
-        if not eq or "=" in v:
-            raise InvalidAuthOptions(f"--auth-token: {pair!r} is not KEY=VALUE")
-        if k in opts:
-            raise InvalidAuthOptions(f"--auth-token: {k} given twice")
-        opts[k] = v
+        parts = pair.split("=")
+        if len(parts) != 2:
+            raise InvalidAuthOptions(f"auth: invalid auth options ({pair!r} is not KEY=VALUE)")
+        if parts[0] in opts:
+            raise InvalidAuthOptions(f"auth: invalid auth options ({parts[0]} given twice)")
+        opts[parts[0]] = parts[1]
+    return kind, opts
+
+
+def new_token_provider(option: str, simple_ttl_s: float) -> TokenProvider:
+    """etcd's NewTokenProvider: ``simple``, ``jwt,sign-method=...,priv-key=...,...`` or ``''``.
+
+    Options are checked in etcd's order (ttl, pub-key and priv-key files, sign-method, then
+    the keys); unknown jwt options are logged and ignored, as etcd does. Raises
+    InvalidAuthOptions, whose message starts with the flag's name.
+    """
+    try:
+        return _new_token_provider(option, simple_ttl_s)
+    except InvalidAuthOptions as e:
+        raise InvalidAuthOptions(f"--auth-token: {e}") from None
+
+
+def _new_token_provider(option: str, simple_ttl_s: float) -> TokenProvider:
+    kind, opts = _decompose(option)
     if kind == "simple":
         return SimpleTokens(simple_ttl_s)
-    if kind == "jwt":
-        unknown = set(opts) - {"sign-method", "pub-key", "priv-key", "ttl"}
-        if unknown:
-            raise InvalidAuthOptions(f"--auth-token jwt: unknown option(s) {', '.join(sorted(unknown))}")
-        if "sign-method" not in opts:
-            raise InvalidAuthOptions("--auth-token jwt needs sign-method=ALG (e.g. RS256)")
-        ttl = parse_duration_go(opts["ttl"]) if "ttl" in opts else DEFAULT_JWT_TTL_S
+    if kind == "":
+        return NopTokens()
+    if kind != "jwt":
+        raise InvalidAuthOptions(f"auth: invalid auth options (unknown token type {kind!r}: "
+                                 "use simple or jwt,sign-method=...)")
+    ttl = parse_duration_go(opts["ttl"]) if opts.get("ttl") else DEFAULT_JWT_TTL_S
 
-        def read(name: str) -> bytes | None:
-            path = opts.get(name)
-            if not path:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as e:
-                raise InvalidAuthOptions(f"--auth-token jwt: cannot read {name} {path}: {e}") from None
+    def read(name: str) -> bytes | None:
+        path = opts.get(name)
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise InvalidAuthOptions(f"auth: invalid auth options (cannot read {name} "
+                                     f"{path}: {e.strerror or e})") from None
 
-        return JWTTokens(opts["sign-method"], read("priv-key"), read("pub-key"), ttl)
-    raise InvalidAuthOptions(f"--auth-token: unknown token type {kind!r} (use simple or jwt)")
+    pub, priv = read("pub-key"), read("priv-key")
+    if not opts.get("sign-method"):
+        raise InvalidAuthOptions(f"auth: invalid auth options (no sign-method; {_KEY_HELP})")
+    unknown = sorted(set(opts) - {"sign-method", "pub-key", "priv-key", "ttl"})
+    if unknown:
+        log.warning("unknown JWT options", extra={"keys": unknown})
+    return JWTTokens(opts["sign-method"], priv, pub, ttl)

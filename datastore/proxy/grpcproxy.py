@@ -17,8 +17,11 @@ as etcd's grpc-proxy does:
   request for a lease whose keep-alive is in flight waits for that answer, and one made
   within ``TTL/6`` of the last answer is answered from it (TTL minus the time since), so a
   lease costs the cluster at most about six keep-alives per TTL however many clients
-  keep it alive (a revoke through the proxy drops the remembered answer; a revoke
-  elsewhere, or expiry, shows up within TTL/6).
+  keep it alive. A revoked lease must never be reported alive: a revoke through the proxy
+  drops the remembered answer at once, and a revoke elsewhere (or expiry) deletes the
+  lease's keys, which the proxy's keyspace watch sees (with ``prev_kv``, which names the
+  lease). A lease the watch has not seen keys attached to could be revoked unseen, so its
+  keep-alives are never answered from memory, nor is any while that watch is down.
 - **Serializable ranges.** A serializable ``Range`` at the current revision is answered
   from a cache that the proxy's own watch over the whole keyspace invalidates (and so do
   writes forwarded by the proxy itself); without that watch (e.g. auth on and no rights)
@@ -234,12 +237,17 @@ class KeepAlives:
         self.proxy = proxy
         self.pending: dict[int, list[asyncio.Future[rpc.LeaseKeepAliveResponse]]] = {}
         self.last: dict[int, tuple[float, rpc.LeaseKeepAliveResponse]] = {}
+        # Keys the keyspace watch has seen attached to each lease, never more than the
+        # true number (keys attached before the watch began are not counted): a lease
+        # counted here has keys, so its revoke will show as their deletion.
+        self.keyed: dict[int, int] = {}
         self.queue: asyncio.Queue[int] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
     async def keep_alive(self, lease_id: int) -> rpc.LeaseKeepAliveResponse:
         self.proxy.stats.keepalive_requests += 1
-        hit = self.last.get(lease_id)
+        self.proxy.cache.start()  # the keyspace watch that sees revokes
+        hit = self.last.get(lease_id) if self.proxy.cache.live and self.keyed.get(lease_id) else None
         if hit is not None:
             age = time.monotonic() - hit[0]
             if hit[1].TTL > 0 and age < hit[1].TTL / 6:
@@ -255,6 +263,32 @@ class KeepAlives:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
         return await fut
+
+    def seen(self, events: Iterable[Any]) -> None:
+        """Keyspace events, in order: count attachments, forget answers on detachment."""
+        for ev in events:
+            new = ev.kv.lease if ev.type == ev.PUT else 0
+            if ev.HasField("prev_kv"):
+                old = ev.prev_kv.lease
+            elif ev.type == ev.PUT:
+                old = 0  # a new key
+            else:  # a deletion whose lease we cannot know: trust nothing remembered
+                self.forget_all()
+                continue
+            if old == new:
+                continue
+            if old:
+                self.last.pop(old, None)  # maybe revoked: ask the cluster next time
+                n = self.keyed.pop(old, 0) - 1
+                if n > 0:
+                    self.keyed[old] = n
+            if new:
+                self.keyed[new] = self.keyed.get(new, 0) + 1
+
+    def forget_all(self) -> None:
+        """The watch lost continuity: no lease is known to have keys any more."""
+        self.keyed.clear()
+        self.last.clear()
 
     async def _run(self) -> None:
         ep = self.proxy.pool.current
@@ -298,6 +332,12 @@ class KeepAlives:
 
 # ---- serializable range cache -------------------------------------------------------
 class RangeCache:
+    """Serializable reads, kept until the keyspace watch (or a write here) says otherwise.
+
+    The same watch (``prev_kv`` on) feeds :meth:`KeepAlives.seen`, so it runs once a
+    keep-alive arrives even with the range cache off.
+    """
+
     def __init__(self, proxy: GrpcProxy, max_entries: int = 4096) -> None:
         self.proxy = proxy
         self.max_entries = max_entries
@@ -324,7 +364,7 @@ class RangeCache:
 
             async def requests(s: int = start) -> AsyncIterator[rpc.WatchRequest]:
                 yield rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-                    key=b"\0", range_end=b"\0", start_revision=s))
+                    key=b"\0", range_end=b"\0", start_revision=s, prev_kv=True))
                 await asyncio.Event().wait()
 
             call = self.proxy.pool.channel(ep).stream_stream(
@@ -335,14 +375,18 @@ class RangeCache:
                     if resp.canceled:
                         log.info("proxy range cache disabled: its watch was refused",
                                  extra={"reason": resp.cancel_reason})
+                        self.proxy.keepalives.forget_all()
                         return
                     if resp.created:
+                        if not start:  # not a resumption: nothing seen before counts
+                            self.proxy.keepalives.forget_all()
                         self.seen_rev = max(self.seen_rev, resp.header.revision)
                         self.live = True
                         pause = RESUME_BACKOFF_S[0]
                         continue
                     if resp.events:
                         self.invalidate()
+                        self.proxy.keepalives.seen(resp.events)
                         self.seen_rev = max(self.seen_rev, resp.events[-1].kv.mod_revision)
             except grpc.aio.AioRpcError as e:
                 if moves_on(e):
@@ -412,6 +456,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         else:
             self.port = self.server.add_insecure_port(self.cfg.listen_addr)
         await self.server.start()
+        self.cache.start()  # the keyspace watch: leases are only seen keyed from here on
         return self.port
 
     async def stop(self) -> None:

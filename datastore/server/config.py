@@ -87,12 +87,21 @@ class Config:
         return out
 
 
-def split_urls(s: str) -> tuple[str, ...]:
+def split_urls(s: str, flag: str = "") -> tuple[str, ...]:
+    """Comma-separated URLs; a bad one is refused in Go's url.Parse words, naming the flag."""
     urls = tuple(u.strip() for u in s.split(",") if u.strip())
+    what = f"{flag}: " if flag else ""
     for u in urls:
-        p = urlparse(u)
+        try:
+            p = urlparse(u)
+            p.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        except ValueError:
+            if "[" in u and "]" not in u:
+                raise ValueError(f"{what}parse {u!r}: missing ']' in host") from None
+            port = u.rsplit(":", 1)[-1]
+            raise ValueError(f"{what}parse {u!r}: invalid port {':' + port!r} after host") from None
         if p.scheme not in ("http", "https", "unix", "unixs") or not p.netloc:
-            raise ValueError(f"{u!r} is not a URL like http://127.0.0.1:2379")
+            raise ValueError(f"{what}{u!r} is not a URL like http://127.0.0.1:2379")
     return urls
 
 
@@ -245,15 +254,26 @@ def _explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
+    """The member's configuration; a bad flag raises ValueError with one line naming it."""
     if ns.election_timeout < 5 * ns.heartbeat_interval:
         raise ValueError("--election-timeout must be at least 5 times --heartbeat-interval")
+    cfg = _config(ns)
+    for urls in cfg.initial_cluster_map().values():  # --initial-cluster's own syntax and URLs
+        split_urls(",".join(urls), "--initial-cluster")
+    from datastore.auth.tokens import new_token_provider  # reads the key files: refuse early
+    new_token_provider(cfg.auth_token, cfg.auth_token_ttl_s)
+    return cfg
+
+
+def _config(ns: argparse.Namespace) -> Config:
     return Config(
         name=ns.name,
         data_dir=ns.data_dir,
-        listen_client_urls=split_urls(ns.listen_client_urls),
-        advertise_client_urls=split_urls(ns.advertise_client_urls),
-        listen_peer_urls=split_urls(ns.listen_peer_urls),
-        initial_advertise_peer_urls=split_urls(ns.initial_advertise_peer_urls),
+        listen_client_urls=split_urls(ns.listen_client_urls, "--listen-client-urls"),
+        advertise_client_urls=split_urls(ns.advertise_client_urls, "--advertise-client-urls"),
+        listen_peer_urls=split_urls(ns.listen_peer_urls, "--listen-peer-urls"),
+        initial_advertise_peer_urls=split_urls(ns.initial_advertise_peer_urls,
+                                               "--initial-advertise-peer-urls"),
         initial_cluster=ns.initial_cluster,
         initial_cluster_state=ns.initial_cluster_state,
         initial_cluster_token=ns.initial_cluster_token,
@@ -274,8 +294,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
             ns.experimental_watch_progress_notify_interval),
         strict_reconfig_check=ns.strict_reconfig_check,
         initial_corrupt_check=ns.experimental_initial_corrupt_check,
-        listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
-        listen_client_http_urls=(split_urls(ns.listen_client_http_urls)
+        listen_metrics_urls=(split_urls(ns.listen_metrics_urls, "--listen-metrics-urls")
+                             if ns.listen_metrics_urls else ()),
+        listen_client_http_urls=(split_urls(ns.listen_client_http_urls, "--listen-client-http-urls")
                                  if ns.listen_client_http_urls else ()),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
                            trusted_ca_file=ns.trusted_ca_file,

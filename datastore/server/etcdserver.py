@@ -245,7 +245,8 @@ class EtcdServer:
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(errors.ErrStopped())
-        self._io.shutdown(wait=True)
+        # off the loop: a blocked fsync must not freeze the loop (and with it the signals)
+        await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
         self.cluster_ops.checkpoints.close()
         self.wal.close()
         self.backend.close()

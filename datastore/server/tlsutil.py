@@ -67,11 +67,47 @@ class TLSInfo:
         for path in (self.cert_file, self.key_file, self.trusted_ca_file):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{what}: {path} does not exist or is not a file")
+        self._check_contents(what)
         if self.verifies_clients() and not self.trusted_ca_file:
             # etcd would verify client certificates against the system roots, which no
             # private CA's client certificate passes: every peer/client would be refused.
             raise ValueError(f"{what}: client certificate authentication needs a trusted CA "
                              f"file to verify client certificates against")
+
+    def _check_contents(self, what: str) -> None:
+        """Readable PEM that matches, refused in Go's crypto/tls words (etcd's) if not."""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        def read(path: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as e:
+                raise ValueError(f"{what}: open {path}: {(e.strerror or str(e)).lower()}") from None
+
+        if self.cert_file:
+            cert, key = read(self.cert_file), read(self.key_file)
+            try:
+                x509.load_pem_x509_certificates(cert)
+            except ValueError:
+                raise ValueError(f"{what}: {self.cert_file}: tls: failed to find any PEM data "
+                                 "in certificate input") from None
+            try:
+                load_pem_private_key(key, password=None)
+            except (ValueError, TypeError):
+                raise ValueError(f"{what}: {self.key_file}: tls: failed to find any PEM data "
+                                 "in key input") from None
+            except Exception as e:  # an algorithm this build cannot load
+                raise ValueError(f"{what}: {self.key_file}: tls: {e}") from None
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
+            except ssl.SSLError:
+                raise ValueError(f"{what}: tls: private key does not match public key") from None
+        if self.trusted_ca_file:
+            try:
+                x509.load_pem_x509_certificates(read(self.trusted_ca_file))
+            except ValueError:
+                raise ValueError(f"{what}: {self.trusted_ca_file}: no PEM certificates "
+                                 "to trust") from None
 
     # ---- credentials ----------------------------------------------------------------
     def _read(self) -> tuple[bytes, bytes, bytes | None]:

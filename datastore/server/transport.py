@@ -300,7 +300,8 @@ class PeerTransport:
                     srv.add_insecure_port(peer_target(url))
             except RuntimeError:
                 if len(self.server.members.members) > 1:
-                    raise
+                    raise OSError(f"listen tcp {peer_target(url)}: bind: address already in "
+                                  "use or not an address of this host") from None
                 # A lone member needs no peer listener until a member is added; do not
                 # fail a single-node server over a busy peer port.
                 log.warning("cannot listen for peers", extra={"url": url})

@@ -266,12 +266,15 @@ def etcd_proc(base: Path, name: str = "etcd0", extra: list[str] | None = None,
               client_port: int | None = None, peer_port: int | None = None,
               initial_cluster: str | None = None, state: str = "new",
               client_scheme: str = "http", peer_scheme: str = "http",
-              tls: ClientTLS | None = None) -> ServerProc:
-    """A real etcd process (not started yet); https schemes need the TLS flags in extra."""
+              tls: ClientTLS | None = None, binary: str | Path | None = None) -> ServerProc:
+    """A real etcd process (not started yet); https schemes need the TLS flags in extra.
+
+    ``binary``: another etcd than Debian's (e.g. ``refs.binary("etcd")``, the built 3.6).
+    """
     cp, pp = client_port or free_port(), peer_port or free_port()
     data = base / f"{name}.etcd"
     flags = _cluster_flags(name, cp, pp, initial_cluster, state, client_scheme, peer_scheme)
-    argv = [ETCD_BIN, "--data-dir", str(data), *flags,
+    argv = [str(binary or ETCD_BIN), "--data-dir", str(data), *flags,
             "--log-level", "error", "--logger", "zap", *(extra or [])]
     return ServerProc("etcd", name, data, cp, pp, argv, base / f"{name}.log",
                       client_scheme=client_scheme, peer_scheme=peer_scheme, tls=tls)

@@ -278,7 +278,7 @@ def test_jwt_tokens(tmp_path: Path) -> None:
     assert asyncio.run(th.info(th.assign("c", 3, 0, ""), 3, _applied)) == AuthInfo("c", 3)
 
 
-@pytest.mark.parametrize("opt", ["", "bogus", "jwt", "jwt,sign-method=XX256,priv-key=/nonexistent",
+@pytest.mark.parametrize("opt", ["bogus", "jwt", "jwt,sign-method=XX256,priv-key=/nonexistent",
                                  "jwt,sign-method=RS256", "jwt,sign-method=RS256,priv-key=/nonexistent",
                                  "simple,a", "jwt,ttl=1m,ttl=2m", "jwt,sign-method=RS256,ttl=soon"])
 def test_bad_token_options(opt: str) -> None:
@@ -288,7 +288,7 @@ def test_bad_token_options(opt: str) -> None:
 
 @pytest.mark.parametrize("opt, says", [
     ("bogus", "unknown token type 'bogus'"),
-    ("jwt,sign-method=RS256", "needs priv-key=FILE"),
+    ("jwt,sign-method=RS256", "--auth-token: auth: missing key data"),
     ("jwt,priv-key=/nonexistent,sign-method=RS256", "cannot read priv-key /nonexistent"),
 ])
 def test_serve_refuses_bad_auth_token_option(tmp_path: Path, opt: str, says: str) -> None:

@@ -60,6 +60,11 @@ class FaultDisk:
     def eio_flag(self) -> Path:
         return self.shadow.parent / f"{self.shadow.name}.eio"
 
+    @property
+    def stall_flag(self) -> Path:
+        """While this file exists, fsync/fdatasync under the data dir block."""
+        return self.shadow.parent / f"{self.shadow.name}.stall"
+
     def env(self, eio_after: int | None = None) -> dict[str, str]:
         """Environment for the member's process (merge into ``ServerProc.env``).
 
@@ -69,7 +74,8 @@ class FaultDisk:
         self.shadow.mkdir(parents=True, exist_ok=True)
         env = {"LD_PRELOAD": str(self.shim), "FAULTFS_ROOT": str(self.data_dir.resolve()),
                "FAULTFS_SHADOW": str(self.shadow.resolve()),
-               "FAULTFS_ENOSPC_FLAG": str(self.enospc_flag.resolve())}
+               "FAULTFS_ENOSPC_FLAG": str(self.enospc_flag.resolve()),
+               "FAULTFS_STALL_FLAG": str(self.stall_flag.resolve())}
         if eio_after is not None:
             env["FAULTFS_EIO_AFTER"] = str(eio_after)
             env["FAULTFS_EIO_FLAG"] = str(self.eio_flag.resolve())

@@ -16,6 +16,7 @@
  *                         file P exists (so a test arms the fault once the member is up).
  *   FAULTFS_ENOSPC_FLAG=P while the file P exists, write/pwrite/writev/fallocate/ftruncate
  *                         fail with ENOSPC (the test creates/removes P to fill/free the disk).
+ *   FAULTFS_STALL_FLAG=P  while the file P exists, fsync/fdatasync block (a stalled disk).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -36,6 +37,7 @@
 static char g_root[PATH_MAX];   /* absolute, no trailing slash; "" = shim inactive */
 static char g_shadow[PATH_MAX];
 static char g_enospc[PATH_MAX];
+static char g_stall[PATH_MAX];  /* FAULTFS_STALL_FLAG */
 static char g_eio_flag[PATH_MAX];
 static long g_eio_after = -1;   /* -1: never */
 static long g_syncs;            /* fsync/fdatasync calls under the root so far */
@@ -96,6 +98,8 @@ __attribute__((constructor)) static void faultfs_init(void) {
     if (e) snprintf(g_enospc, sizeof g_enospc, "%s", e);
     const char *f = getenv("FAULTFS_EIO_FLAG");
     if (f) snprintf(g_eio_flag, sizeof g_eio_flag, "%s", f);
+    const char *s = getenv("FAULTFS_STALL_FLAG");
+    if (s) snprintf(g_stall, sizeof g_stall, "%s", s);
     const char *n = getenv("FAULTFS_EIO_AFTER");
     if (n && *n) g_eio_after = atol(n);
 }
@@ -174,6 +178,13 @@ static void persist(int fd) {
 }
 
 static int sync_common(int fd, int (*real)(int)) {
+    if (g_stall[0] && fd_under_root(fd)) {
+        int logged = 0;
+        while (access(g_stall, F_OK) == 0) {
+            if (!logged++) shim_log("stalling fsync", "");
+            usleep(10000);
+        }
+    }
     if (g_root[0] && g_eio_after >= 0 && fd_under_root(fd) &&
             (!g_eio_flag[0] || g_syncs > 0 || access(g_eio_flag, F_OK) == 0)) {
         pthread_mutex_lock(&g_mu);
