@@ -74,6 +74,14 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         controlplane.down(directory)
 
 
+def _list(cp: ControlPlane, path: str) -> dict:
+    """A list straight from the API (kubectl's -o json rewraps items without the list's
+    resourceVersion)."""
+    status, body = cp.api().get(path)
+    assert status == 200, body
+    return body
+
+
 def _ns(cp: ControlPlane, name: str) -> str:
     if kubectl(cp, "get", "namespace", name, check=False).returncode != 0:
         kubectl(cp, "create", "namespace", name)
@@ -107,7 +115,7 @@ def test_configmaps_chunked_list_and_watch(cluster: tuple[ControlPlane, LeaseSam
              for i in range(1000)]
     kubectl(cp, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                       "items": items}), timeout=300)
-    start_rv = kjson(cp, "-n", ns, "get", "configmaps")["metadata"]["resourceVersion"]
+    start_rv = _list(cp, f"/api/v1/namespaces/{ns}/configmaps")["metadata"]["resourceVersion"]
     names = kubectl(cp, "-n", ns, "get", "configmaps", "--chunk-size=70", "-o", "name").stdout
     got = sorted(n for n in names.split() if n.startswith("configmap/cm-"))
     assert got == [f"configmap/cm-{i:04d}" for i in range(1000)]
@@ -228,7 +236,7 @@ def test_apiserver_compaction_gives_410(cluster: tuple[ControlPlane, LeaseSample
     api = cp.api()
     # Events have no watch cache in the API server: their watches reach the storage.
     assert api.post(f"/api/v1/namespaces/{ns}/events", _event(ns, "before"))[0] == 201
-    old_rv = int(kjson(cp, "-n", ns, "get", "events")["metadata"]["resourceVersion"])
+    old_rv = int(_list(cp, f"/api/v1/namespaces/{ns}/events")["metadata"]["resourceVersion"])
     for i in range(20):
         assert api.post(f"/api/v1/namespaces/{ns}/events", _event(ns, f"after-{i}"))[0] == 201
     # The API server compacts every minute (--etcd-compaction-interval=1m) through its Txn
@@ -241,7 +249,7 @@ def test_apiserver_compaction_gives_410(cluster: tuple[ControlPlane, LeaseSample
     assert events and events[0]["type"] == "ERROR", events
     assert events[0]["object"]["code"] == 410, events
     # The client relists, then watches from the list's revision without error.
-    listed = kjson(cp, "-n", ns, "get", "events")
+    listed = _list(cp, f"/api/v1/namespaces/{ns}/events")
     assert len(listed["items"]) == 21
     rv = listed["metadata"]["resourceVersion"]
     out = kubectl(cp, "get", "--raw", f"/api/v1/namespaces/{ns}/events?watch=1"
