@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hashkv_util import hashes_agree, wait_hashkv_equal
 
 from datastore.testing.procs import etcdctl, free_port_block
 from kvoperator.etcdapi import ClientClusterAPI
@@ -94,18 +95,7 @@ class Harness:
         async def go() -> None:
             async with Client(eps[:1], timeout=10.0) as c:
                 rev = (await c.put("probe", "x")).header.revision
-                deadline = time.monotonic() + WAIT_S
-                while True:
-                    hashes = set()
-                    for ep in eps:
-                        try:
-                            hashes.add((await c.hash_kv(ep, revision=rev)).hash)
-                        except Exception as e:  # not applied up to rev yet
-                            hashes.add(repr(e))
-                    if len(hashes) == 1:
-                        return
-                    assert time.monotonic() < deadline, f"HashKV differs at {rev}: {hashes}"
-                    await asyncio.sleep(0.1)  # poll interval of the condition above
+                await wait_hashkv_equal(c, eps, rev, WAIT_S)
         asyncio.run(go())
 
     def check_member_list(self) -> None:
@@ -169,3 +159,14 @@ def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
     assert {k[1] for k in h.kube.store["pvc"]} == {"data-db-0"}
     h.check_member_list()
     assert etcdctl(h.endpoint(0), "get", "before", "--print-value-only").stdout.strip() == b"1"
+
+
+def test_hashkv_errors_are_never_agreement() -> None:
+    """The convergence check itself: equal hashes agree; any error, even one repeated text
+    from every member ("required revision is a future revision"), does not."""
+    behind = RuntimeError("etcdserver: mvcc: required revision is a future revision")
+    assert hashes_agree({"a": 7, "b": 7, "c": 7})
+    assert not hashes_agree({"a": 7, "b": 8, "c": 7})
+    assert not hashes_agree({"a": behind, "b": behind, "c": behind})
+    assert not hashes_agree({"a": 7, "b": behind})
+    assert not hashes_agree({})
