@@ -506,14 +506,22 @@ class KubernetesPlatform:
                 raise
 
     async def _create_or_patch(self, create: Callable[..., Any], patch: Callable[..., Any],
-                               obj: dict[str, Any]) -> None:
-        try:
-            await asyncio.to_thread(create, self.namespace, obj)
-        except Exception as e:
-            if _status_of(e) != 409:
-                raise
-            await asyncio.to_thread(patch, obj["metadata"]["name"], self.namespace,
-                                    {"spec": obj["spec"]})
+                               obj: dict[str, Any], clear: tuple[str, ...] = (),
+                               exists: bool = False) -> None:
+        """Create, or patch the spec of the one that exists (or turns out to: 409). A patch
+        merges, so fields named in ``clear`` that ``obj`` leaves out are sent as null to
+        remove them."""
+        if not exists:
+            try:
+                await asyncio.to_thread(create, self.namespace, obj)
+                return
+            except Exception as e:
+                if _status_of(e) != 409:
+                    raise
+        spec = {**dict.fromkeys(clear), **obj["spec"]}
+        # the labels too: they are how the next pass finds it (a Service lists by them)
+        await asyncio.to_thread(patch, obj["metadata"]["name"], self.namespace,
+                                {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": spec})
 
     async def sync(self, o: Observed) -> None:
         """Services and PDB exist; pod role labels follow the member list (learner/voter)."""
@@ -534,8 +542,12 @@ class KubernetesPlatform:
                 label_selector=sel)).get("items") or []}
             want = pdb(s, voters)
             if (budgets.get(s.name) or {}).get("spec") != want["spec"]:
+                # minAvailable and maxUnavailable exclude each other (the API server refuses
+                # both): a change from one to the other must remove the old one.
                 await self._create_or_patch(self.k.policy.create_namespaced_pod_disruption_budget,
-                                            self.k.policy.patch_namespaced_pod_disruption_budget, want)
+                                            self.k.policy.patch_namespaced_pod_disruption_budget, want,
+                                            clear=("minAvailable", "maxUnavailable"),
+                                            exists=s.name in budgets)
         if o.members is None:
             return
         pods = self._my_pods()

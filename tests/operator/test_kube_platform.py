@@ -9,6 +9,7 @@ is exactly the part of the decision the Kubernetes side owns.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ from kvoperator.kube import (
     pod_workload,
 )
 from kvoperator.planner import ActionKind, Member, Observed, Phase
-from kvoperator.testing import FakeKube
+from kvoperator.testing import ApiError, FakeKube
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "prod"
@@ -318,7 +319,32 @@ def test_role_labels_follow_the_member_list_and_pdb_follows_voters() -> None:
     assert kube.made("patch_namespaced_pod")[-1][2] == {"metadata": {"labels": {ROLE_LABEL: "voter"}}}
     (name, _ns, patch), = kube.made("patch_namespaced_pod_disruption_budget")
     assert name == "db"
-    assert patch["spec"]["minAvailable"] == 2
+    assert patch["spec"]["minAvailable"] == 2 and patch["spec"]["maxUnavailable"] is None
+    # what the API server then holds: the new field only (both set is refused with 422)
+    assert kube.store["pdb"][(NS, "db")]["spec"] == pdb(s, 2)["spec"]
+    # and back to one voter: minAvailable goes, maxUnavailable returns
+    asyncio.run(p.sync(Observed("db", 3, 4, members[:1])))
+    assert kube.store["pdb"][(NS, "db")]["spec"] == pdb(s, 1)["spec"]
+
+
+def test_the_stand_in_refuses_a_pdb_with_both_fields_as_the_api_server_does() -> None:
+    kube = FakeKube()
+    body = pdb(spec(3), 3)
+    kube.policy.create_namespaced_pod_disruption_budget(NS, body)
+    with pytest.raises(ApiError) as e:
+        kube.policy.patch_namespaced_pod_disruption_budget("db", NS, {"spec": {"maxUnavailable": 1}})
+    assert e.value.status == 422
+    st = json.loads(e.value.body)
+    assert (st["code"], st["reason"], st["details"]["causes"][0]["field"]) == (422, "Invalid", "spec")
+    # ValidatePodDisruptionBudgetSpec's words, after the field path and the internal spec value
+    assert st["message"].startswith('PodDisruptionBudget.policy "db" is invalid: spec: Invalid value: '
+                                    '{"MinAvailable":2,"Selector":{"matchLabels":{')
+    assert st["message"].endswith('"MaxUnavailable":1,"UnhealthyPodEvictionPolicy":null}: '
+                                  "minAvailable and maxUnavailable cannot be both set")
+    assert kube.store["pdb"][(NS, "db")]["spec"] == body["spec"]  # refused: nothing changed
+    with pytest.raises(ApiError, match="cannot be both set"):
+        kube.policy.create_namespaced_pod_disruption_budget(
+            NS, {**body, "metadata": {"name": "x"}, "spec": {**body["spec"], "maxUnavailable": 1}})
 
 
 def test_scale_down_cleanup_deletes_pod_and_pvc() -> None:
