@@ -691,7 +691,7 @@ class KubeOperator:
             tstop.set()
 
 
-async def serve_health(op: KubeOperator, port: int) -> asyncio.AbstractServer:
+async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> asyncio.AbstractServer:
     """``/healthz`` for the Deployment's probes: 200 while reconcile passes keep running."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -706,7 +706,7 @@ async def serve_health(op: KubeOperator, port: int) -> asyncio.AbstractServer:
             pass
         finally:
             writer.close()
-    return await asyncio.start_server(handle, "0.0.0.0", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,
