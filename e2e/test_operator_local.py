@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hashkv_util import wait_hashkv_equal
 
 from datastore.testing.procs import etcdctl, free_port_block
 
@@ -236,18 +237,7 @@ def check_cluster(op: Operator, writer: Writer) -> None:
             missing = {k: v for k, v in writer.acked.items() if got.get(k) != v}
             assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {list(missing)[:5]}"
             rev = (await c.get("k", count_only=True)).header.revision
-            deadline = time.monotonic() + WAIT_S
-            while True:  # members may still be applying up to rev
-                hashes = {}
-                for ep in eps:
-                    try:
-                        hashes[ep] = (await c.hash_kv(ep, revision=rev)).hash
-                    except Exception as e:  # behind: "required revision is a future revision"
-                        hashes[ep] = repr(e)
-                if len(set(hashes.values())) == 1:
-                    break
-                assert time.monotonic() < deadline, f"HashKV differs at revision {rev}: {hashes}"
-                await asyncio.sleep(0.1)  # poll interval of the condition above
+            await wait_hashkv_equal(c, eps, rev, WAIT_S)
 
     asyncio.run(check())
     out = json.loads(etcdctl(op.endpoint(0), "member", "list", "-w", "json").stdout)

@@ -181,22 +181,27 @@ def check_history(rec: Recorder, nodes: list[Any], pods: list[Any], never: set[s
     node_by_name = {n.metadata.name: n for n in nodes}
     infos = {name: NodeInfo(n) for name, n in node_by_name.items()}
     placed: dict[str, str] = {}
-    binds: dict[str, int] = {}
+    # Every write to a pod after the one that first gave it a nodeName, by revision: a second
+    # bind (to the same node or another), a status write, a delete. Nothing may touch a
+    # pod once it is bound here, so any entry means it was bound more than once.
+    rewritten: dict[str, list[tuple[int, str, str]]] = {}
     by: dict[str, int] = {}
     last: dict[str, Any] = {}
-    for _, typ, key, value in evs:
-        if not key.startswith(obj.POD_PREFIX) or typ == "DELETE":
+    for rev, typ, key, value in evs:
+        if not key.startswith(obj.POD_PREFIX):
+            continue
+        if key in placed:
+            node = obj.decode_pod(value).spec.node_name if typ == "PUT" else None
+            rewritten.setdefault(key, []).append((rev, typ, node or ""))
+            continue
+        if typ == "DELETE":
             continue
         pod = obj.decode_pod(value)
         last[key] = pod
         node = pod.spec.node_name
-        if key in placed:
-            assert node == placed[key], f"{key} moved from {placed[key]} to {node}"
-            continue
         if not node:
             continue
         placed[key] = node
-        binds[key] = binds.get(key, 0) + 1
         who = (pod.metadata.annotations or {}).get(SCHEDULED_BY, "?")
         by[who] = by.get(who, 0) + 1
         ni = infos[node]
@@ -206,7 +211,8 @@ def check_history(rec: Recorder, nodes: list[Any], pods: list[Any], never: set[s
         ni.add(obj.pod_requests(pod))
         assert ni.requested.milli_cpu <= ni.allocatable.milli_cpu
         assert ni.requested.memory <= ni.allocatable.memory
-    assert all(n == 1 for n in binds.values())
+    assert not rewritten, "pods written again after their bind (revision, op, nodeName): " + "; ".join(
+        f"{k} bound to {placed[k]}, then {w}" for k, w in sorted(rewritten.items())[:5])
     final_infos = list(infos.values())
     contended = [0, 0]  # pinned pods left unbound, bound
     for p in pods:
@@ -233,6 +239,27 @@ def check_history(rec: Recorder, nodes: list[Any], pods: list[Any], never: set[s
     if any(obj.key_of(p).rsplit("/", 1)[1].startswith("pinned-") for p in pods):
         assert contended[0] > 0 and contended[1] > 0, f"node-00 was not contended: {contended}"
     return by
+
+
+def _history(*writes: tuple[Any, str | None]) -> Recorder:
+    """A Recorder filled by hand: each write is (pod, node it is bound to or None)."""
+    rec = Recorder([])
+    for rev, (pod, node) in enumerate(writes, start=2):
+        body = obj.bound(pod, node) if node else pod
+        rec.events.append((rev, "PUT", obj.key_of(pod), obj.encode(body)))
+    return rec
+
+
+def test_history_check_catches_a_second_bind() -> None:
+    """The checker, without processes: one bind passes; a second write to a bound pod fails,
+    even when it binds to the same node again (a re-applied bind)."""
+    nodes = make_nodes(20)
+    web, other = obj.make_pod("web-1"), obj.make_pod("web-2")
+    check_history(_history((web, None), (web, "node-01"), (other, "node-02")), nodes, [web, other], set())
+    for again in ("node-01", "node-03"):
+        rec = _history((web, None), (web, "node-01"), (other, "node-02"), (web, again))
+        with pytest.raises(AssertionError, match="written again after their bind"):
+            check_history(rec, nodes, [web, other], set())
 
 
 # -- processes -----------------------------------------------------------------------------------

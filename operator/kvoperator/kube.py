@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 from kvoperator import spec as specmod
 from kvoperator.etcdapi import ClusterAPI
 from kvoperator.planner import Action, ActionKind, Observed, Phase, Workload, quorum
-from kvoperator.reconcile import Reconciler, now_rfc3339
+from kvoperator.reconcile import NotYet, Reconciler, now_rfc3339
 from kvoperator.spec import ClusterSpec
 from kvoperator.status import SELECTOR_LABEL
 
@@ -457,14 +457,15 @@ class KubernetesPlatform:
                 out[int(lb[ORDINAL_LABEL])] = p
         return out
 
-    async def _pvcs(self) -> dict[int, dict[str, Any]]:
+    async def _pvcs(self, terminating: bool = False) -> dict[int, dict[str, Any]]:
+        """The members' PVCs by ordinal; those being deleted only if ``terminating``."""
         lst = await asyncio.to_thread(self.k.core.list_namespaced_persistent_volume_claim, self.namespace,
                                       label_selector=f"{SELECTOR_LABEL}={self.name}")
         out = {}
         for c in self.k.to_dict(lst).get("items") or []:
             md = c.get("metadata") or {}
             o = str((md.get("labels") or {}).get(ORDINAL_LABEL, ""))
-            if o.isdigit() and not md.get("deletionTimestamp"):
+            if o.isdigit() and (terminating or not md.get("deletionTimestamp")):
                 out[int(o)] = c
         return out
 
@@ -473,21 +474,43 @@ class KubernetesPlatform:
         return {i: pod_workload(i, pods.get(i), i in pvcs) for i in sorted(set(pods) | set(pvcs))}
 
     async def start_member(self, ordinal: int, initial_cluster: str, state: str) -> None:
+        """Its PVC, then its pod. A deleted PVC or pod of the same name lingers while it
+        terminates (a PVC's ``kubernetes.io/pvc-protection`` finalizer holds it until no pod
+        uses it); creating it again then would be refused with 409 AlreadyExists, so this
+        waits (NotYet) until it is gone."""
         s = self._s()
         ns = self.namespace
-        if ordinal not in await self._pvcs():
-            await asyncio.to_thread(self.k.core.create_namespaced_persistent_volume_claim, ns,
-                                    member_pvc(s, ordinal))
+        claim, pod_name = pvc_name(s, ordinal), member_name(s, ordinal)
+        pvc = (await self._pvcs(terminating=True)).get(ordinal)
+        if pvc is not None and pvc["metadata"].get("deletionTimestamp"):
+            held = ", ".join(pvc["metadata"].get("finalizers") or []) or "no finalizers"
+            raise NotYet(f"PVC {claim} is still being deleted (held by {held}); a new one is "
+                         "created once it is gone")
         old = self._my_pods().get(ordinal)
+        if old is not None and old["metadata"].get("deletionTimestamp"):
+            raise NotYet(f"pod {pod_name} is still terminating; it is created again once it is gone")
+        if pvc is None:
+            await self._create(self.k.core.create_namespaced_persistent_volume_claim, member_pvc(s, ordinal))
         if old is not None:
             if (old.get("status") or {}).get("phase") not in ("Failed", "Succeeded"):
                 return  # it exists and runs (or is starting): nothing to do
-            await asyncio.to_thread(self.k.core.delete_namespaced_pod, member_name(s, ordinal), ns)
+            await asyncio.to_thread(self.k.core.delete_namespaced_pod, pod_name, ns)
             return  # recreated next pass, once the deletion is observed
         learner = any(m.is_learner for m in (self.observed.members or ()) if m.ordinal == ordinal) \
             if self.observed is not None else False
-        await asyncio.to_thread(self.k.core.create_namespaced_pod, ns,
-                                member_pod(s, ordinal, initial_cluster, state, learner, self.urls))
+        await self._create(self.k.core.create_namespaced_pod,
+                           member_pod(s, ordinal, initial_cluster, state, learner, self.urls))
+
+    async def _create(self, create: Callable[..., Any], obj: dict[str, Any]) -> None:
+        """Create; an object of that name that this pass did not see (still terminating, or
+        not in our cache yet) is a wait, not a failure."""
+        try:
+            await asyncio.to_thread(create, self.namespace, obj)
+        except Exception as e:
+            if _status_of(e) != 409:
+                raise
+            raise NotYet(f"{obj['kind']} {obj['metadata']['name']} already exists (still terminating, "
+                         "or not seen yet); trying again next pass") from e
 
     async def delete_member(self, ordinal: int, delete_data: bool) -> None:
         s = self._s()
@@ -506,14 +529,22 @@ class KubernetesPlatform:
                 raise
 
     async def _create_or_patch(self, create: Callable[..., Any], patch: Callable[..., Any],
-                               obj: dict[str, Any]) -> None:
-        try:
-            await asyncio.to_thread(create, self.namespace, obj)
-        except Exception as e:
-            if _status_of(e) != 409:
-                raise
-            await asyncio.to_thread(patch, obj["metadata"]["name"], self.namespace,
-                                    {"spec": obj["spec"]})
+                               obj: dict[str, Any], clear: tuple[str, ...] = (),
+                               exists: bool = False) -> None:
+        """Create, or patch the spec of the one that exists (or turns out to: 409). A patch
+        merges, so fields named in ``clear`` that ``obj`` leaves out are sent as null to
+        remove them."""
+        if not exists:
+            try:
+                await asyncio.to_thread(create, self.namespace, obj)
+                return
+            except Exception as e:
+                if _status_of(e) != 409:
+                    raise
+        spec = {**dict.fromkeys(clear), **obj["spec"]}
+        # the labels too: they are how the next pass finds it (a Service lists by them)
+        await asyncio.to_thread(patch, obj["metadata"]["name"], self.namespace,
+                                {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": spec})
 
     async def sync(self, o: Observed) -> None:
         """Services and PDB exist; pod role labels follow the member list (learner/voter)."""
@@ -534,8 +565,12 @@ class KubernetesPlatform:
                 label_selector=sel)).get("items") or []}
             want = pdb(s, voters)
             if (budgets.get(s.name) or {}).get("spec") != want["spec"]:
+                # minAvailable and maxUnavailable exclude each other (the API server refuses
+                # both): a change from one to the other must remove the old one.
                 await self._create_or_patch(self.k.policy.create_namespaced_pod_disruption_budget,
-                                            self.k.policy.patch_namespaced_pod_disruption_budget, want)
+                                            self.k.policy.patch_namespaced_pod_disruption_budget, want,
+                                            clear=("minAvailable", "maxUnavailable"),
+                                            exists=s.name in budgets)
         if o.members is None:
             return
         pods = self._my_pods()
@@ -656,7 +691,7 @@ class KubeOperator:
             tstop.set()
 
 
-async def serve_health(op: KubeOperator, port: int) -> asyncio.AbstractServer:
+async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> asyncio.AbstractServer:
     """``/healthz`` for the Deployment's probes: 200 while reconcile passes keep running."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -671,7 +706,7 @@ async def serve_health(op: KubeOperator, port: int) -> asyncio.AbstractServer:
             pass
         finally:
             writer.close()
-    return await asyncio.start_server(handle, "0.0.0.0", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,

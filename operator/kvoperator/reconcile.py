@@ -24,6 +24,12 @@ log = logging.getLogger("kvoperator")
 STATUS_TIMEOUT_S = 2.0
 
 
+class NotYet(Exception):
+    """The platform cannot take this step yet (say why); the same step comes up again next
+    pass, so this is a wait, not a failure. Example: a PVC of the same name is still
+    Terminating, held by its protection finalizer."""
+
+
 class Platform(Protocol):
     """Where members run: local processes or Kubernetes pods. Slots are numbered by ordinal."""
 
@@ -85,6 +91,7 @@ class Reconciler:
         self._last_logged: tuple[ActionKind, str] | None = None
         self.last_action: Action | None = None
         self.last_observed: Observed | None = None
+        self._last_wait = ""  # the last NotYet reason recorded as an Event (once per reason)
 
     async def reconcile_once(self) -> Action | None:
         spec = await self.p.load_spec()
@@ -162,6 +169,11 @@ class Reconciler:
                 await self.api.member_remove(self._endpoints(o), a.member_id)
             elif k is ActionKind.DELETE_WORKLOAD:
                 await p.delete_member(i, a.delete_data)
+        except NotYet as e:
+            if str(e) != self._last_wait:
+                self._last_wait = str(e)
+                await p.record(a, "waiting", f"{a.reason}: waiting: {e}")
+            return "waiting", str(e)
         except ClusterAPIError as e:
             if k is ActionKind.PROMOTE and NOT_IN_SYNC in e.details:
                 return "retry", "the learner is not in sync with the leader yet; promoting again next pass"
@@ -170,6 +182,7 @@ class Reconciler:
         except (OSError, RuntimeError) as e:
             await p.record(a, "failed", f"{a.reason}: {e}")
             return "failed", str(e)
+        self._last_wait = ""
         await p.record(a, "done", a.reason)
         return "done", a.reason
 

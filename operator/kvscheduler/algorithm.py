@@ -9,6 +9,12 @@ Filters run in kube-scheduler's order and a node is rejected by the first one th
 kube-scheduler's wording so the unschedulable message reads the same:
 ``0/20 nodes are available: 3 Insufficient cpu, 17 node(s) didn't match Pod's node
 affinity/selector.``
+
+kube-scheduler has no readiness filter: the node lifecycle controller taints a node whose
+Ready condition is False with ``node.kubernetes.io/not-ready:NoSchedule`` (Unknown or
+absent: ``node.kubernetes.io/unreachable:NoSchedule``), and TaintToleration rejects it like
+any other untolerated taint. There is no such controller here, so the taint is implied
+from the condition, which gives the same decision and the same message.
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ from dataclasses import dataclass, field
 
 from kubernetes import client as k8s
 
-from kvscheduler.objects import ZERO, Resources, node_allocatable, node_ready, pod_requests
+from kvscheduler.objects import ZERO, Resources, node_allocatable, node_ready_status, pod_requests
 
-NOT_READY = "node(s) were not ready"
 UNSCHEDULABLE = "node(s) were unschedulable"
 SELECTOR_MISMATCH = "node(s) didn't match Pod's node affinity/selector"
 INSUFFICIENT_CPU = "Insufficient cpu"
 INSUFFICIENT_MEMORY = "Insufficient memory"
 TOO_MANY_PODS = "Too many pods"
+UNTOLERATED_TAINT = "node(s) had untolerated taint(s)"
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 MAX_NODE_SCORE = 100
 # kube-scheduler scores a pod without requests as if it asked for this much (it still fits
 # anywhere), so such pods spread instead of piling onto one node.
@@ -90,10 +98,6 @@ def _tolerated(pod: k8s.V1Pod, taint: k8s.V1Taint) -> bool:
     return any(tolerates(t, taint) for t in pod.spec.tolerations or [])
 
 
-def filter_ready(pod: k8s.V1Pod, ni: NodeInfo, req: Resources) -> list[str]:
-    return [] if node_ready(ni.node) else [NOT_READY]
-
-
 def filter_unschedulable(pod: k8s.V1Pod, ni: NodeInfo, req: Resources) -> list[str]:
     if not (ni.node.spec and ni.node.spec.unschedulable):
         return []
@@ -102,10 +106,22 @@ def filter_unschedulable(pod: k8s.V1Pod, ni: NodeInfo, req: Resources) -> list[s
     return [] if _tolerated(pod, cordon) else [UNSCHEDULABLE]
 
 
+def node_taints(node: k8s.V1Node) -> list[k8s.V1Taint]:
+    """The node's taints plus the NoSchedule taint its Ready condition implies (what the node
+    lifecycle controller would add), unless the node already carries that key."""
+    taints = list((node.spec.taints if node.spec else None) or [])
+    ready = node_ready_status(node)
+    implied = None if ready == "True" else NOT_READY_TAINT if ready == "False" else UNREACHABLE_TAINT
+    if implied and not any(t.key == implied for t in taints):
+        taints.append(k8s.V1Taint(key=implied, effect="NoSchedule"))
+    return taints
+
+
 def filter_taints(pod: k8s.V1Pod, ni: NodeInfo, req: Resources) -> list[str]:
-    for taint in (ni.node.spec.taints if ni.node.spec else None) or []:
+    # kube-scheduler 1.37's TaintToleration names no taint in its reason (the taint is only logged).
+    for taint in node_taints(ni.node):
         if taint.effect in ("NoSchedule", "NoExecute") and not _tolerated(pod, taint):
-            return [f"node(s) had untolerated taint {{{taint.key}: {taint.value or ''}}}"]
+            return [UNTOLERATED_TAINT]
     return []
 
 
@@ -128,8 +144,8 @@ def filter_resources(pod: k8s.V1Pod, ni: NodeInfo, req: Resources) -> list[str]:
 
 
 Filter = Callable[[k8s.V1Pod, NodeInfo, Resources], list[str]]
-FILTERS: tuple[Filter, ...] = (filter_ready, filter_unschedulable, filter_taints, filter_node_selector,
-                               filter_resources)
+# kube-scheduler's default order: NodeUnschedulable, TaintToleration, NodeAffinity, NodeResourcesFit.
+FILTERS: tuple[Filter, ...] = (filter_unschedulable, filter_taints, filter_node_selector, filter_resources)
 
 
 def least_allocated(ni: NodeInfo, req: Resources) -> int:

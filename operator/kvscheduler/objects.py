@@ -162,11 +162,16 @@ def node_allocatable(node: k8s.V1Node) -> Resources:
     return resources_of((st.allocatable or st.capacity) if st else None)
 
 
-def node_ready(node: k8s.V1Node) -> bool:
+def node_ready_status(node: k8s.V1Node) -> str:
+    """The Ready condition's status: "True", "False", or "Unknown" (also when absent)."""
     for c in (node.status.conditions if node.status else None) or []:
         if c.type == "Ready":
-            return c.status == "True"
-    return False
+            return str(c.status)
+    return "Unknown"
+
+
+def node_ready(node: k8s.V1Node) -> bool:
+    return node_ready_status(node) == "True"
 
 
 def scheduler_name(pod: k8s.V1Pod) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime
 from typing import Any
 
@@ -11,24 +12,35 @@ import pytest
 
 from .render import Obj, crd, crd_schema, one, render, to_json_schema
 
-# What the operator writes into .status (the field names the operator must use).
-FULL_STATUS: Obj = {
-    "observedGeneration": 4,
-    "size": 3,
-    "readyMembers": 3,
-    "leaderID": "8e9e05c52164694d",
-    "selector": "app.kubernetes.io/name=datastore,app.kubernetes.io/instance=example",
-    "members": [{"name": f"example-{i}", "id": f"{i + 1:016x}",
-                 "peerURL": f"http://example-{i}.example.default.svc:2380",
-                 "clientURL": f"http://example-{i}.example.default.svc:2379",
-                 "isLearner": False, "isLeader": i == 0, "healthy": True} for i in range(3)],
-    "conditions": [
-        {"type": t, "status": s, "reason": r, "message": "", "observedGeneration": 4,
-         "lastTransitionTime": "2026-12-02T14:00:00Z"}
-        for t, s, r in [("Available", "True", "QuorumHealthy"),
-                        ("Progressing", "False", "Converged"),
-                        ("Degraded", "False", "AllMembersHealthy")]],
-}
+
+def operator_statuses() -> dict[str, Obj]:
+    """What the operator's status builder really writes, for states that take each branch:
+    converged, scaling up with a learner, a member down, quorum lost, no member list yet."""
+    from kvoperator.planner import Member, MemberStatus, Observed, Phase, Workload, plan
+    from kvoperator.reconcile import now_rfc3339
+    from kvoperator.status import build_status
+
+    def cluster(voters: int, size: int, healthy: int, learner: bool = False) -> Observed:
+        ords = range(voters + learner)
+        members = tuple(Member(0xA0 + i, f"example-{i}", (f"http://example-{i}.example-headless.default.svc:2380",),
+                               (f"http://example-{i}.example-headless.default.svc:2379",),
+                               is_learner=i == voters, ordinal=i) for i in ords)
+        statuses = {i: MemberStatus(0xA0 + i, 0xC1, 0xA0, 100, 100, is_learner=i == voters)
+                    for i in ords if i < healthy or i == voters}
+        return Observed("example", size, 4, members, 0xC1, statuses,
+                        {i: Workload(i, Phase.RUNNING) for i in ords})
+
+    states = {"converged": cluster(3, 3, 3), "scaling-up": cluster(3, 5, 3, learner=True),
+              "member-down": cluster(3, 3, 2), "quorum-lost": cluster(3, 3, 1),
+              "no-member-list": Observed("example", 3, 1)}
+    out = {}
+    for name, o in states.items():
+        st = build_status(o, plan(o), now_rfc3339())
+        out[name] = json.loads(json.dumps(st))  # as it goes over the wire
+    return out
+
+
+FULL_STATUS: Obj = operator_statuses()["converged"]
 
 
 def _is_rfc3339(value: object) -> bool:
@@ -154,8 +166,13 @@ def test_example_is_three_members_and_valid() -> None:
     validator().validate(cr)
 
 
-def test_full_status_is_valid() -> None:
-    validator().validate({**example(), "status": FULL_STATUS})
+@pytest.mark.parametrize("state", list(operator_statuses()))
+def test_operator_status_is_valid(state: str) -> None:
+    st = operator_statuses()[state]
+    validator().validate({**example(), "status": st})
+    # conditions is a list-map keyed by type: the API server refuses a repeated type
+    types = [c["type"] for c in st["conditions"]]
+    assert sorted(types) == ["Available", "Degraded", "Progressing"]
 
 
 def _with(path: str, value: Any) -> Obj:

@@ -9,6 +9,7 @@ is exactly the part of the decision the Kubernetes side owns.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ from kvoperator.kube import (
     pod_workload,
 )
 from kvoperator.planner import ActionKind, Member, Observed, Phase
-from kvoperator.testing import FakeKube
+from kvoperator.testing import ApiError, FakeKube
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "prod"
@@ -318,7 +319,32 @@ def test_role_labels_follow_the_member_list_and_pdb_follows_voters() -> None:
     assert kube.made("patch_namespaced_pod")[-1][2] == {"metadata": {"labels": {ROLE_LABEL: "voter"}}}
     (name, _ns, patch), = kube.made("patch_namespaced_pod_disruption_budget")
     assert name == "db"
-    assert patch["spec"]["minAvailable"] == 2
+    assert patch["spec"]["minAvailable"] == 2 and patch["spec"]["maxUnavailable"] is None
+    # what the API server then holds: the new field only (both set is refused with 422)
+    assert kube.store["pdb"][(NS, "db")]["spec"] == pdb(s, 2)["spec"]
+    # and back to one voter: minAvailable goes, maxUnavailable returns
+    asyncio.run(p.sync(Observed("db", 3, 4, members[:1])))
+    assert kube.store["pdb"][(NS, "db")]["spec"] == pdb(s, 1)["spec"]
+
+
+def test_the_stand_in_refuses_a_pdb_with_both_fields_as_the_api_server_does() -> None:
+    kube = FakeKube()
+    body = pdb(spec(3), 3)
+    kube.policy.create_namespaced_pod_disruption_budget(NS, body)
+    with pytest.raises(ApiError) as e:
+        kube.policy.patch_namespaced_pod_disruption_budget("db", NS, {"spec": {"maxUnavailable": 1}})
+    assert e.value.status == 422
+    st = json.loads(e.value.body)
+    assert (st["code"], st["reason"], st["details"]["causes"][0]["field"]) == (422, "Invalid", "spec")
+    # ValidatePodDisruptionBudgetSpec's words, after the field path and the internal spec value
+    assert st["message"].startswith('PodDisruptionBudget.policy "db" is invalid: spec: Invalid value: '
+                                    '{"MinAvailable":2,"Selector":{"matchLabels":{')
+    assert st["message"].endswith('"MaxUnavailable":1,"UnhealthyPodEvictionPolicy":null}: '
+                                  "minAvailable and maxUnavailable cannot be both set")
+    assert kube.store["pdb"][(NS, "db")]["spec"] == body["spec"]  # refused: nothing changed
+    with pytest.raises(ApiError, match="cannot be both set"):
+        kube.policy.create_namespaced_pod_disruption_budget(
+            NS, {**body, "metadata": {"name": "x"}, "spec": {**body["spec"], "maxUnavailable": 1}})
 
 
 def test_scale_down_cleanup_deletes_pod_and_pvc() -> None:
@@ -351,3 +377,63 @@ def test_degraded_is_a_warning_event_once() -> None:
     (_ns, ev), = kube.made("create_namespaced_event")
     assert ev["type"] == "Warning" and ev["reason"] == "Degraded" and "snapshot" in ev["message"]
     assert not kube.made("create_namespaced_pod") and not kube.made("delete_namespaced_pod")
+
+
+# ---- deletion that takes time: finalizers and terminating objects --------------------------
+
+def _user_of(claim: str) -> dict[str, Any]:
+    """A scheduled pod (not ours) that mounts the claim: it holds the PVC's protection."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "backup", "namespace": NS},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}}
+
+
+def test_the_stand_in_keeps_a_used_pvc_terminating() -> None:
+    kube = FakeKube()
+    kube.admin.core.create_namespaced_persistent_volume_claim(NS, member_pvc(spec(1), 0))
+    kube.admin.core.create_namespaced_pod(NS, _user_of("data-db-0"))
+    pvc = kube.store["pvc"][(NS, "data-db-0")]
+    assert pvc["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]  # added on create
+    kube.admin.core.delete_namespaced_persistent_volume_claim("data-db-0", NS)
+    assert pvc["metadata"]["deletionTimestamp"]  # Terminating, still there
+    with pytest.raises(ApiError) as e:
+        kube.admin.core.create_namespaced_persistent_volume_claim(NS, member_pvc(spec(1), 0))
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["message"] == 'persistentvolumeclaims "data-db-0" already exists'
+    kube.admin.core.delete_namespaced_pod("backup", NS)  # no node's kubelet: gone at once
+    assert (NS, "data-db-0") not in kube.store["pvc"]  # the protection controller let it go
+    assert [t for _, k, t, o in kube.log if k == "pvc"] == ["ADDED", "MODIFIED", "DELETED"]
+
+
+def test_a_terminating_pvc_is_waited_for_not_created_again() -> None:
+    kube = FakeKube()
+    kube.store["cr"][(NS, "db")] = cr(1)
+    kube.admin.core.create_namespaced_persistent_volume_claim(NS, member_pvc(spec(1), 0))
+    kube.admin.core.create_namespaced_pod(NS, _user_of("data-db-0"))
+    kube.admin.core.delete_namespaced_persistent_volume_claim("data-db-0", NS)
+    op = operator(kube)
+    for _ in range(2):  # the data is going: bootstrap, but the claim's name is still taken
+        a = asyncio.run(op.pass_once())[(NS, "db")]
+        assert a is not None and a.kind is ActionKind.BOOTSTRAP
+    assert not kube.made("create_namespaced_persistent_volume_claim")  # no 409 to escape
+    assert not kube.made("create_namespaced_pod")
+    (_ns, ev), = kube.made("create_namespaced_event")  # once, not once per pass
+    assert ev["type"] == "Normal" and ev["reason"] == "Bootstrap"
+    assert "PVC data-db-0 is still being deleted (held by kubernetes.io/pvc-protection)" in ev["message"]
+    kube.admin.core.delete_namespaced_pod("backup", NS)
+    asyncio.run(op.pass_once())
+    assert [b["metadata"]["name"] for _, b in kube.made("create_namespaced_persistent_volume_claim")] == \
+        ["data-db-0"]
+    assert len(kube.made("create_namespaced_pod")) == 1
+
+
+def test_a_409_on_create_is_a_wait_not_a_failed_pass() -> None:
+    kube = FakeKube()
+    kube.store["cr"][(NS, "db")] = cr(1)
+    kube.fail("create_namespaced_persistent_volume_claim",
+              ApiError(409, message='persistentvolumeclaims "data-db-0" already exists'))
+    op = operator(kube)
+    a = asyncio.run(op.pass_once())[(NS, "db")]  # not None: the pass did not fail
+    assert a is not None and a.kind is ActionKind.BOOTSTRAP
+    (_ns, ev), = kube.made("create_namespaced_event")
+    assert "PersistentVolumeClaim data-db-0 already exists" in ev["message"]

@@ -8,7 +8,6 @@ from kubernetes import client as k8s
 from kvscheduler.algorithm import (
     INSUFFICIENT_CPU,
     INSUFFICIENT_MEMORY,
-    NOT_READY,
     SELECTOR_MISMATCH,
     TOO_MANY_PODS,
     UNSCHEDULABLE,
@@ -16,6 +15,7 @@ from kvscheduler.algorithm import (
     feasible,
     fit_error_message,
     least_allocated,
+    node_taints,
     schedule,
     tolerates,
 )
@@ -34,11 +34,19 @@ def ni(name: str, cpu: str = "4", mem: str = "8Gi", used: tuple[int, int] = (0, 
 
 
 TAINT = [("dedicated", "gpu", "NoSchedule")]
+# kube-scheduler 1.37's words (pkg/scheduler/framework/plugins/tainttoleration): the reason
+# names no taint. Literal here, so a change to the constant is caught.
+TAINTED = "node(s) had untolerated taint(s)"
+NOT_READY_TOL = ("node.kubernetes.io/not-ready", "Exists", "", "NoSchedule")
 
 FILTER_CASES = [
     # (case, node kwargs, pod kwargs, expected reasons)
     ("fits", {}, {}, []),
-    ("not ready", {"ready": False}, {}, [NOT_READY]),
+    # a not-ready node counts as tainted node.kubernetes.io/not-ready:NoSchedule
+    ("not ready", {"ready": False}, {}, [TAINTED]),
+    ("not ready but tolerated", {"ready": False}, {"tolerations": [NOT_READY_TOL]}, []),
+    ("not ready, other taint key tolerated", {"ready": False},
+     {"tolerations": [("node.kubernetes.io/unreachable", "Exists", "", "NoSchedule")]}, [TAINTED]),
     ("cordoned", {"unschedulable": True}, {}, [UNSCHEDULABLE]),
     ("cordoned but tolerated", {"unschedulable": True},
      {"tolerations": [("node.kubernetes.io/unschedulable", "Exists", "", "NoSchedule")]}, []),
@@ -50,23 +58,24 @@ FILTER_CASES = [
     ("selector matches", {"labels": {"zone": "a"}}, {"node_selector": {"zone": "a"}}, []),
     ("selector mismatch", {"labels": {"zone": "b"}}, {"node_selector": {"zone": "a"}}, [SELECTOR_MISMATCH]),
     ("selector label absent", {}, {"node_selector": {"zone": "a"}}, [SELECTOR_MISMATCH]),
-    ("untolerated taint", {"taints": TAINT}, {}, ["node(s) had untolerated taint {dedicated: gpu}"]),
+    ("untolerated taint", {"taints": TAINT}, {}, [TAINTED]),
     ("tolerated Equal", {"taints": TAINT},
      {"tolerations": [("dedicated", "Equal", "gpu", "NoSchedule")]}, []),
     ("Equal wrong value", {"taints": TAINT}, {"tolerations": [("dedicated", "Equal", "tpu", "NoSchedule")]},
-     ["node(s) had untolerated taint {dedicated: gpu}"]),
+     [TAINTED]),
     ("tolerated Exists any effect", {"taints": TAINT},
      {"tolerations": [("dedicated", "Exists", "", "")]}, []),
     ("Exists wrong effect", {"taints": TAINT}, {"tolerations": [("dedicated", "Exists", "", "NoExecute")]},
-     ["node(s) had untolerated taint {dedicated: gpu}"]),
+     [TAINTED]),
     ("empty key Exists tolerates all", {"taints": TAINT}, {"tolerations": [("", "Exists", "", "")]}, []),
     ("PreferNoSchedule ignored", {"taints": [("soft", "x", "PreferNoSchedule")]}, {}, []),
     ("NoExecute counts", {"taints": [("hard", "", "NoExecute")]}, {},
-     ["node(s) had untolerated taint {hard: }"]),
+     [TAINTED]),
     # the first failing filter wins, as in kube-scheduler
-    ("not ready beats resources", {"ready": False}, {"cpu": "5"}, [NOT_READY]),
+    ("not ready beats resources", {"ready": False}, {"cpu": "5"}, [TAINTED]),
+    ("cordon beats not ready", {"ready": False, "unschedulable": True}, {}, [UNSCHEDULABLE]),
     ("taint beats selector", {"taints": TAINT}, {"node_selector": {"zone": "a"}},
-     ["node(s) had untolerated taint {dedicated: gpu}"]),
+     [TAINTED]),
 ]
 
 
@@ -134,6 +143,21 @@ def test_schedule_spreads_when_usage_is_accounted() -> None:
     assert placed == ["n0", "n1", "n2", "n0", "n1", "n2"]
 
 
+def test_ready_condition_implies_its_taint() -> None:
+    down = make_node("down", ready=False)
+    assert [(t.key, t.effect) for t in node_taints(down)] == [("node.kubernetes.io/not-ready", "NoSchedule")]
+    assert node_taints(make_node("up")) == []
+    lost = make_node("lost")
+    lost.status.conditions[0].status = "Unknown"
+    assert [t.key for t in node_taints(lost)] == ["node.kubernetes.io/unreachable"]
+    lost.status.conditions = []
+    assert [t.key for t in node_taints(lost)] == ["node.kubernetes.io/unreachable"]
+    # the controller already tainted it: not twice
+    tainted = make_node("t", ready=False, taints=[("node.kubernetes.io/not-ready", "", "NoExecute")])
+    assert [(t.key, t.effect) for t in node_taints(tainted)] == [
+        ("node.kubernetes.io/not-ready", "NoExecute")]
+
+
 def test_unschedulable_message_like_kube_scheduler() -> None:
     nodes = ([ni(f"small{i}", "1", "1Gi") for i in range(3)]
              + [ni(f"other{i}", labels={"zone": "b"}) for i in range(2)]
@@ -141,7 +165,7 @@ def test_unschedulable_message_like_kube_scheduler() -> None:
     d = schedule(make_pod("p", "2", "512Mi", node_selector={"zone": "a"}), nodes)
     assert d.node is None
     # small nodes have no zone label: the selector filter rejects them before resources
-    assert d.message == ("0/6 nodes are available: 1 node(s) were not ready, "
+    assert d.message == ("0/6 nodes are available: 1 node(s) had untolerated taint(s), "
                          "5 node(s) didn't match Pod's node affinity/selector.")
     d = schedule(make_pod("p", "2", "2Gi"), [*nodes[:3], ni("busy", "4", "8Gi", used=(3000, 0))])
     assert d.message == "0/4 nodes are available: 3 Insufficient memory, 4 Insufficient cpu."
