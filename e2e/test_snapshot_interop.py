@@ -10,6 +10,7 @@ etcdctl and restored by ``datastore snapshot restore``, serves the same from the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -143,5 +144,74 @@ def test_etcd_snapshot_restores_into_datastore(version: str, procs: list[ServerP
         c.login()
         r = c.call(c.kv, "Put", pb.PutRequest(key=b"next", value=b"1"))
         assert r.header.revision == want["revision"] + 1
+    finally:
+        c.close()
+
+
+def test_restore_refuses_bad_input(procs: list[ServerProc], tmp_path: Path) -> None:
+    """Truncated, changed, foreign or unhashed files and a used data dir are refused with
+    etcdutl's words, exit code 2 and no traceback; nothing is left behind. A db file copied
+    from a stopped etcd's data dir restores with --skip-hash-check."""
+    etcd = Etcd.get("3.4")
+    src = etcd_proc(tmp_path / "etcd", name="node0")
+    start(procs, src)
+    c = Conn(src)
+    for i in range(200):
+        c.kv.Put(pb.PutRequest(key=b"key/%03d" % i, value=b"v" * 100))
+    rev = c.kv.Range(pb.RangeRequest(key=b"key/000")).header.revision
+    c.close()
+    snap = tmp_path / "good.snapshot"
+    run([etcd.ctl, f"--endpoints={src.endpoint}", "snapshot", "save", str(snap)])
+    src.stop()
+    raw = snap.read_bytes()
+    db_len = len(raw) - 32
+
+    def restore(data: bytes, *extra: str, dest: Path | None = None) -> str:
+        f = tmp_path / "in.snapshot"
+        f.write_bytes(data)
+        target = datastore_proc(tmp_path / "ds", name="restored")
+        if dest is not None:
+            target.data_dir = dest
+        r = run(datastore_restore_argv(f, target, *extra), check=False)
+        assert "Traceback" not in r.stderr, r.stderr
+        if r.returncode == 0:
+            return "ok"
+        assert r.returncode == 2 and r.stderr.startswith("datastore: error: "), r.stderr
+        assert dest is not None or not target.data_dir.exists(), "a refused restore left a dir"
+        return r.stderr.strip().removeprefix("datastore: error: ")
+
+    changed = bytearray(raw)
+    changed[db_len // 2] ^= 0x01
+    half = db_len // 2 // 4096 * 4096
+    assert restore(bytes(changed)).startswith("expected sha256 [")
+    assert restore(raw[:half] + raw[-32:]).startswith("expected sha256 [")  # cut, hash kept
+    assert restore(raw[:db_len // 2]).startswith(
+        "snapshot missing hash but --skip-hash-check=false")
+    foreign = (b"%PDF-1.7 not a database\n" * 200)[:4096]
+    assert restore(foreign).startswith("snapshot missing hash")
+    assert restore(foreign, "--skip-hash-check").startswith("invalid database")
+    assert restore(raw[:half], "--skip-hash-check").startswith("file size too small")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "mine").write_text("keep me")
+    assert "not empty" in restore(raw, dest=used)
+    assert [p.name for p in used.iterdir()] == ["mine"]
+    # a bbolt file whose page tree is damaged, hash recomputed: the reader refuses it
+    tree = bytearray(raw[:db_len])
+    tree[5 * 4096:5 * 4096 + 8] = (123456).to_bytes(8, "little")  # a page naming another id
+    why = restore(bytes(tree) + hashlib.sha256(tree).digest())
+    assert why.startswith("page 5 (") and "calls itself 123456" in why, why
+
+    # the db file of a stopped member, copied without a hash
+    copied = (src.data_dir / "member" / "snap" / "db").read_bytes()
+    assert restore(copied).startswith("snapshot missing hash")
+    target = datastore_proc(tmp_path / "ds2", name="restored")
+    (tmp_path / "db").write_bytes(copied)
+    run(datastore_restore_argv(tmp_path / "db", target, "--skip-hash-check"))
+    start(procs, target)
+    c = Conn(target)
+    try:
+        r = c.kv.Range(pb.RangeRequest(key=b"key/", range_end=b"key0", count_only=True))
+        assert (r.count, r.header.revision) == (200, rev)
     finally:
         c.close()

@@ -137,7 +137,9 @@ class BucketBuilder:
             self._levels.append([])
             self._level_sizes.append(PAGE_HEADER.size)
         size = BRANCH_ELEMENT.size + len(key)
-        if self._levels[level] and self._level_sizes[level] + size > self.page_limit:
+        # at least two children per branch page (it overflows if their keys are long), or a
+        # level would be no smaller than the one below it and the tree would never close
+        if len(self._levels[level]) >= 2 and self._level_sizes[level] + size > self.page_limit:
             self._flush_branch(level)
         self._levels[level].append((key, pgid))
         self._level_sizes[level] += size
