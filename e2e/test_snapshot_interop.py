@@ -65,6 +65,10 @@ def start_with_auth(procs: list[ServerProc], p: ServerProc, timeout: float = 60)
             c.login()
             return p
         except grpc.RpcError as e:
+            starting = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                or "leader" in (e.details() or "") or "timed out" in (e.details() or "")
+            if not starting:  # it answered: auth is off, or root is not there
+                raise AssertionError(f"{p.name}: root cannot log in: {e.details()}") from None
             if time.monotonic() > deadline:
                 raise AssertionError(f"{p.name}: root cannot log in after {timeout}s ({e}):\n"
                                      f"{p.log_tail()}") from None
