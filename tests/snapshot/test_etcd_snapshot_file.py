@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -164,3 +165,22 @@ def test_hash_and_emptiness_checks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not empty"):
         restore_snapshot(str(snap), Config(name="n", data_dir=str(full)))
     assert [p.name for p in full.iterdir()] == ["keep"]
+
+
+def test_older_tar_snapshots_still_restore(tmp_path: Path) -> None:
+    """The datastore's snapshots before they were etcd's: a tar of the state, then its hash."""
+    src = Backend(tmp_path / "src")
+    fill(src)
+    (tmp_path / "cp").mkdir()
+    src.checkpoint(tmp_path / "cp" / "state")
+    tar_path = tmp_path / "old.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(tmp_path / "cp" / "state", arcname="state")
+    body = tar_path.read_bytes()
+    snap = tmp_path / "old.snapshot"
+    snap.write_bytes(body + hashlib.sha256(body).digest())
+    restore_snapshot(str(snap), Config(name="n", data_dir=str(tmp_path / "out")))
+    got = Backend(tmp_path / "out" / "state")
+    assert cf(got, "key") == cf(src, "key")
+    assert cf(got, "members") == {}
+    assert META_APPLIED not in cf(got, "meta")
