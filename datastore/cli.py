@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     snap_sub = snap.add_subparsers(dest="snap_cmd", required=True)
     restore = snap_sub.add_parser("restore", help="create a new data dir from a snapshot file")
     restore.add_argument("file")
+    restore.add_argument("--skip-hash-check", action="store_true",
+                         help="restore a db file copied from a data dir (it has no trailing hash)")
     add_serve_arguments(restore)
     bench = sub.add_parser("bench", help="load generator speaking the etcd API")
     try:
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_tcp_gateway(ns))
         if ns.cmd == "snapshot":
             from datastore.server.restore import restore_snapshot
-            restore_snapshot(ns.file, config_from_args(ns))
+            restore_snapshot(ns.file, config_from_args(ns), skip_hash_check=ns.skip_hash_check)
             return 0
         return asyncio.run(_serve(ns))
     except (ValueError, OSError) as e:

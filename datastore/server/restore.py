@@ -1,39 +1,90 @@
 """``datastore snapshot restore``: a new member's data dir from a snapshot file.
 
-The snapshot is the state database (keys, history, leases) followed by its SHA-256. The
-restored member starts a *new* cluster with the membership given on the command line,
-as ``etcdctl snapshot restore`` does: the raft log starts empty and the applied index at
-zero, while MVCC revisions continue from the snapshot.
+Accepts etcd's snapshots (3.4, 3.5, 3.6: a bbolt ``db`` followed by its SHA-256, or with
+``--skip-hash-check`` a ``db`` file copied from a data dir), the datastore's own (the
+same format), and the datastore's older tar snapshots. The restored member starts a *new*
+cluster with the membership given on the command line, as ``etcdutl snapshot restore``
+does: the raft log starts empty and the applied index at zero, while MVCC revisions,
+leases, auth and the compaction point continue from the snapshot.
+
+Nothing is written unless the data dir is missing or empty, and a restore that fails
+leaves it as it found it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
+from datastore.bbolt import BoltReader
 from datastore.server.cluster_ops import META_INSTALLED_SNAPSHOT
 from datastore.server.config import Config
 from datastore.server.membership import META_CLUSTER_ID, META_LOCAL_ID
+from datastore.snapshot import framing
+from datastore.snapshot.etcd_import import import_etcd_db
 from datastore.storage.backend import Backend
 
+log = logging.getLogger("datastore.snapshot")
 
-def restore_snapshot(file: str, cfg: Config) -> None:
+PARTIAL = "state.restoring"  # the state being built; renamed to ``state`` when complete
+
+
+def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False) -> None:
+    src = Path(file)
     data = Path(cfg.resolved_data_dir)
-    if data.exists() and any(data.iterdir()):
-        raise ValueError(f"data dir {data} already exists and is not empty")
-    raw = Path(file).read_bytes()
-    body, digest = raw[:-32], raw[-32:]
-    if hashlib.sha256(body).digest() != digest:
-        raise ValueError(f"{file}: snapshot hash mismatch (truncated or not a datastore snapshot)")
+    try:
+        if data.exists() and any(data.iterdir()):
+            raise ValueError(f"data-dir {str(data)!r} not empty or could not be read")
+    except OSError as e:
+        raise ValueError(f"data-dir {str(data)!r} not empty or could not be read ({e})") from None
+    if not src.is_file():
+        raise ValueError(f"open {file}: no such file (the snapshot to restore)")
+    db_size = framing.verify(src, skip_hash_check)
+    created = not data.exists()
     data.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tar_path = Path(tmp) / "s.tar"
-        tar_path.write_bytes(body)
-        with tarfile.open(tar_path) as tar:
+    try:
+        if framing.is_legacy_tar(src):
+            _restore_tar(src, db_size, data)
+        else:
+            _restore_bbolt(src, db_size, data)
+    except BaseException:
+        if created:
+            shutil.rmtree(data, ignore_errors=True)
+        else:  # it was empty: leave it empty
+            for p in data.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        raise
+
+
+def _restore_bbolt(src: Path, db_size: int, data: Path) -> None:
+    partial = data / PARTIAL
+    backend = Backend(partial)
+    try:
+        with BoltReader(src, db_size) as reader:
+            stats = import_etcd_db(reader, backend)
+    finally:
+        backend.close()
+    partial.rename(data / "state")
+    log.info("restored snapshot", extra={
+        "path": str(src), "data_dir": str(data), "revision": stats.current_revision,
+        "compact_revision": stats.compact_revision, "revisions": stats.revisions,
+        "leases": stats.leases, "users": stats.users, "roles": stats.roles})
+
+
+def _restore_tar(src: Path, db_size: int, data: Path) -> None:
+    """A datastore snapshot from before they were etcd's format: a tar of the state."""
+    with tempfile.TemporaryDirectory(dir=data) as tmp:
+        with src.open("rb") as f, tarfile.open(fileobj=_Limited(f, db_size), mode="r|") as tar:
             tar.extractall(tmp, filter="data")
+        if not (Path(tmp) / "state").is_dir():
+            raise ValueError(f"{src}: not a datastore snapshot (the tar holds no state)")
         shutil.move(str(Path(tmp) / "state"), str(data / "state"))
     b = Backend(data / "state")
     wb = b.batch()
@@ -45,3 +96,17 @@ def restore_snapshot(file: str, cfg: Config) -> None:
         wb.delete(k, b.handle("members"))
     b.write(wb, sync=True)
     b.close()
+
+
+class _Limited:
+    """The first ``n`` bytes of a file (the tar, without the trailing hash)."""
+
+    def __init__(self, f: BinaryIO, n: int) -> None:
+        self.f, self.left = f, n
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self.left:
+            size = self.left
+        b = self.f.read(size)
+        self.left -= len(b)
+        return b

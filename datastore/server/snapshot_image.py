@@ -105,14 +105,15 @@ def _scan_options(cache: Cache) -> Options:
     return o
 
 
-def _open_read_only(path: Path) -> Rdict:
+def open_checkpoint(path: Path) -> Rdict:
+    """A checkpoint of the state database, open read-only for one pass over it."""
     cache = Cache(SCAN_CACHE_BYTES)
     return Rdict(str(path), _scan_options(cache),
                  column_families={cf: _scan_options(cache) for cf in STATE_FAMILIES},
                  access_type=AccessType.read_only(False))
 
 
-def _close(db: Rdict) -> None:
+def close_checkpoint(db: Rdict) -> None:
     db.close()
     del db
     gc.collect()  # column-family objects keep the database open until collected
@@ -190,7 +191,7 @@ class Checkpoints:
     def describe(path: Path) -> SnapshotMetadata:
         """The raft snapshot metadata of a checkpoint: its applied index and term, and the
         ConfState of the member records inside it (so image and metadata always agree)."""
-        db = _open_read_only(path)
+        db = open_checkpoint(path)
         try:
             meta_cf = db.get_column_family("meta")
             raw_i = meta_cf.get(b"applied_index")
@@ -199,7 +200,7 @@ class Checkpoints:
                        db.get_column_family("members").items()]
             del meta_cf
         finally:
-            _close(db)
+            close_checkpoint(db)
         index = int.from_bytes(raw_i, "big") if raw_i else 0
         term = int.from_bytes(raw_t, "big") if raw_t else 0
         return SnapshotMetadata(conf_state_of(members), index, term)
@@ -241,7 +242,7 @@ class Checkpoints:
 def image_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
     """The checkpoint at ``path`` as records, ``chunk_bytes`` at a time (whole records;
     one bigger record gets a chunk of its own). Run it in a thread: it reads the disk."""
-    db = _open_read_only(path)
+    db = open_checkpoint(path)
     buf = bytearray()
     try:
         for i, cf in enumerate(STATE_FAMILIES):
@@ -266,7 +267,7 @@ def image_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
         if buf:
             yield bytes(buf)
     finally:
-        _close(db)
+        close_checkpoint(db)
 
 
 # ---- follower: receive into SST files, install crash-safely ---------------------------------

@@ -76,6 +76,8 @@ REFS: tuple[Ref, ...] = (
         "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
         "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
     }, extra_files=("cmd/etcd/main.go",)),
+    # the bbolt version etcd 3.6.16 links: its `bbolt check` judges our snapshot files
+    Ref("bbolt", "v1.4.3", {"bbolt": "go.etcd.io/bbolt/cmd/bbolt"}),
     Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
     # kwok's own default stages (what kwokctl hands it): nodes become Ready and renew their
     # Lease, pods become Running, deleted pods go away.
@@ -114,7 +116,7 @@ def go_version() -> str:
         if go is None:
             raise RefError(
                 "Go is not installed (no `go` on PATH): the reference programs (kube-apiserver, "
-                "etcd 3.6, kine, kwok) are built from their Go modules. Install Go 1.26 or newer "
+                "etcd 3.6, bbolt, kine, kwok) are built from their Go modules. Install Go 1.26 or newer "
                 "and run scripts/build_refs.py again.")
         _go_version = subprocess.run([go, "version"], check=True, capture_output=True,
                                      text=True).stdout.strip()
