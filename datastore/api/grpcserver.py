@@ -39,8 +39,13 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_concurrent_streams", 2**31 - 1),
+        # Clients may ping without calls in flight (etcd's clients, kube-apiserver's every
+        # 30 s), as often as --grpc-keepalive-min-time; gRPC core's default would refuse
+        # anything under 5 minutes with GOAWAY too_many_pings.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time_s * 1000)),
+        ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
         ("grpc.so_reuseport", 0),
     ])
     collected = HandlerCollector()

@@ -45,6 +45,11 @@ class Config:
     log_level: str = "info"
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
+    # etcd's --grpc-keepalive-*: the least time between a client's pings (fewer is a GOAWAY
+    # too_many_pings), and the server's own pings to idle clients.
+    grpc_keepalive_min_time_s: float = 5.0
+    grpc_keepalive_interval_s: float = 7200.0
+    grpc_keepalive_timeout_s: float = 20.0
     strict_reconfig_check: bool = True
     initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
@@ -146,6 +151,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     a("--experimental-lease-checkpoint-interval", default="10s")
     a("--experimental-watch-progress-notify-interval", default="10m")
+    a("--grpc-keepalive-min-time", default="5s",
+      help="least time a client should wait between pings (more often is answered by GOAWAY)")
+    a("--grpc-keepalive-interval", default="2h", help="how often the server pings an idle client")
+    a("--grpc-keepalive-timeout", default="20s", help="how long to wait for a ping's answer")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
     a("--listen-client-http-urls", default="",
       help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
@@ -292,6 +301,9 @@ def _config(ns: argparse.Namespace) -> Config:
         lease_checkpoint_interval_s=parse_duration(ns.experimental_lease_checkpoint_interval),
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
+        grpc_keepalive_min_time_s=parse_duration(ns.grpc_keepalive_min_time),
+        grpc_keepalive_interval_s=parse_duration(ns.grpc_keepalive_interval),
+        grpc_keepalive_timeout_s=parse_duration(ns.grpc_keepalive_timeout),
         strict_reconfig_check=ns.strict_reconfig_check,
         initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=(split_urls(ns.listen_metrics_urls, "--listen-metrics-urls")
