@@ -11,12 +11,28 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 
 # prometheus.DefBuckets (client_golang): go-grpc-prometheus's handling-time buckets
 DEF_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+
+
+def le_label(bound: float) -> str:
+    """A bucket bound as client_golang writes it (Go's ``%g`` with the shortest digits:
+    ``1``, ``0.005``, ``1.048576e+06``, ``+Inf``): the same ``le`` values as etcd's, so
+    series from both line up in one query."""
+    if bound == float("inf"):
+        return "+Inf"
+    d = Decimal(repr(bound)).normalize()  # repr: the shortest digits that round-trip
+    _, digits, exp = d.as_tuple()
+    exp10 = len(digits) + int(exp) - 1
+    if -4 <= exp10 < 6:
+        return format(d, "f")
+    mant = "".join(map(str, digits))
+    mant = mant[0] + ("." + mant[1:] if len(mant) > 1 else "")
+    return f"{'-' if bound < 0 else ''}{mant}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -45,7 +61,7 @@ class Histogram:
         out, acc = [], 0
         for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             acc += n
-            out.append((floatToGoString(bound), acc))
+            out.append((le_label(bound), acc))
         return out
 
 

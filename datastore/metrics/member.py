@@ -137,6 +137,11 @@ class MemberCollector(Collector):
         yield _counter("etcd_mvcc_delete_total", "Total number of deletes seen by this member.",
                        kv.deletes)
         yield _counter("etcd_mvcc_txn_total", "Total number of txns seen by this member.", kv.txns)
+        # etcd 3.4's names for the same counters, which etcd 3.5 still exports
+        for op, n in (("range", kv.ranges), ("put", kv.puts), ("delete", kv.deletes),
+                      ("txn", kv.txns)):
+            yield _counter(f"etcd_debugging_mvcc_{op}_total",
+                           f"Total number of {op}s seen by this member.", n)
         yield _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", len(kv.index))
         yield _gauge("etcd_debugging_mvcc_total_put_size_in_bytes",
                      "The total size of put kv pairs seen by this member.", kv.put_bytes)
