@@ -173,9 +173,10 @@ class MemberCollector(Collector):
 
     def _network(self, t: PeerTransport) -> Iterator[Metric]:
         def by_peer(name: str, doc: str, label: str, counts: dict[int, int]) -> CounterMetricFamily:
+            # every current peer at zero too, so that rate() over it is 0 rather than empty
             c = CounterMetricFamily(name, doc, labels=[label])
-            for peer, n in sorted(counts.items()):
-                c.add_metric([f"{peer:x}"], n)
+            for peer in sorted(set(counts) | set(t.peers)):
+                c.add_metric([f"{peer:x}"], counts.get(peer, 0))
             return c
         yield by_peer("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.",
                       "To", t.sent_bytes)
