@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlparse
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.metrics.registry import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from datastore.metrics.registry import exposition, member_registry
+from datastore.metrics.registry import Exposition, member_registry
 from datastore.server.applier import range_in
 from datastore.server.config import CLUSTER_VERSION, VERSION
 from datastore.server.etcdserver import EtcdServer
@@ -133,9 +133,9 @@ async def probe(s: EtcdServer, path: str, query: dict[str, list[str]]) -> tuple[
 
 def metrics(s: EtcdServer) -> str:
     """The member's metrics in Prometheus' text format (its registry is built once)."""
-    if s.metrics_registry is None:
-        s.metrics_registry = member_registry(s)
-    return exposition(s.metrics_registry)
+    if s.metrics_exposition is None:
+        s.metrics_exposition = Exposition(member_registry(s))
+    return s.metrics_exposition.render()
 
 
 async def _respond(s: EtcdServer, method: str, target: str) -> tuple[int, str, str]:

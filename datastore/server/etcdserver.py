@@ -61,9 +61,8 @@ from datastore.storage.backend import (
 from datastore.util.clock import MonotonicClock
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
     from datastore.api.grpcmetrics import GrpcMetrics
+    from datastore.metrics.registry import Exposition
 
 log = logging.getLogger("datastore.server")
 
@@ -158,7 +157,7 @@ class EtcdServer:
         self.started_at = time.time()
         self.stats = ServerStats()
         self.grpc_metrics: GrpcMetrics | None = None  # the client gRPC server's counters
-        self.metrics_registry: CollectorRegistry | None = None  # built at the first scrape
+        self.metrics_exposition: Exposition | None = None  # its registry, built at the first scrape
         self.transport = None  # peer transport: multi-member clusters plug in here
         self.cluster_ops = ClusterOps(self)  # conf changes, snapshots, publish
 
