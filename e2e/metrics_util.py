@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -37,6 +38,16 @@ def http_get(url: str, method: str = "GET") -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send ``data`` as it is and return the whole answer (for requests that are not HTTP)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
 
 
 def scrape(base: str) -> str:

@@ -26,6 +26,7 @@ from e2e.metrics_util import (
     needs_promtool,
     open_streams,
     promtool_findings,
+    raw_request,
     scrape,
     value,
 )
@@ -162,6 +163,12 @@ def test_bad_scrape_requests(tmp_path: Path, started: list[ServerProc]) -> None:
     assert http_get(base + "/metrics?x=%zz&name[]=a")[0] == 200  # etcd ignores the query
     code, body = http_get(base + "/metrics", method="POST")
     assert code in (404, 405) and "Traceback" not in body
+    port = int(base.rsplit(":", 1)[1])
+    for garbage in (b"\x16\x03\x01garbage\r\n\r\n", b"GET /metrics\r\n\r\n",
+                    b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n"):
+        assert raw_request(port, garbage).startswith(b"HTTP/1.1 400 "), garbage
+    assert raw_request(port, b"GET /metrics/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                       ).startswith(b"HTTP/1.1 404 ")
     assert "Traceback" not in p.log_tail(200)
 
 
