@@ -405,7 +405,11 @@ class EtcdServer:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
         if rd.snapshot is not None:  # state image from the leader, before anything after it
-            self.cluster_ops.install_snapshot(rd.snapshot)
+            self.stats.snapshot_apply_in_progress = 1
+            try:
+                self.cluster_ops.install_snapshot(rd.snapshot)
+            finally:
+                self.stats.snapshot_apply_in_progress = 0
             failpoint("after-snapshot-install")  # state installed, raft log not yet
         sent = False
         if self.is_leader and rd.messages and self.transport is not None:
