@@ -18,6 +18,7 @@ each arm's ratio to the baseline; plus the server time a scrape takes (from the 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def run_arm(arm: str, args: argparse.Namespace, clients: int) -> dict[str, Any]:
     finally:
         scraper.stop.set()
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
     (t0, c0), (t1, c1) = marks["load-start"], marks["load-end"]
     cpu = (c1 - c0) / max(t1 - t0, 1e-9)
     return {"ops": s["ops_per_s"], "p99": s["latency_ms"]["p99"], "errors": s["errors"],
