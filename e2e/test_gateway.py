@@ -55,7 +55,7 @@ def watchers(base: str) -> int:
     with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("etcd_debugging_mvcc_watcher_total "):
-                return int(line.split()[1])
+                return int(float(line.split()[1]))
     raise KeyError("etcd_debugging_mvcc_watcher_total")
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from cluster_util import wait_for
 
-from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc
+from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, free_port
+from e2e.metrics_util import PROMTOOL, http_get, promtool_findings, raw_request, scrape, value
 
 PODS = """
 apiVersion: v1
@@ -61,8 +62,10 @@ def test_kvctl_and_scheduler_processes(tmp_path: Path, server: ServerProc) -> No
     log = open(tmp_path / "watch.out", "w")  # noqa: SIM115 - the child's stdout for its lifetime
     watcher = subprocess.Popen([sys.executable, "-m", *kvctl, "get", "pods", "-w"], stdout=log,
                                stderr=subprocess.STDOUT, text=True)
+    mport = free_port()
     sched = subprocess.Popen([sys.executable, "-m", "kvscheduler", "run", "--endpoints", ep,
-                              "--lease-ttl", "2"], stderr=subprocess.DEVNULL)
+                              "--lease-ttl", "2", "--metrics-addr", f"127.0.0.1:{mport}"],
+                             stderr=subprocess.DEVNULL)
     try:
         def table() -> str:
             return (tmp_path / "watch.out").read_text()
@@ -84,6 +87,19 @@ def test_kvctl_and_scheduler_processes(tmp_path: Path, server: ServerProc) -> No
         assert cli(*kvctl, "create", "-f", "-", stdin=bigger).returncode == 0
         wait_for(lambda: any(ln.split()[:3] == ["big", "Scheduled", "n2"] for ln in table().splitlines()),
                  60, "big scheduled on the new node")
+        # /metrics, with kube-scheduler's names: small and big bound, big once unschedulable
+        text = scrape(f"http://127.0.0.1:{mport}")
+        assert value(text, "scheduler_schedule_attempts_total", result="scheduled") == 2
+        assert value(text, "scheduler_schedule_attempts_total", result="unschedulable") >= 1
+        assert value(text, "scheduler_scheduling_attempt_duration_seconds_count",
+                     result="scheduled") == 2
+        assert value(text, "scheduler_pending_pods", queue="unschedulable") == 0
+        assert value(text, "kvscheduler_is_leader") == 1
+        assert value(text, "kvscheduler_bind_conflicts_total") == 0
+        if PROMTOOL:
+            assert promtool_findings(text) == set()
+        assert http_get(f"http://127.0.0.1:{mport}/nope")[0] == 404
+        assert raw_request(mport, b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     finally:
         sched.terminate()
         watcher.terminate()

@@ -333,10 +333,10 @@ def test_http_health_version_metrics_and_grpc_health(ds: Callable[..., ServerPro
     assert code == 200 and sorted(json.loads(body)) == ["etcdcluster", "etcdserver"], body
     assert get("/health") == (200, json.dumps({"health": "true", "reason": ""}))
     status, text = get("/metrics")
-    assert status == 200 and "etcd_server_has_leader 1" in text
+    assert status == 200 and "etcd_server_has_leader 1.0" in text
     with Client(p) as c:
         rev = c.kv.Put(pb.PutRequest(key=b"m", value=b"1")).header.revision
-        assert f"etcd_debugging_mvcc_current_revision {rev}" in get("/metrics")[1]
+        assert f"etcd_debugging_mvcc_current_revision {rev}.0" in get("/metrics")[1]
         check = health_pb2_grpc.HealthStub(c.channel).Check(health_pb2.HealthCheckRequest())
         assert check.status == health_pb2.HealthCheckResponse.SERVING
         c.maint.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, alarm=pb.NOSPACE))

@@ -17,6 +17,14 @@ if ! command -v curl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
 fi
 
+# promtool checks /metrics and a real Prometheus evaluates the etcd mixin's queries and alerts
+# (e2e/test_metrics*.py): Debian's prometheus package has both.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'

@@ -7,7 +7,8 @@ methods that bookkeeping was a tenth of a put's server time. Interceptors cost a
 coroutine and a new handler object per call on top. Here the generated ``add_*`` functions
 hand their handlers to a collector once; each handler is wrapped once (the decode guard,
 and a learner variant), and a single generic handler serves them with one dict lookup
-per call.
+per call. The metrics wrapper (``grpcmetrics``) is the outermost layer, so it sees every
+call the way a client does (the learner gate's and the guard's refusals included).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 
 from datastore.api.decodeguard import guarded
+from datastore.api.grpcmetrics import GrpcMetrics
 from datastore.api.learner import learner_handler
 
 
@@ -52,10 +54,13 @@ class MethodTable(grpc.GenericRpcHandler):
     """Every method's handler, wrapped once, chosen per call by the member's role."""
 
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
-                 is_learner: Callable[[], bool]) -> None:
+                 is_learner: Callable[[], bool], metrics: GrpcMetrics | None = None) -> None:
         handlers = {m: _bytes_pass_through(h) for m, h in handlers.items()}
         self._normal = {m: guarded(h, m) for m, h in handlers.items()}
         self._learner = {m: guarded(learner_handler(h, m), m) for m, h in handlers.items()}
+        if metrics is not None:  # both tables count into the same per-method stats
+            self._normal = {m: metrics.instrument(m, h) for m, h in self._normal.items()}
+            self._learner = {m: metrics.instrument(m, h) for m, h in self._learner.items()}
         self._is_learner = is_learner
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:

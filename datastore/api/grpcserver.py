@@ -13,6 +13,7 @@ from datastore.api.cluster import ClusterService
 from datastore.api.dispatch import HandlerCollector, MethodTable
 from datastore.api.election import ElectionService
 from datastore.api.etcdserverpb import rpc_pb2_grpc as g
+from datastore.api.grpcmetrics import GrpcMetrics
 from datastore.api.kv import KVService
 from datastore.api.learner import is_learner
 from datastore.api.lease import LeaseService
@@ -48,6 +49,7 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
         ("grpc.so_reuseport", 0),
     ])
+    server.grpc_metrics = GrpcMetrics(extensive=cfg.metrics == "extensive")
     collected = HandlerCollector()
     g.add_KVServicer_to_server(KVService(server), collected)
     add_watch_service(WatchService(server), collected)  # sends pre-encoded events as they are
@@ -62,7 +64,8 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), collected)
     # Undecodable requests refused as etcd does, and the learner gate, in one method table.
-    srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server)),))
+    srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server),
+                                              server.grpc_metrics),))
     for url in cfg.listen_client_urls:
         try:
             if is_secure(url):  # prepare_tls made sure the certificate and key exist

@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, urlparse
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
+from datastore.metrics.registry import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from datastore.metrics.registry import Exposition, member_registry
 from datastore.server.applier import range_in
 from datastore.server.config import CLUSTER_VERSION, VERSION
 from datastore.server.etcdserver import EtcdServer
@@ -130,26 +132,10 @@ async def probe(s: EtcdServer, path: str, query: dict[str, list[str]]) -> tuple[
 
 
 def metrics(s: EtcdServer) -> str:
-    st = s.node.status()
-    gauges = {
-        "etcd_server_has_leader": int(s.leader_id != 0),
-        "etcd_server_is_leader": int(s.is_leader),
-        "etcd_server_is_learner": int(s.member_id in s.storage.conf_state.learners),
-        "etcd_server_proposals_committed_total": st.hard_state.commit,
-        "etcd_server_proposals_applied_total": s.applier.applied_index,
-        "etcd_mvcc_db_total_size_in_bytes": s.backend.size() + s.wal.size(),
-        "etcd_mvcc_db_total_size_in_use_in_bytes": s.backend.size_in_use(),
-        "etcd_debugging_mvcc_current_revision": s.kv.current_rev,
-        "etcd_debugging_mvcc_compact_revision": max(s.kv.compact_rev, 0),
-        "etcd_debugging_mvcc_keys_total": len(s.kv.index),
-        "etcd_debugging_lease_granted_total": len(s.lessor.leases),
-        "etcd_debugging_mvcc_watcher_total": sum(1 for _ in s.hub.synced_watchers())
-        + len(s.hub.unsynced),
-        "etcd_server_quota_backend_bytes": s.cfg.quota_backend_bytes,
-    }
-    lines = [f'etcd_server_version{{server_version="{VERSION}"}} 1']
-    lines += [f"{k} {v}" for k, v in gauges.items()]
-    return "\n".join(lines) + "\n"
+    """The member's metrics in Prometheus' text format (its registry is built once)."""
+    if s.metrics_exposition is None:
+        s.metrics_exposition = Exposition(member_registry(s))
+    return s.metrics_exposition.render()
 
 
 async def _respond(s: EtcdServer, method: str, target: str) -> tuple[int, str, str]:
@@ -166,7 +152,7 @@ async def _respond(s: EtcdServer, method: str, target: str) -> tuple[int, str, s
         return (200 if ok else 503), "application/json", json.dumps(
             {"health": "true" if ok else "false", "reason": reason})
     if url.path == "/metrics":
-        return 200, "text/plain; version=0.0.4", metrics(s)
+        return 200, METRICS_CONTENT_TYPE, metrics(s)
     result = await probe(s, url.path, query)
     if result is not None:
         return result[0], TEXT, result[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -70,7 +71,14 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Defragment(self, r: rpc.DefragmentRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.DefragmentResponse:
         await self._admin(ctx)
-        await asyncio.get_running_loop().run_in_executor(None, self.s.backend.defragment)
+        stats = self.s.stats
+        stats.defrag_inflight = 1
+        t0 = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.s.backend.defragment)
+        finally:
+            stats.defrag_inflight = 0
+        stats.defrag.observe(time.perf_counter() - t0)
         return rpc.DefragmentResponse()  # etcd's carries no header
 
     async def _admin(self, ctx: grpc.aio.ServicerContext) -> None:
@@ -101,6 +109,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                        ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.SnapshotResponse]:
         # Like etcd: its bbolt database followed by the SHA-256 of it, so restore can verify it.
         await self._admin(ctx)
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.s.data_dir) as tmp:
             path = Path(tmp) / "snapshot.db"
             header = self.s.header()
@@ -115,6 +124,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                     yield rpc.SnapshotResponse(header=header, remaining_bytes=total - sent + 32,
                                                blob=chunk)
             yield rpc.SnapshotResponse(header=header, remaining_bytes=0, blob=sha.digest())
+        self.s.stats.snapshot.observe(time.perf_counter() - t0)  # etcd: the whole transfer
 
     async def MoveLeader(self, r: rpc.MoveLeaderRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.MoveLeaderResponse:

@@ -18,6 +18,7 @@ from rocksdict import WriteBatch
 
 from datastore import errors
 from datastore.api.internalpb.internal_pb2 import LeaseRecord
+from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.storage.backend import Backend
 from datastore.util.clock import Clock
 
@@ -52,6 +53,9 @@ class Lessor:
         self._key_lease: dict[bytes, int] = {}
         self.primary = False
         self._handle = backend.handle("lease")
+        # etcd's etcd_debugging_lease_* counters, and the granted TTLs (ttl_total)
+        self.granted = self.revoked = self.renewed = 0
+        self.granted_ttls = Histogram(exponential_buckets(1, 2, 24))
 
     # ---- restore / leadership ------------------------------------------------------
     def restore(self) -> None:
@@ -84,6 +88,8 @@ class Lessor:
             le.expiry = self.clock.now() + ttl
         self.leases[lease_id] = le
         self._persist(le, batch)
+        self.granted += 1
+        self.granted_ttls.observe(ttl)
         return le
 
     def revoke(self, lease_id: int, batch: WriteBatch) -> list[bytes]:
@@ -92,6 +98,7 @@ class Lessor:
         if le is None:
             raise errors.ErrLeaseNotFound()
         batch.delete(lease_key(lease_id), self._handle)
+        self.revoked += 1
         return sorted(le.keys)
 
     def checkpoint(self, lease_id: int, remaining_ttl: int, batch: WriteBatch) -> None:
@@ -144,6 +151,7 @@ class Lessor:
         if le.expiry <= now:
             raise errors.ErrLeaseNotFound()  # expired: its revocation is on the way
         le.expiry = now + le.ttl
+        self.renewed += 1
         return le.ttl
 
     def expired(self, limit: int = 1000) -> list[int]:

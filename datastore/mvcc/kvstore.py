@@ -83,6 +83,8 @@ class KVStore:
         self.compactions = Compactions(backend)
         # a read at a past revision lists the keys written since, up to this many writes
         self.max_changes_scan = 10_000
+        # etcd's mvcc counters (range_total, put_total, ...), read when /metrics is scraped
+        self.ranges = self.puts = self.deletes = self.txns = self.put_bytes = 0
 
     # ---- start-up -------------------------------------------------------------------
     def restore(self) -> Iterator[KeyValue]:
@@ -142,6 +144,7 @@ class KVStore:
     def range_raw(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
                   count_only: bool = False, cur_rev: int | None = None) -> RawRangeResult:
         """range() with each KeyValue left as its stored bytes (no per-key objects)."""
+        self.ranges += 1
         cur = self.current_rev if cur_rev is None else cur_rev
         if rev > cur:
             raise errors.ErrFutureRev()
@@ -290,6 +293,8 @@ class WriteTxn:
 
     def put(self, key: bytes, value: bytes, lease: int) -> int:
         s = self.s
+        s.puts += 1
+        s.put_bytes += len(key) + len(value)
         rev = self.begin_rev + 1
         ki = s.index.get(key)
         create, ver, old_lease, prev = rev, 1, 0, None
@@ -318,6 +323,7 @@ class WriteTxn:
 
     def delete_range(self, key: bytes, end: bytes | None) -> tuple[int, int]:
         """Returns (deleted count, revision) as etcd's DeleteRange does."""
+        self.s.deletes += 1
         pairs, _ = self.s.index.revisions(key, end, self.read_rev)
         for ki, prev in pairs:
             self._delete(ki.key, prev)

@@ -183,6 +183,7 @@ class WatchHub:
         self._wake = asyncio.Event()
         self._windows: dict[int, _Window] = {}  # recent catch-up reads, by first revision
         self._windows_compact = 0
+        self.events_sent = 0  # etcd_debugging_mvcc_events_total
 
     # ---- registration ---------------------------------------------------------------
     def watch(self, w: Watcher, start_rev: int) -> None:
@@ -264,6 +265,7 @@ class WatchHub:
                 if b is not None:
                     w.sent_since_progress = True
                     w.sink.deliver_batch(w, rev, b)
+                    self.events_sent += len(idx)
 
     # ---- catching up ------------------------------------------------------------------
     async def run(self) -> None:
@@ -343,6 +345,7 @@ class WatchHub:
                 view = blob if start == 0 else memoryview(blob)[offsets[start]:]
                 w.sent_since_progress = True
                 w.sink.deliver_batch(w, cur, Batch(parts[start:], view))
+                self.events_sent += len(parts) - start
             w.next_rev = hi + 1
             if hi >= cur:
                 self.unsynced.discard(w)

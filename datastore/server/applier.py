@@ -224,9 +224,13 @@ class Applier:
             self._check_capped()
             self._check_requests(rt, path, self._check_put)
         self._check_requests(rt, path, self._check_range)
-        txn = self.kv.write(wb)
+        kv = self.kv
+        ops_before = kv.ranges + kv.puts + kv.deletes - len(rt.compare)  # compares ran above
+        txn = kv.write(wb)
         resp, _ = new_txn_resp(rt, path)
         self._apply_txn(txn, rt, path, resp)
+        if kv.ranges + kv.puts + kv.deletes - ops_before > 1:
+            kv.txns += 1  # etcd counts a txn of more than one operation (compares included)
         rev = txn.read_rev
         self._end_txn(txn, out)
         resp.header.revision = rev

@@ -53,6 +53,7 @@ class Config:
     strict_reconfig_check: bool = True
     initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
+    metrics: str = "basic"  # etcd's --metrics: "extensive" adds gRPC handling-time histograms
     listen_client_http_urls: tuple[str, ...] = ()  # the JSON gateway only (etcd 3.5)
     client_tls: TLSInfo = field(default_factory=TLSInfo)
     peer_tls: TLSInfo = field(default_factory=TLSInfo)
@@ -156,6 +157,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--grpc-keepalive-interval", default="2h", help="how often the server pings an idle client")
     a("--grpc-keepalive-timeout", default="20s", help="how long to wait for a ping's answer")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
+    a("--metrics", default="basic", choices=["basic", "extensive"],
+      help="level of detail of /metrics: 'extensive' adds gRPC handling-time histograms")
     a("--listen-client-http-urls", default="",
       help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
     a("--strict-reconfig-check", default=True, type=parse_bool, nargs="?", const=True)
@@ -308,6 +311,7 @@ def _config(ns: argparse.Namespace) -> Config:
         initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=(split_urls(ns.listen_metrics_urls, "--listen-metrics-urls")
                              if ns.listen_metrics_urls else ()),
+        metrics=ns.metrics,
         listen_client_http_urls=(split_urls(ns.listen_client_http_urls, "--listen-client-http-urls")
                                  if ns.listen_client_http_urls else ()),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,

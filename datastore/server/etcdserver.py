@@ -21,7 +21,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
@@ -51,6 +51,7 @@ from datastore.server.config import Config
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
 from datastore.server.snapshot_image import recover_install
+from datastore.server.stats import SLOW_APPLY_S, ServerStats
 from datastore.storage.backend import (
     CORRUPT_ACTION,
     WAL_FAMILIES,
@@ -58,6 +59,10 @@ from datastore.storage.backend import (
     CorruptDataError,
 )
 from datastore.util.clock import MonotonicClock
+
+if TYPE_CHECKING:
+    from datastore.api.grpcmetrics import GrpcMetrics
+    from datastore.metrics.registry import Exposition
 
 log = logging.getLogger("datastore.server")
 
@@ -150,6 +155,9 @@ class EtcdServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self.started_at = time.time()
+        self.stats = ServerStats()
+        self.grpc_metrics: GrpcMetrics | None = None  # the client gRPC server's counters
+        self.metrics_exposition: Exposition | None = None  # its registry, built at the first scrape
         self.transport = None  # peer transport: multi-member clusters plug in here
         self.cluster_ops = ClusterOps(self)  # conf changes, snapshots, publish
 
@@ -298,6 +306,7 @@ class EtcdServer:
             _, start, req_id = deadlines.popleft()
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
+                self.stats.proposals_failed += 1
                 if any(held_id == req_id for held_id, _ in self._held):
                     # never accepted by raft (no leader all along): etcd's Propose
                     # blocks and returns the bare context error, not a parsed timeout
@@ -308,6 +317,7 @@ class EtcdServer:
         while reads and reads[0][0] <= now:
             read = reads.popleft()[1]
             if not read.done():
+                self.stats.read_indexes_failed += 1
                 read.set_exception(errors.ErrTimeout())
 
     def request_timeout(self) -> float:
@@ -395,7 +405,11 @@ class EtcdServer:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
         if rd.snapshot is not None:  # state image from the leader, before anything after it
-            self.cluster_ops.install_snapshot(rd.snapshot)
+            self.stats.snapshot_apply_in_progress = 1
+            try:
+                self.cluster_ops.install_snapshot(rd.snapshot)
+            finally:
+                self.stats.snapshot_apply_in_progress = 0
             failpoint("after-snapshot-install")  # state installed, raft log not yet
         sent = False
         if self.is_leader and rd.messages and self.transport is not None:
@@ -408,8 +422,8 @@ class EtcdServer:
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             if rd.must_sync:
                 # the fsync runs in the I/O thread while we apply what is already committed
-                persist = loop.run_in_executor(self._io, self.storage.save, rd.hard_state,
-                                               rd.entries, rd.snapshot, True)
+                persist = loop.run_in_executor(self._io, self._save_synced, rd.hard_state,
+                                               rd.entries, rd.snapshot)
             else:
                 try:
                     self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
@@ -430,7 +444,18 @@ class EtcdServer:
                 self._reads_ready.append((rs.index, waiters))
         self._release_reads()
 
+    def _save_synced(self, hard_state: HardState | None, entries: tuple, snapshot: object) -> None:
+        """In the raft I/O thread: write and fsync the raft log, timed (etcd's wal fsync)."""
+        t0 = time.perf_counter()
+        self.storage.save(hard_state, entries, snapshot, True)  # type: ignore[arg-type]
+        self.stats.wal_fsync.observe(time.perf_counter() - t0)
+
+    @property
+    def pending_proposals(self) -> int:
+        return len(self._waiters)
+
     def _apply(self, entries: tuple) -> None:
+        t0 = time.perf_counter()
         wb, out = self.applier.begin()
         last = entries[-1]
         for e in entries:
@@ -439,10 +464,15 @@ class EtcdServer:
                 continue
             if e.data:
                 self.applier.apply_request(e.data, wb, out, e.index)
+        t1 = time.perf_counter()
         try:
             self.applier.finish(wb, out, last.index, last.term)
         except Exception as e:  # any failed disk write is fatal
             fatal_disk_error("state db write failed", e)
+        t2 = time.perf_counter()
+        self.stats.backend_commit.observe(t2 - t1)
+        if t2 - t0 > SLOW_APPLY_S:
+            self.stats.slow_applies += 1
         for req_id, result in out.results:
             fut = self._waiters.get(req_id)
             if fut is not None and not fut.done():
@@ -476,10 +506,13 @@ class EtcdServer:
         was_leader = self.is_leader
         if lead and lead != self.leader_id:
             self.lead_elected_at = time.monotonic()
+            self.stats.leader_changes += 1
         self.leader_id = lead
         self.is_leader = state == StateType.StateLeader
         if self.is_leader and not was_leader:
             log.info("became leader", extra={"term": self.node.term})
+            if self.transport is not None:
+                self.transport.reset_heartbeats()
             self.lessor.promote(self.cfg.election_timeout_ms / 1000)
         elif was_leader and not self.is_leader:
             log.info("lost leadership", extra={"leader": f"{lead:x}"})
@@ -508,6 +541,7 @@ class EtcdServer:
                     asyncio.get_running_loop().create_task(self._quiet(self.propose(req)))
 
     async def _revoke_expired(self, lease_id: int) -> None:
+        self.stats.lease_expired += 1
         req = InternalRaftRequest(lease_revoke=rpc.LeaseRevokeRequest(ID=lease_id))
         await self._quiet(self.propose(req))
         self._revoking.pop(lease_id, None)

@@ -16,6 +16,14 @@ from a peer, like etcd's ``GetClusterFromRemotePeers``), ``LeaseRenew`` and
 ``LeaseTimeToLive`` (a follower forwards keep-alives and TTL queries to the leader, like
 etcd's ``/leases`` and ``/leases/internal`` peer handlers: only the leader's lessor
 tracks expiry).
+
+For ``/metrics`` it counts, per peer, the bytes of the batches written and read (etcd's
+``peer_sent_bytes_total{To}`` / ``peer_received_bytes_total{From}``), the messages it
+could not send (``peer_sent_failures_total{To}``) and broken streams; a prober times a
+``Members`` call on each peer's channel every ``RTT_PROBE_S`` (etcd's prober, observed
+into ``peer_round_trip_time_seconds{To}``); and, like etcd's timeout detector, a leader's
+heartbeat to a peer more than two heartbeat intervals after the last one counts as a
+``heartbeat_send_failures_total``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import grpc
 from datastore import errors
 from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
+from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
 from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
     from datastore.server.config import Config
     from datastore.server.membership import Membership
     from datastore.server.snapshot_image import Checkpoints
+    from datastore.server.stats import ServerStats
 
 log = logging.getLogger("datastore.transport")
 
@@ -54,6 +64,8 @@ MAX_MESSAGE = 2**31 - 1
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 PROBE_INTERVAL_S = 0.5
+RTT_PROBE_S = 4.0  # etcd's proberInterval (ConnReadTimeout - 1 s)
+RTT_BUCKETS = exponential_buckets(0.0001, 2, 16)
 # The detail of the FAILED_PRECONDITION a removed member's stream gets (etcd: 410 Gone).
 ERR_REMOVED = "the member has been permanently removed from the cluster"
 GRPC_OPTIONS = [
@@ -89,6 +101,7 @@ class PeerHost(Protocol):
     members: Membership
     node: RawNode
     lessor: Lessor
+    stats: ServerStats
 
     @property
     def cluster_ops(self) -> _RemovedMembers: ...
@@ -125,12 +138,36 @@ class _Peer:
         self.task: asyncio.Task[None] | None = None
         self.snap_task: asyncio.Task[None] | None = None  # the snapshot being streamed
         self.active_since = 0.0  # monotonic time of the current healthy stream, 0 if down
+        self.channel: grpc.aio.Channel | None = None  # the stream's, which the prober shares
+        self.probe_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
+        if self.probe_task is None:
+            self.probe_task = asyncio.get_running_loop().create_task(self._probe_rtt())
+
+    def tasks(self) -> tuple[asyncio.Task[None] | None, ...]:
+        return self.task, self.snap_task, self.probe_task
+
+    async def _probe_rtt(self) -> None:
+        """etcd's peer prober: time a small round trip on the peer's channel."""
+        rtt = self.t.rtt.setdefault(self.id, Histogram(RTT_BUCKETS))
+        while True:
+            ch = self.channel
+            if ch is None:
+                await asyncio.sleep(PROBE_INTERVAL_S)  # polling for a stream, not a sync
+                continue
+            t0 = time.perf_counter()
+            try:
+                await raft_pb2_grpc.RaftTransportStub(ch).Members(pb.MembersRequest(),
+                                                                  timeout=RTT_PROBE_S)
+                rtt.observe(time.perf_counter() - t0)
+            except Exception as e:  # a failed probe has no round trip time (etcd too)
+                log.debug("probe of peer %x failed: %s", self.id, e)
+            await asyncio.sleep(RTT_PROBE_S)
 
     async def stop(self) -> None:
-        for task in (self.task, self.snap_task):
+        for task in self.tasks():
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,6 +206,7 @@ class _Peer:
             pending: list[Message] = []
             try:
                 channel = await open_peer_channel(url, self.t.server.cfg.peer_tls)
+                self.channel = channel
                 call = raft_pb2_grpc.RaftTransportStub(channel).Send()
                 # An empty batch opens the stream at once and, when idle, probes it: the
                 # strict reconfig check counts peers with a healthy stream as started.
@@ -190,6 +228,8 @@ class _Peer:
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
                                             messages=[codec.message_to_pb(m) for m in pending])
                     await call.write(batch)
+                    sent = self.t.sent_bytes
+                    sent[self.id] = sent.get(self.id, 0) + batch.ByteSize()
                     if not self.active_since:
                         self.active_since = time.monotonic()
                     backoff = BACKOFF_MIN_S
@@ -202,7 +242,10 @@ class _Peer:
                     if call is not None and call.done() and await call.details() == ERR_REMOVED:
                         self.t.server.cluster_ops.removed_by_peer()
             finally:
+                if self.active_since:
+                    self.t.disconnects[self.id] = self.t.disconnects.get(self.id, 0) + 1
                 self.active_since = 0.0
+                self.channel = None
                 if pending:
                     self.t.report_failure(self.id, pending)
                 if call is not None:
@@ -240,7 +283,10 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
                 # etcd answers a removed member with 410 Gone, and it stops
                 await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, ERR_REMOVED)
             if msgs:
-                self.t.last_heard[msgs[0].frm] = time.monotonic()
+                frm = msgs[0].frm
+                self.t.last_heard[frm] = time.monotonic()
+                got = self.t.received_bytes
+                got[frm] = got.get(frm, 0) + batch.ByteSize()
                 s.receive(msgs)
         return pb.SendAck()
 
@@ -286,6 +332,13 @@ class PeerTransport:
         self.last_heard: dict[int, float] = {}
         self.grpc_server: grpc.aio.Server | None = None
         self._renew_channels: dict[str, grpc.aio.Channel] = {}
+        # /metrics, by peer id (see the module docstring)
+        self.sent_bytes: dict[int, int] = {}
+        self.received_bytes: dict[int, int] = {}
+        self.sent_failures: dict[int, int] = {}
+        self.disconnects: dict[int, int] = {}
+        self.rtt: dict[int, Histogram] = {}
+        self._last_heartbeat: dict[int, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -345,8 +398,11 @@ class PeerTransport:
     def remove_peer(self, peer_id: int) -> None:
         p = self.peers.pop(peer_id, None)
         self.last_heard.pop(peer_id, None)
+        for counts in (self.sent_bytes, self.received_bytes, self.sent_failures, self.disconnects,
+                       self.rtt, self._last_heartbeat):
+            counts.pop(peer_id, None)  # type: ignore[attr-defined]
         if p is not None:
-            for task in (p.task, p.snap_task):
+            for task in p.tasks():
                 if task is not None:
                     task.cancel()
 
@@ -355,9 +411,24 @@ class PeerTransport:
         for m in messages:
             p = self.peers.get(m.to)
             if p is not None:
+                if m.type == MsgType.MsgHeartbeat:
+                    self._heartbeat_sent(m.to)
                 p.enqueue(m)
 
+    def _heartbeat_sent(self, to: int) -> None:
+        """etcd's timeout detector: a heartbeat later than two intervals after the last."""
+        now = time.monotonic()
+        last = self._last_heartbeat.get(to)
+        self._last_heartbeat[to] = now
+        if last is not None and now - last > 2 * self.server.cfg.heartbeat_interval_ms / 1000:
+            self.server.stats.heartbeat_send_failures += 1
+
+    def reset_heartbeats(self) -> None:
+        """A new term of leadership starts the detector afresh (etcd's td.Reset)."""
+        self._last_heartbeat.clear()
+
     def report_failure(self, peer_id: int, msgs: list[Message]) -> None:
+        self.sent_failures[peer_id] = self.sent_failures.get(peer_id, 0) + len(msgs)
         node = self.server.node
         with contextlib.suppress(Exception):
             node.report_unreachable(peer_id)

@@ -24,16 +24,34 @@ async def _run_until_signal(coro_factory: object) -> int:
 
 
 def _local(ns: argparse.Namespace) -> int:
+    from datastore.metrics.serve import split_addr
     from kvoperator.etcdapi import ClientClusterAPI
     from kvoperator.local import LocalPlatform
     from kvoperator.reconcile import Reconciler
 
     platform = LocalPlatform(Path(ns.manifest), Path(ns.workdir), ns.base_port,
                              crd=Path(ns.crd) if ns.crd else None)
-    rec = Reconciler(platform, ClientClusterAPI(), interval=ns.interval)
+    from kvoperator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    rec = Reconciler(platform, ClientClusterAPI(), interval=ns.interval, metrics=metrics)
     log.info("operator started", extra={"platform": "local", "manifest": ns.manifest,
-                                        "workdir": str(platform.workdir), "base_port": ns.base_port})
-    return asyncio.run(_run_until_signal(rec.run))
+                                        "workdir": str(platform.workdir), "base_port": ns.base_port,
+                                        "metrics_addr": ns.metrics_addr})
+
+    async def run(stop: asyncio.Event) -> None:
+        server = None
+        if ns.metrics_addr:
+            from datastore.metrics.serve import metrics_route, serve_http
+
+            host, port = split_addr(ns.metrics_addr, "--metrics-addr")
+            server = await serve_http(host, port, {"/metrics": metrics_route(metrics.registry)})
+        try:
+            await rec.run(stop)
+        finally:
+            if server is not None:
+                server.close()
+    return asyncio.run(_run_until_signal(run))
 
 
 def _kube(ns: argparse.Namespace) -> int:
@@ -67,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     loc.add_argument("--base-port", type=int, required=True,
                      help="member i: client port P+10i, peer P+10i+1, metrics P+10i+2")
     loc.add_argument("--interval", type=float, default=1.0, help="seconds between passes when idle")
+    loc.add_argument("--metrics-addr", default="",
+                     help="HOST:PORT to serve /metrics (reconcile durations, actions, members) on")
     loc.add_argument("--crd", default=None, help="validate the manifest against this CRD "
                      "(default: manifests/crd/datastoreclusters.yaml of the checkout, if there)")
     run = sub.add_parser("run", help="reconcile DatastoreCluster objects in a Kubernetes cluster")
@@ -82,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(ns.log_level)
     if ns.cmd == "local":
+        from datastore.metrics.serve import split_addr
+
+        if ns.metrics_addr:
+            try:
+                split_addr(ns.metrics_addr, "--metrics-addr")
+            except ValueError as e:
+                parser.error(str(e))
         return _local(ns)
     return _kube(ns)
 

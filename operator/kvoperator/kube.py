@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from kvoperator import spec as specmod
 from kvoperator.etcdapi import ClusterAPI
+from kvoperator.metrics import OperatorMetrics
 from kvoperator.planner import Action, ActionKind, Observed, Phase, Workload, quorum
 from kvoperator.reconcile import NotYet, Reconciler, now_rfc3339
 from kvoperator.spec import ClusterSpec
@@ -640,6 +641,7 @@ class KubeOperator:
             self.pods = ListWatch("Pod", k.core.list_pod_for_all_namespaces, k.watch_fn, k.to_dict,
                                   self._changed, label_selector=sel)
         self.reconcilers: dict[tuple[str, str], Reconciler] = {}
+        self.metrics = OperatorMetrics()
         self.last_pass = 0.0
 
     def _changed(self) -> None:
@@ -656,11 +658,12 @@ class KubeOperator:
         for key in list(self.reconcilers):
             if key not in keys:
                 del self.reconcilers[key]  # deleted: owner references clean up its objects
+                self.metrics.forget("/".join(key))
         for key in sorted(keys):
             rec = self.reconcilers.get(key)
             if rec is None:
                 rec = Reconciler(KubernetesPlatform(self.k, self.crs, self.pods, *key, urls=self.urls),
-                                 self.api)
+                                 self.api, metrics=self.metrics, cluster="/".join(key))
                 self.reconcilers[key] = rec
             try:
                 out[key] = await rec.reconcile_once()
@@ -692,21 +695,15 @@ class KubeOperator:
 
 
 async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> asyncio.AbstractServer:
-    """``/healthz`` for the Deployment's probes: 200 while reconcile passes keep running."""
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            ok = op.last_pass and time.monotonic() - op.last_pass < max(60.0, 6 * op.interval)
-            body = b"ok\n" if ok else b"no reconcile pass lately\n"
-            writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s" % (b"200 OK" if ok else b"503 Service Unavailable",
-                                                          len(body), body))
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-    return await asyncio.start_server(handle, host, port)
+    """``/healthz`` for the Deployment's probes (200 while reconcile passes keep running)
+    and ``/metrics`` (kvoperator.metrics), on the Deployment's ``http`` port."""
+    from datastore.metrics.serve import metrics_route, serve_http
+
+    def healthz() -> tuple[int, str, str]:
+        ok = op.last_pass and time.monotonic() - op.last_pass < max(60.0, 6 * op.interval)
+        return (200, "text/plain", "ok\n") if ok else (503, "text/plain", "no reconcile pass lately\n")
+    return await serve_http(host, port, {"/healthz": healthz,
+                                         "/metrics": metrics_route(op.metrics.registry)})
 
 
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,

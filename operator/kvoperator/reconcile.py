@@ -13,12 +13,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvoperator.etcdapi import NOT_IN_SYNC, ClusterAPI, ClusterAPIError
 from kvoperator.planner import Action, ActionKind, Member, MemberStatus, Observed, Phase, Workload, plan
 from kvoperator.spec import ClusterSpec
 from kvoperator.status import build_status, same_status
+
+if TYPE_CHECKING:
+    from kvoperator.metrics import OperatorMetrics
 
 log = logging.getLogger("kvoperator")
 STATUS_TIMEOUT_S = 2.0
@@ -84,26 +87,47 @@ async def observe(api: ClusterAPI, p: Platform, spec: ClusterSpec) -> Observed:
 
 
 class Reconciler:
-    def __init__(self, platform: Platform, api: ClusterAPI, interval: float = 1.0) -> None:
+    def __init__(self, platform: Platform, api: ClusterAPI, interval: float = 1.0,
+                 metrics: OperatorMetrics | None = None, cluster: str = "") -> None:
         self.p = platform
         self.api = api
         self.interval = interval
+        self.metrics = metrics
+        self.cluster = cluster  # the metrics' cluster label (default: the spec's name)
         self._last_logged: tuple[ActionKind, str] | None = None
         self.last_action: Action | None = None
         self.last_observed: Observed | None = None
         self._last_wait = ""  # the last NotYet reason recorded as an Event (once per reason)
 
     async def reconcile_once(self) -> Action | None:
+        if self.metrics is None:
+            return await self._reconcile_once()
+        t0 = time.perf_counter()
+        try:
+            return await self._reconcile_once()
+        except Exception:
+            self.metrics.errors.labels(self.cluster).inc()
+            raise
+        finally:
+            if self.cluster:
+                self.metrics.duration.labels(self.cluster).observe(time.perf_counter() - t0)
+
+    async def _reconcile_once(self) -> Action | None:
         spec = await self.p.load_spec()
         if spec is None:
             return None
+        self.cluster = self.cluster or spec.name
         o = await observe(self.api, self.p, spec)
         await self.p.sync(o)
         a = plan(o)
         self.last_action, self.last_observed = a, o
+        if self.metrics is not None:
+            self.metrics.observed(self.cluster, o)
         outcome, message = "planned", a.reason
         if a.changes_something:
             outcome, message = await self._act(a, o, spec)
+            if self.metrics is not None:
+                self.metrics.acted(self.cluster, a, outcome)
         elif a.kind is ActionKind.DEGRADED and (a.kind, a.reason + outcome) != self._last_logged:
             await self.p.record(a, "degraded", a.reason)  # a Warning Event, once per new reason
         self._log(a, outcome, message)

@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from datastore.client import Client
+from datastore.metrics.serve import metrics_route, serve_http, split_addr
 from kvscheduler import objects as obj
+from kvscheduler.metrics import scheduler_registry
 from kvscheduler.scheduler import ELECTION_PREFIX, Scheduler, default_identity
 
 
@@ -33,7 +35,17 @@ async def _run(a: argparse.Namespace) -> None:
     async with Client(_endpoints(a.endpoints), timeout=a.timeout) as c:
         s = Scheduler(c, scheduler_name=a.scheduler_name, identity=a.identity, election=a.election,
                       lease_ttl=a.lease_ttl, max_inflight=a.max_inflight)
-        await s.run(stop)
+        server = None
+        if a.metrics_addr:
+            host, port = split_addr(a.metrics_addr, "--metrics-addr")
+            server = await serve_http(host, port, {
+                "/metrics": metrics_route(scheduler_registry(s)),
+                "/healthz": lambda: (200, "text/plain; charset=utf-8", "ok\n")})
+        try:
+            await s.run(stop)
+        finally:
+            if server is not None:
+                server.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="leader lease TTL in seconds: how long a dead leader blocks scheduling")
     r.add_argument("--max-inflight", type=int, default=32, help="bind Txns in flight at once")
     r.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
+    r.add_argument("--metrics-addr", default="",
+                   help="HOST:PORT to serve /metrics (kube-scheduler's names) and /healthz on")
     r.add_argument("--log-level", default="info")
     d = sub.add_parser("demo", help="start a datastore (or use --endpoints), create nodes and pods, schedule")
     d.add_argument("--endpoints", default=None, help="use this datastore/etcd instead of an embedded one")
@@ -60,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if a.cmd == "run":
+        if a.metrics_addr:
+            try:
+                split_addr(a.metrics_addr, "--metrics-addr")
+            except ValueError as e:
+                ap.error(str(e))
         asyncio.run(_run(a))
         return 0
     from kvscheduler.demo import demo

@@ -42,6 +42,7 @@ from datastore.client.txn import Compare, op_get, op_put
 from kvscheduler import objects as obj
 from kvscheduler.algorithm import schedule
 from kvscheduler.cache import Cache
+from kvscheduler.metrics import Attempts
 from kvscheduler.workqueue import SchedulingQueue
 
 log = logging.getLogger("kvscheduler")
@@ -94,6 +95,7 @@ class Scheduler:
         self.cache = Cache()
         self.queue = SchedulingQueue(clock)
         self.stats = Stats()
+        self.attempts = Attempts()  # scheduler_schedule_attempts_total and its durations
         self.leading = asyncio.Event()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # any informer event (for _catch_up)
@@ -156,6 +158,10 @@ class Scheduler:
         if n:
             logkv(logging.INFO, "requeue_unschedulable", reason=why, object=what, pods=n)
             self._wake.set()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leading.is_set()
 
     def _is_pending(self, pod: k8s.V1Pod) -> bool:
         return (not pod.spec.node_name and obj.scheduler_name(pod) == self.scheduler_name
@@ -289,11 +295,17 @@ class Scheduler:
         if st is None or not self._is_pending(st.pod) or st.assumed is not None:
             return False
         self.stats.decisions += 1
-        d = schedule(st.pod, self.cache.node_infos())
+        t0 = time.perf_counter()
+        try:
+            d = schedule(st.pod, self.cache.node_infos())
+        except Exception:
+            self.attempts.done("error", time.perf_counter() - t0)
+            raise
         if d.node is not None:
             self.cache.assume(key, d.node)
-            self._spawn(self._bind(key, st.pod, st.mod_revision, d.node), sem)
+            self._spawn(self._bind(key, st.pod, st.mod_revision, d.node, t0), sem)
             return True
+        self.attempts.done("unschedulable", time.perf_counter() - t0)
         self.queue.park_unschedulable(key)
         cond = obj.pod_condition(st.pod, "PodScheduled")
         if cond is not None and cond.status == "False" and cond.message == d.message:
@@ -365,10 +377,14 @@ class Scheduler:
         self._wake.set()
         return None
 
-    async def _bind(self, key: str, pod: k8s.V1Pod, mod_revision: int, node: str) -> None:
+    async def _bind(self, key: str, pod: k8s.V1Pod, mod_revision: int, node: str,
+                    t0: float | None = None) -> None:
+        t0 = time.perf_counter() if t0 is None else t0  # the attempt's start (its decision)
         new = obj.bound(pod, node)
         new.metadata.annotations = {**(new.metadata.annotations or {}), SCHEDULED_BY: self.identity}
         resp = await self._write(key, mod_revision, obj.encode(new), "bind")
+        # kube-scheduler: a bind that fails ends the attempt as an error
+        self.attempts.done("scheduled" if resp is not None else "error", time.perf_counter() - t0)
         if resp is not None:
             self.stats.binds += 1
             self.queue.attempts.pop(key, None)

@@ -193,3 +193,33 @@ def test_run_without_an_api_says_what_to_do(tmp_path: Any) -> None:
     assert p.returncode == 2, p.stderr
     assert "kvoperator: no Kubernetes API to talk to" in p.stderr and "--kubeconfig FILE" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_metrics_on_the_health_port(kube: FakeKube) -> None:
+    """/metrics next to /healthz: a pass's duration, the bootstrap action, members by state."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    op = KubeOperator(kube.clients(), Unreachable(), interval=1.0)
+
+    async def main() -> tuple[int, bytes, int]:
+        server = await serve_health(op, 0, host="127.0.0.1")
+        port = server.sockets[0].getsockname()[1]
+        try:
+            op.crs.relist()
+            op.pods.relist()
+            await op.pass_once()  # bootstraps db-0
+            code, body = await asyncio.to_thread(http_get, port, "/metrics")
+            missing, _ = await asyncio.to_thread(http_get, port, "/nope")
+            return code, body, missing
+        finally:
+            server.close()
+    code, body, missing = asyncio.run(main())
+    assert code == 200 and missing == 404
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    c = ("cluster", f"{NS}/db")
+    assert got[("kvoperator_reconcile_duration_seconds_count", (c,))] == 1
+    assert got[("kvoperator_actions_total", (c, ("kind", "Bootstrap"), ("result", "done")))] == 1
+    assert got[("kvoperator_members", (c, ("state", "missing")))] == 1  # nothing answers yet
+    assert got[("kvoperator_quorum_healthy", (c,))] == 0
+    assert got[("kvoperator_desired_members", (c,))] == 1
