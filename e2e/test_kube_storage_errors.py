@@ -1,0 +1,44 @@
+"""Storage errors reach kubectl as etcd's would: the same HTTP status and message through
+a real kube-apiserver, on the datastore and on etcd 3.6 side by side."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from kube_util import kubectl, up
+
+from datastore.kube import controlplane
+
+
+def _create_without_quorum(directory: Path, backend: str) -> tuple[int, str, float]:
+    """Three members, two killed: (kubectl's exit code, its error line, seconds taken)."""
+    cp = up(directory, members=3, backend=backend, nodes=0)
+    try:
+        kubectl(cp, "create", "configmap", "with-quorum")
+        prefix = "ds" if backend == "datastore" else "etcd"
+        for name in (f"{prefix}1", f"{prefix}2"):
+            os.kill(cp.daemon(name).pid, signal.SIGKILL)  # connections refused, not hung
+        t0 = time.monotonic()
+        out = kubectl(cp, "create", "configmap", "without-quorum", "-v=6", check=False,
+                      timeout=120)
+        took = time.monotonic() - t0
+        status = next((line.split('status="')[1].split('"')[0] for line in out.stderr.splitlines()
+                       if '"Response"' in line and 'verb="POST"' in line), "")
+        error = next(line for line in out.stderr.splitlines() if line.startswith("error:"))
+        return out.returncode, f"{status}: {error}", took
+    finally:
+        controlplane.down(directory)
+
+
+def test_lost_quorum_is_a_500_like_etcds(tmp_path: Path) -> None:
+    ours = _create_without_quorum(tmp_path / "ours", "datastore")
+    etcd = _create_without_quorum(tmp_path / "etcd", "etcd")
+    # etcd 3.6 answers "etcdserver: request timed out" after its request timeout
+    # (5 s + 2 election timeouts), which the API server passes on as a 500.
+    assert etcd[:2] == (1, "500 Internal Server Error: error: failed to create configmap: "
+                           "etcdserver: request timed out"), etcd
+    assert ours[:2] == etcd[:2], (ours, etcd)
+    assert ours[2] < etcd[2] + 15, (ours, etcd)
