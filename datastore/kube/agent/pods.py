@@ -53,7 +53,8 @@ class Run:
     terminated: dict[str, Any] | None = None
     last_state: dict[str, Any] | None = None
     next_start: float = 0.0
-    backoff: float = 0.0
+    delay: float = 0.0  # the wait before the next start
+    backoff: float = 0.0  # the wait after the next exit
     probers: dict[str, Prober] = field(default_factory=dict)
     started: bool = False  # the startup probe passed (or there is none)
     kill_reason: str = ""
@@ -216,7 +217,7 @@ class PodWorker(threading.Thread):
             if policy == "Never" or (policy == "OnFailure" and r.terminated["exitCode"] == 0):
                 return
         if time.monotonic() < r.next_start:
-            r.waiting = ("CrashLoopBackOff", f"back-off {r.backoff:.0f}s restarting failed container="
+            r.waiting = ("CrashLoopBackOff", f"back-off {r.delay:.0f}s restarting failed container="
                          f"{r.name} pod={self.md['name']}_{self.md['namespace']}({self.uid})")
             return
         self._start(r)
@@ -299,7 +300,8 @@ class PodWorker(threading.Thread):
         r.proc = None
         if ran >= RESET_AFTER_S:
             r.backoff = 0.0
-        r.next_start = time.monotonic() + r.backoff
+        r.delay = r.backoff
+        r.next_start = time.monotonic() + r.delay
         base = self.agent.backoff_base
         r.backoff = min(MAX_BACKOFF_S, r.backoff * 2 if r.backoff else base)
         if code != 0 and not r.init:
