@@ -249,10 +249,10 @@ class PodWorker(threading.Thread):
         # the image's working directory may exist only as a mount of the pod's
         if not r.spec.get("workingDir") and not any(m[1] == img.workdir for m in r.mounts):
             spec["cwd"] = "/"
+        # the container's output only (what kubectl logs shows); the agent logs the start
         logf = self.dir / "logs" / f"{r.name}.log"
-        logf.parent.mkdir(parents=True, exist_ok=True)
-        with open(logf, "ab") as f:
-            f.write(f"---- {now()} start {r.restarts}: {argv}\n".encode())
+        log.info("starting container", extra={"pod": self.name, "container": r.name,
+                                              "restart": r.restarts, "argv": argv})
         r.proc = runtime.launch(self.dir / "run" / f"{r.name}.json", logf, r.env, spec)
         r.started_at, r.started_mono = now(), time.monotonic()
         if r.terminated is not None:
