@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,13 @@ from datastore.testing import refs
 
 
 def up(directory: Path, members: int = 1, backend: str = "datastore",
-       nodes: int = 3, compaction_interval: str = "1m") -> ControlPlane:
+       nodes: int = 3, compaction_interval: str = "1m", agent_nodes: int = 0,
+       storage_media_type: str = "protobuf") -> ControlPlane:
     """``datastore kube up`` in-process; the API server panics on a cache inconsistency."""
     os.environ["KUBE_WATCHCACHE_CONSISTENCY_CHECKER"] = "true"  # inherited by kube-apiserver
     opts = controlplane.Options(directory, backend=backend, members=members, nodes=nodes,
-                                compaction_interval=compaction_interval, timeout=300)
+                                compaction_interval=compaction_interval, timeout=300,
+                                agent_nodes=agent_nodes, storage_media_type=storage_media_type)
     return controlplane.up(opts, log=lambda line: print(line, flush=True))
 
 
@@ -63,3 +66,34 @@ def metric_values(cp: ControlPlane, name: str) -> dict[str, float]:
         if m:
             out[m.group(1) or ""] = float(m.group(2))
     return out
+
+
+def in_cluster(cp: ControlPlane, *argv: str, timeout: float = 60,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``datastore kube shell -- ARGV``: a command that resolves the pods' and Services'
+    names as a pod does."""
+    proc = subprocess.run([sys.executable, "-m", "datastore", "kube", "shell", "--dir",
+                           str(cp.directory), "--", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def pods(cp: ControlPlane, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    args = ["-n", namespace, "get", "pods"] + (["-l", selector] if selector else [])
+    return sorted(kjson(cp, *args)["items"], key=lambda p: p["metadata"]["name"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def wait_pods_ready(cp: ControlPlane, namespace: str, selector: str, count: int,
+                    timeout: float = 180) -> list[dict[str, Any]]:
+    """Exactly ``count`` pods match, none terminating, all Ready."""
+    def check() -> list[dict[str, Any]] | None:
+        ps = [p for p in pods(cp, namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+        return ps if len(ps) == count and all(ready(p) for p in ps) else None
+    return wait_for(check, timeout, f"{count} ready pod(s) {selector} in {namespace}")  # type: ignore[no-any-return]

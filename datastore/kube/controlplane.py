@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class Options:
     compaction_interval: str = "5m"  # the API server's own compaction (its default)
     extra_apiserver_args: list[str] = field(default_factory=list)
     timeout: float = 240.0
+    agent_nodes: int = 0  # nodes of `datastore kube agent`, which runs their pods locally
+    storage_media_type: str = "protobuf"  # or "json": objects kvscheduler can read and write
 
 
 @dataclass
@@ -126,8 +129,8 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
         raise KubeError(f"unknown --backend {opts.backend!r} (one of {', '.join(backends.BACKENDS)})")
     if opts.backend == "kine" and opts.members != 1:
         raise KubeError("kine runs as one process: use --members 1 with --backend kine")
-    if opts.members < 1 or opts.nodes < 0:
-        raise KubeError("--members must be at least 1 and --nodes at least 0")
+    if opts.members < 1 or opts.nodes < 0 or opts.agent_nodes < 0:
+        raise KubeError("--members must be at least 1, --nodes and --agent-nodes at least 0")
     previous = ControlPlane.load(d)
     if previous is not None and any(x.alive() for x in previous.daemons):
         dead = [x.name for x in previous.daemons if not x.alive()]
@@ -197,6 +200,8 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             f"--etcd-compaction-interval={opts.compaction_interval}",
             f"--cert-dir={d / 'run' / 'apiserver'}", "--profiling=false",
+            *([f"--storage-media-type=application/{opts.storage_media_type}"]
+              if opts.storage_media_type != "protobuf" else []),
             *opts.extra_apiserver_args]
         api_daemon = start("kube-apiserver", api_argv)
         api = cp.api()
@@ -234,6 +239,11 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
             f"--server-address=127.0.0.1:{cp.ports['kwok']}"])
         for i in range(opts.nodes):
             _create_node(api, f"kwok-node-{i}")
+        agent = None
+        if opts.agent_nodes:
+            log(f"      and `datastore kube agent` with {opts.agent_nodes} node(s) running pods locally")
+            agent = start("agent", [sys.executable, "-m", "datastore", "kube", "agent", "--dir", str(d),
+                                    "--nodes", str(opts.agent_nodes)])
 
         # 5. everything ready
         log("[5/5] waiting for the controllers' leases and the nodes to be Ready")
@@ -243,6 +253,9 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
                 deadline, cp.daemon(lease), f"{lease} to take its leader lease")
         _wait(lambda: _ready_nodes(api) >= opts.nodes, deadline, kwok,
               f"{opts.nodes} node(s) to be Ready")
+        if agent is not None:
+            _wait(lambda: _ready_nodes(api, "agent") >= opts.agent_nodes, deadline, agent,
+                  f"{opts.agent_nodes} agent node(s) to be Ready")
     except BaseException:
         for daemon in reversed(cp.daemons):
             daemon.stop(5)
@@ -307,8 +320,8 @@ def _create_node(api: KubeAPI, name: str) -> None:
         raise KubeError(f"creating node {name}: HTTP {status}: {body}")
 
 
-def _ready_nodes(api: KubeAPI) -> int:
-    status, body = api.get("/api/v1/nodes?labelSelector=type%3Dkwok")
+def _ready_nodes(api: KubeAPI, kind: str = "kwok") -> int:
+    status, body = api.get(f"/api/v1/nodes?labelSelector=type%3D{kind}")
     if status != 200:
         return 0
     return sum(1 for n in body.get("items", []) for c in n.get("status", {}).get("conditions", [])

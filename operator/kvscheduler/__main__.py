@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     d = sub.add_parser("demo", help="start a datastore (or use --endpoints), create nodes and pods, schedule")
     d.add_argument("--endpoints", default=None, help="use this datastore/etcd instead of an embedded one")
     d.add_argument("--pods", type=int, default=60, help="schedulable web pods to create (plus a few special)")
+    d.add_argument("--scheduler-name", default=obj.DEFAULT_SCHEDULER,
+                   help="the pods' spec.schedulerName (on a real control plane: not default-scheduler, "
+                        "which kube-scheduler serves)")
     d.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
@@ -82,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(a))
         return 0
     from kvscheduler.demo import demo
-    return demo(a.endpoints, a.pods)
+    return demo(a.endpoints, a.pods, a.scheduler_name)
 
 
 if __name__ == "__main__":

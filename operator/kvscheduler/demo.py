@@ -27,7 +27,20 @@ from kvscheduler.scheduler import Scheduler
 DEMO_NS = "demo"
 
 
+# On a control plane from `datastore kube up`, kwok keeps nodes with this annotation alive
+# (their Leases), so the node lifecycle controller does not taint them unreachable; it also
+# marks their pods Running. Elsewhere it means nothing.
+KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+
+
 def demo_nodes() -> list[k8s.V1Node]:
+    nodes = _demo_nodes()
+    for n in nodes:
+        n.metadata.annotations = dict(KWOK_ANNOTATION)
+    return nodes
+
+
+def _demo_nodes() -> list[k8s.V1Node]:
     return [
         obj.make_node("small-1", "2", "4Gi", labels={"zone": "a"}),
         obj.make_node("small-2", "2", "4Gi", labels={"zone": "b"}),
@@ -80,15 +93,18 @@ def _decided(s: Scheduler, keys: set[str]) -> tuple[int, int]:
     return bound, unsched
 
 
-async def _demo(endpoints: list[str], n_web: int, console: Console) -> int:
+async def _demo(endpoints: list[str], n_web: int, console: Console,
+                scheduler_name: str = obj.DEFAULT_SCHEDULER) -> int:
     nodes, pods = demo_nodes(), demo_pods(n_web)
+    for p in pods:  # on a real control plane, a name kube-scheduler leaves alone
+        p.spec.scheduler_name = scheduler_name
     keys = {obj.key_of(p) for p in pods}
     async with Client(endpoints) as c:
         await c.delete(obj.POD_PREFIX + DEMO_NS + "/", prefix=True)  # a rerun starts clean
         for n in nodes:
             await c.put(obj.key_of(n), obj.encode(prepare_for_create(n)))
         console.print(f"[bold]datastore[/] {','.join(endpoints)}: {len(nodes)} nodes under {obj.NODE_PREFIX}")
-        sched = Scheduler(c, identity="demo", lease_ttl=5)
+        sched = Scheduler(c, scheduler_name=scheduler_name, identity="demo", lease_ttl=5)
         stop = asyncio.Event()
         runner = asyncio.ensure_future(sched.run(stop))
         t0 = time.monotonic()
@@ -134,7 +150,7 @@ async def _demo(endpoints: list[str], n_web: int, console: Console) -> int:
     return 0 if sum(placed.values()) + un.row_count == len(pods) else 1
 
 
-def demo(endpoints: str | None, n_web: int = 60) -> int:
+def demo(endpoints: str | None, n_web: int = 60, scheduler_name: str = obj.DEFAULT_SCHEDULER) -> int:
     console = Console()
     with _store(endpoints) as eps:
-        return asyncio.run(_demo(eps, n_web, console))
+        return asyncio.run(_demo(eps, n_web, console, scheduler_name))

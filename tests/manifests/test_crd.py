@@ -191,6 +191,8 @@ def _with(path: str, value: Any) -> Obj:
     ("spec.size", "3"),
     ("spec.sise", 3),
     ("spec.storage.size", "1 GB"),
+    ("spec.version", "not a version!"),
+    ("spec.version", "1.2"),
     ("spec.tls.serverSecret", "x"),
     ("spec.resources.requests", {"cpu": [1]}),
     ("status.members.0.isLeader", "yes"),
