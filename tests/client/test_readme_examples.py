@@ -1,4 +1,5 @@
-"""The README's client examples run as written (each starts its own EmbeddedServer)."""
+"""The client guide's examples (docs/client.md) run as written (each starts its own
+EmbeddedServer)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 
 
 def client_examples() -> list[str]:
-    text = README.read_text()
-    section = text.split("## Python client and recipes", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     return [b for b in blocks if "EmbeddedServer(" in b]
 
 
@@ -24,7 +23,7 @@ def test_readme_has_client_examples() -> None:
 @pytest.mark.parametrize("index", range(3))
 def test_readme_example_runs(index: int, capsys: pytest.CaptureFixture[str]) -> None:
     code = client_examples()[index]
-    exec(compile(code, f"README.md example {index}", "exec"), {"__name__": "__main__"})
+    exec(compile(code, f"docs/client.md example {index}", "exec"), {"__name__": "__main__"})
     out = capsys.readouterr().out
     # the printed results the comments promise
     for promised in re.findall(r"print\(.*\)\s+# (.+)", code):
