@@ -260,8 +260,13 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
         for daemon in reversed(cp.daemons):
             daemon.stop(5)
         raise
+    # The matching kubectl beside the kubeconfig, for a machine with none on PATH.
+    link = d / "bin" / "kubectl"
+    link.parent.mkdir(exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(refs.binary("kubectl"))
     log(f"control plane up in {time.monotonic() - t0:.0f} s; logs in {logs}")
-    log(f"next: KUBECONFIG={cp.kubeconfig} kubectl get nodes")
+    log(f"next: KUBECONFIG={cp.kubeconfig} kubectl get nodes   (kubectl v1.37.2: {link})")
     return cp
 
 

@@ -1,0 +1,55 @@
+"""``datastore kube up|down`` as a user runs it: a second up reuses the data, up on a
+running directory changes nothing, down stops every process, and bad flags get one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from datastore.kube.controlplane import ControlPlane
+
+
+def _ds(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "datastore", "kube", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _kubectl(d: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(d / "bin" / "kubectl"), f"--kubeconfig={d / 'kubeconfig'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_up_down_up_keeps_the_data(tmp_path: Path) -> None:
+    d = tmp_path / "plane"
+    first = _ds("up", "--dir", str(d), "--nodes", "1")
+    assert first.returncode == 0, first.stderr
+    assert f"next: KUBECONFIG={d / 'kubeconfig'} kubectl get nodes" in first.stdout
+    assert (d / "endpoints").read_text().startswith("http://127.0.0.1:")
+    try:
+        assert _kubectl(d, "create", "configmap", "kept", "--from-literal=a=1").returncode == 0
+        again = _ds("up", "--dir", str(d))
+        assert again.returncode == 0 and "already up" in again.stdout, again
+        daemons = ControlPlane.load(d).daemons  # type: ignore[union-attr]
+        assert daemons and all(x.alive() for x in daemons)
+    finally:
+        down = _ds("down", "--dir", str(d))
+    assert down.returncode == 0, down.stderr
+    assert not any(x.alive() for x in daemons)  # (a zombie no one reaped counts as gone)
+    second = _ds("up", "--dir", str(d), "--nodes", "1")
+    try:
+        assert second.returncode == 0, second.stderr
+        got = _kubectl(d, "get", "configmap", "kept", "-o", "jsonpath={.data.a}")
+        assert got.stdout == "1", got
+    finally:
+        _ds("down", "--dir", str(d))
+
+
+def test_bad_flags_get_one_line(tmp_path: Path) -> None:
+    kine = _ds("up", "--dir", str(tmp_path / "k"), "--backend", "kine", "--members", "3")
+    assert kine.returncode == 1
+    assert kine.stderr == ("datastore kube: error: kine runs as one process: "
+                           "use --members 1 with --backend kine\n")
+    nothing = _ds("down", "--dir", str(tmp_path / "never"))
+    assert nothing.returncode == 1 and "nothing was started" in nothing.stderr
+    assert "Traceback" not in kine.stderr + nothing.stderr
