@@ -5,6 +5,7 @@ Every wait polls a condition."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from e2e_util import target_is_etcd
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.testing import refs
 from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, etcdctl, free_port
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
@@ -298,7 +300,9 @@ def test_crash_during_snapshot_install_recovers(tmp_path: Path) -> None:
 def _learner_and_no_quorum_answers(kind: str, base: Path) -> list[tuple[str, str, str]]:
     """A voter plus a learner; the learner's refusals; then the learner promoted and the
     other voter killed: a member without quorum answering a write and a read."""
-    make = etcd_proc if kind == "etcd" else datastore_proc
+    make: Callable[..., ServerProc] = {
+        "etcd": etcd_proc, "etcd-3.6": functools.partial(etcd_proc, binary=refs.binary("etcd")),
+        "datastore": datastore_proc}[kind]
     a_cp, a_pp, b_cp, b_pp = free_port(), free_port(), free_port(), free_port()
     a_spec = f"a=http://127.0.0.1:{a_pp}"
     a = make(base, "a", extra=list(FAST), client_port=a_cp, peer_port=a_pp, initial_cluster=a_spec)
@@ -365,13 +369,14 @@ def answers_vs_etcd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[
             answers[kind] = _learner_and_no_quorum_answers(kind, base / kind)
         except BaseException as e:  # reported below
             failures[kind] = e
-    threads = [threading.Thread(target=run, args=(k,)) for k in ("etcd", "datastore")]
+    threads = [threading.Thread(target=run, args=(k,)) for k in ("etcd", "etcd-3.6", "datastore")]
     for t in threads:
         t.start()
     for t in threads:
         t.join(180)
     assert not failures, failures
-    print("etcd:", *answers["etcd"], "datastore:", *answers["datastore"], sep="\n")
+    for kind, said in answers.items():
+        print(f"{kind}:", *said, sep="\n")
     return answers
 
 
@@ -386,13 +391,19 @@ def test_learner_and_no_quorum_errors_match_etcd(
     assert ours == etcd
 
 
-def test_leaderless_write_error_is_etcd_35s(
+def test_leaderless_write_error_is_etcd_36s(
         answers_vs_etcd: dict[str, list[tuple[str, str, str]]]) -> None:
     """A write on a member that has no leader: raft never accepts it, so etcd's Propose
-    blocks until the request timeout and returns the bare context error. etcd 3.4 (the
-    oracle here) wraps it as UNKNOWN; 3.5, the target, leaves it to grpc-go, which
-    answers DEADLINE_EXCEEDED (v3rpc/util.go togRPCError). Same text either way."""
-    ours = [x for x in answers_vs_etcd["datastore"] if x[0] == LEADERLESS_PUT]
-    etcd = [x for x in answers_vs_etcd["etcd"] if x[0] == LEADERLESS_PUT]
-    assert etcd == [(LEADERLESS_PUT, "UNKNOWN", "context deadline exceeded")]
-    assert ours == [(LEADERLESS_PUT, "DEADLINE_EXCEEDED", "context deadline exceeded")]
+    blocks until the request timeout and returns the bare context error. etcd 3.4 wraps it
+    as UNKNOWN; 3.5 and 3.6 leave it to grpc-go, which answers DEADLINE_EXCEEDED
+    (v3rpc/util.go togRPCError). We answer as 3.6 does. The scenario's other answers match
+    3.6's too, except that 3.6 refuses learner RPCs as FAILED_PRECONDITION where 3.4 and
+    3.5 (our target) say UNAVAILABLE."""
+    def leaderless(kind: str) -> list[tuple[str, str, str]]:
+        return [x for x in answers_vs_etcd[kind] if x[0] == LEADERLESS_PUT]
+    assert leaderless("etcd") == [(LEADERLESS_PUT, "UNKNOWN", "context deadline exceeded")]
+    assert leaderless("datastore") == leaderless("etcd-3.6")
+    rest = [(label, "UNAVAILABLE" if code == "FAILED_PRECONDITION" and label.startswith(
+        "learner") else code, text) for label, code, text in answers_vs_etcd["etcd-3.6"]
+        if label != LEADERLESS_PUT]
+    assert [x for x in answers_vs_etcd["datastore"] if x[0] != LEADERLESS_PUT] == rest

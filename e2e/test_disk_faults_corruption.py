@@ -16,15 +16,17 @@ import random
 from pathlib import Path
 
 import pytest
-from cluster_util import Cluster, wait_for
+from cluster_util import FAST, Cluster, wait_for
 from e2e_util import Client
 from test_crash import Writers
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb import kv_pb2
 from datastore.storage.backend import Backend
+from datastore.testing.certs import CertAuthority
 from datastore.testing.faultfs import FaultDisk, build_shim
-from datastore.testing.procs import ServerProc, datastore_proc
+from datastore.testing.procs import ClientTLS, ServerProc, datastore_proc, free_port
 
 REFUSED_EXIT = 3
 
@@ -163,3 +165,46 @@ def test_initial_corrupt_check(tmp_path: Path) -> None:
         assert got.kvs[0].value == b"evil", "the corruption did not take: the test proves nothing"
     finally:
         cluster.stop()
+
+
+def test_initial_corrupt_check_over_tls(tmp_path: Path) -> None:
+    """The check asks peers for HashKV on their *client* URLs: with https client URLs
+    demanding client certificates it dials them with the member's client certificate.
+    (A peer it cannot reach only warns, so a check that failed to dial would let the
+    corrupted member start: the refusal shows the peers answered.)"""
+    ca = CertAuthority(tmp_path / "pki")
+    cert = ca.issue("member")  # serves the client URLs and presents itself to peers
+    tls = ClientTLS(ca.cert, cert.cert, cert.key)
+    flags = [*FAST, *cert.flags(), f"--trusted-ca-file={ca.cert}", "--client-cert-auth",
+             "--experimental-initial-corrupt-check"]
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    spec = ",".join(f"m{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
+    procs = [datastore_proc(tmp_path, f"m{i}", extra=flags, client_port=cp, peer_port=pp,
+                            initial_cluster=spec, client_scheme="https", tls=tls)
+             for i, (cp, pp) in enumerate(ports)]
+    try:
+        for p in procs:
+            p.launch()
+        for p in procs:
+            p.wait_ready(60)
+        with procs[0].channel() as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            for i in range(20):
+                kv.Put(pb.PutRequest(key=f"k{i}".encode(), value=b"good"), timeout=30)
+            rev = kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).header.revision
+        target = procs[2]
+
+        def caught_up() -> bool:
+            with target.channel() as ch:
+                got = rpc_pb2_grpc.KVStub(ch).Range(
+                    pb.RangeRequest(key=b"k0", serializable=True), timeout=2)
+            return got.header.revision >= rev
+
+        wait_for(caught_up, 60, "target caught up")
+        assert target.stop() == 0
+        corrupt_value(target.data_dir, b"k5", b"evil")
+        log = refused(target, "found data inconsistency with peers")
+        assert "found different hash values from remote peer" in target.log_tail(40), log
+    finally:
+        for p in procs:
+            p.stop()

@@ -127,7 +127,7 @@ def test_curl_sequence_from_etcd_docs(ds: tuple[ServerProc, str]) -> None:
 
 
 def test_etcd3gw_client(ds: tuple[ServerProc, str]) -> None:
-    etcd3gw = pytest.importorskip("etcd3gw")
+    import etcd3gw  # a declared test dependency
     _, base = ds
     port = int(base.rsplit(":", 1)[1])
     c = etcd3gw.Etcd3Client(host="127.0.0.1", port=port, timeout=30)

@@ -3,8 +3,9 @@
 Three members with a tiny raft log (small --snapshot-count and catch-up entries), so a
 member that was down needs a snapshot. The test-only knobs make the leader stream the
 image in many small chunks with a pause after each, so the transfer is in progress when
-a test sees the receiver's first progress line, and the kill lands mid-transfer (each
-test asserts the transfer had not completed). The sender is whoever the receiver names
+a test sees the receiver's first progress line, and the kill lands mid-transfer (what
+each test then checks, a failed stream or a discarded partial image, needs an interrupted
+transfer; no test asserts how fast the machine is). The sender is whoever the receiver names
 (leadership may move on a loaded machine). Afterwards every member converges: the same
 HashKV, every acknowledged write present. Every wait polls a condition.
 """
@@ -121,7 +122,6 @@ def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
         lagging, _ = lag_behind(c, acked)
         sender = start_receiving(c, lagging)
         lagging.kill()
-        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
         assert any(n.startswith("recv-") for n in incoming(lagging)), incoming(lagging)
         wait_for(lambda: log_has(sender, "sending a snapshot failed"), 30,
                  "the sender to see the transfer fail")
@@ -147,7 +147,6 @@ def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
         lagging, _ = lag_behind(c, acked)
         sender = start_receiving(c, lagging)
         sender.kill()
-        assert not log_has(lagging, "received a snapshot"), "the transfer was not interrupted"
         wait_for(lambda: log_has(lagging, "receiving a snapshot failed"), 30,
                  "the receiver to drop the broken stream")
         # the other member takes over and sends a new snapshot

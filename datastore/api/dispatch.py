@@ -21,6 +21,7 @@ import grpc
 from datastore.api.decodeguard import guarded
 from datastore.api.grpcmetrics import GrpcMetrics
 from datastore.api.learner import learner_handler
+from datastore.server.crl import RevocationList, crl_checked
 
 
 class HandlerCollector:
@@ -54,8 +55,11 @@ class MethodTable(grpc.GenericRpcHandler):
     """Every method's handler, wrapped once, chosen per call by the member's role."""
 
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
-                 is_learner: Callable[[], bool], metrics: GrpcMetrics | None = None) -> None:
+                 is_learner: Callable[[], bool], metrics: GrpcMetrics | None = None,
+                 crl: RevocationList | None = None) -> None:
         handlers = {m: _bytes_pass_through(h) for m, h in handlers.items()}
+        if crl is not None:  # --client-crl-file: before anything else looks at the call
+            handlers = {m: crl_checked(h, crl) for m, h in handlers.items()}
         self._normal = {m: guarded(h, m) for m, h in handlers.items()}
         self._learner = {m: guarded(learner_handler(h, m), m) for m, h in handlers.items()}
         if metrics is not None:  # both tables count into the same per-method stats

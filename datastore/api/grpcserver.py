@@ -23,6 +23,7 @@ from datastore.api.v3electionpb import v3election_pb2_grpc
 from datastore.api.v3lockpb import v3lock_pb2_grpc
 from datastore.api.watch import WatchService, add_watch_service
 from datastore.server.config import GRPC_OVERHEAD_BYTES
+from datastore.server.crl import RevocationList
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.tlsutil import is_secure
 
@@ -64,8 +65,10 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     # The standard gRPC health service; like etcd's, the server ("") reports SERVING.
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), collected)
     # Undecodable requests refused as etcd does, and the learner gate, in one method table.
+    # --client-crl-file applies to https client URLs only (plain ones present no certificate).
+    crl = RevocationList(cfg.client_tls.crl_file) if cfg.client_tls.crl_file else None
     srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server),
-                                              server.grpc_metrics),))
+                                              server.grpc_metrics, crl),))
     for url in cfg.listen_client_urls:
         try:
             if is_secure(url):  # prepare_tls made sure the certificate and key exist

@@ -167,6 +167,8 @@ async def _handle(s: EtcdServer, reader: asyncio.StreamReader, writer: asyncio.S
     try:
         if tls is not None:
             tls.refresh()  # for the next connection: this one's handshake is done
+            if tls.refused(writer):  # --client-crl-file lists its certificate
+                return
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         method, target, _ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         status, ctype, body = await _respond(s, method, target)

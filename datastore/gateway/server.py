@@ -68,6 +68,8 @@ class Reloadable(Protocol):
 
     def refresh(self) -> None: ...
 
+    def refused(self, writer: asyncio.StreamWriter) -> bool: ...
+
 
 # (method, target) -> (status, content type, body): the member's non-gateway endpoints
 Fallback = Callable[[str, str], Awaitable[tuple[int, str, str]]]
@@ -325,6 +327,8 @@ class Gateway:
         try:
             if tls is not None:
                 tls.refresh()  # for the next connection: this one's handshake is done
+                if tls.refused(writer):  # --client-crl-file lists its certificate
+                    return
             while True:
                 try:
                     req = await asyncio.wait_for(read_request(reader, self.max_body),

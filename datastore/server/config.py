@@ -172,6 +172,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
       help="client CA file; like etcd, giving it also demands client certificates")
     a("--client-cert-auth", **_BOOL, help="demand client certificates signed by --trusted-ca-file")
     a("--auto-tls", **_BOOL, help="client TLS with a generated self-signed certificate")
+    a("--client-crl-file", default="",
+      help="certificate revocation list (PEM or DER): clients presenting a listed "
+           "certificate are refused")
     # ... and peer side
     a("--peer-cert-file", default="", help="peer server TLS certificate file")
     a("--peer-key-file", default="", help="peer server TLS key file")
@@ -179,6 +182,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
       help="peer CA file: peers' certificates are verified against it (both directions)")
     a("--peer-client-cert-auth", **_BOOL, help="demand peer client certificates")
     a("--peer-auto-tls", **_BOOL, help="peer TLS with a generated self-signed certificate")
+    a("--peer-crl-file", default="",
+      help="peer certificate revocation list: peers presenting a listed certificate are refused")
     a("--self-signed-cert-validity", type=int, default=1,
       help="years the --auto-tls / --peer-auto-tls certificates are valid")
     # Authentication (etcd's names)
@@ -316,10 +321,10 @@ def _config(ns: argparse.Namespace) -> Config:
                                  if ns.listen_client_http_urls else ()),
         client_tls=TLSInfo(cert_file=ns.cert_file, key_file=ns.key_file,
                            trusted_ca_file=ns.trusted_ca_file,
-                           client_cert_auth=ns.client_cert_auth),
+                           client_cert_auth=ns.client_cert_auth, crl_file=ns.client_crl_file),
         peer_tls=TLSInfo(cert_file=ns.peer_cert_file, key_file=ns.peer_key_file,
                          trusted_ca_file=ns.peer_trusted_ca_file,
-                         client_cert_auth=ns.peer_client_cert_auth),
+                         client_cert_auth=ns.peer_client_cert_auth, crl_file=ns.peer_crl_file),
         client_auto_tls=ns.auto_tls,
         peer_auto_tls=ns.peer_auto_tls,
         self_signed_cert_validity_years=ns.self_signed_cert_validity,
@@ -353,14 +358,14 @@ def prepare_tls(cfg: Config) -> Config:
         if client.empty():
             auto = self_cert(fixtures / "client", url_hosts(cfg.listen_client_urls), days)
             client = replace(auto, trusted_ca_file=client.trusted_ca_file,
-                             client_cert_auth=client.client_cert_auth)
+                             client_cert_auth=client.client_cert_auth, crl_file=client.crl_file)
         else:
             log.warning("ignoring client auto TLS since certs given")
     if cfg.peer_auto_tls:
         if peer.empty():
             auto = self_cert(fixtures / "peer", url_hosts(cfg.listen_peer_urls), days)
             peer = replace(auto, trusted_ca_file=peer.trusted_ca_file,
-                           client_cert_auth=peer.client_cert_auth)
+                           client_cert_auth=peer.client_cert_auth, crl_file=peer.crl_file)
         else:
             log.warning("ignoring peer auto TLS since certs given")
     for url in cfg.listen_client_urls:

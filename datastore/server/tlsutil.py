@@ -51,6 +51,7 @@ class TLSInfo:
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
     self_signed: bool = False  # made by auto-TLS: whoever dials with it does not verify
+    crl_file: str = ""  # certificates whose serials it lists are refused (datastore.server.crl)
 
     def empty(self) -> bool:
         return not self.cert_file and not self.key_file
@@ -68,6 +69,12 @@ class TLSInfo:
             if path and not os.path.isfile(path):
                 raise ValueError(f"{what}: {path} does not exist or is not a file")
         self._check_contents(what)
+        if self.crl_file:
+            from datastore.server.crl import load_revoked_serials
+            try:
+                load_revoked_serials(self.crl_file)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
         if self.verifies_clients() and not self.trusted_ca_file:
             # etcd would verify client certificates against the system roots, which no
             # private CA's client certificate passes: every peer/client would be refused.
@@ -182,9 +189,23 @@ class ReloadingSSLContext:
     """
 
     def __init__(self, info: TLSInfo) -> None:
+        from datastore.server.crl import RevocationList
         self.info = info
         self.ctx = info.ssl_server_context()
         self._seen = info._mtimes()
+        self._crl = RevocationList(info.crl_file) if info.crl_file else None
+
+    def refused(self, writer: asyncio.StreamWriter) -> bool:
+        """After the handshake, as etcd's TLS listener: is the client's certificate revoked?
+
+        (Python's ssl module shows the leaf certificate only, not intermediates the
+        client also sent.)
+        """
+        if self._crl is None:
+            return False
+        obj = writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        return bool(der) and self._crl.refusal(ssl.DER_cert_to_PEM_cert(der).encode()) is not None
 
     def refresh(self) -> None:
         try:

@@ -44,6 +44,7 @@ from datastore.api.raftpb import raft_pb2_grpc
 from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
+from datastore.server.crl import CheckedRegistrar, RevocationList
 from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
@@ -343,7 +344,9 @@ class PeerTransport:
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         srv = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
-        raft_pb2_grpc.add_RaftTransportServicer_to_server(_Service(self), srv)
+        crl_file = self.server.cfg.peer_tls.crl_file  # --peer-crl-file
+        registrar = CheckedRegistrar(srv, RevocationList(crl_file)) if crl_file else srv
+        raft_pb2_grpc.add_RaftTransportServicer_to_server(_Service(self), registrar)
         for url in self.server.cfg.listen_peer_urls:
             try:
                 if is_secure(url):  # prepare_tls made sure the certificate and key exist
