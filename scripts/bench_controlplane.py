@@ -124,6 +124,7 @@ def run_one(kubeload: Path, backend: str, members: int, args: argparse.Namespace
                 f"--clients={args.clients}", f"--page={args.page}",
                 f"--list-repeat={args.list_repeat}", f"--watchers={args.watchers}",
                 f"--watch-pods={args.watch_pods}", f"--watch-rate={args.watch_rate}",
+                f"--timeout={args.watch_timeout:g}s",
                 f"--pid=apiserver={api_pid}",
                 f"--pid=storage={','.join(map(str, storage))}"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=args.run_timeout)
@@ -269,6 +270,8 @@ def main() -> int:
                    help="pods created while the watchers listen (1000)")
     p.add_argument("--watch-rate", type=float, default=100.0,
                    help="creates per second in the watch phase (100)")
+    p.add_argument("--watch-timeout", type=float, default=120.0,
+                   help="seconds to wait for the last watch events (120)")
     p.add_argument("--repeat", type=int, default=3, help="rounds over all backends (3)")
     p.add_argument("--pod-cache", choices=("on", "off"), default="on",
                    help="the API server's watch cache for pods (on: as shipped; off: LIST and "
