@@ -297,19 +297,32 @@ def main() -> int:
         print(f"bench_controlplane: error: {e}", file=sys.stderr)
         return 2
     raw: dict[str, list[dict[str, Any]]] = {}
+    failed: list[str] = []
     for r in range(args.repeat):
         for backend, members in backends:  # interleaved, so drift in load hits every backend
             key = f"{backend}:{members}"
             print(f"round {r + 1}/{args.repeat}: {LABELS[backend]}, {members} member(s) ...",
                   file=sys.stderr, flush=True)
-            res = run_one(kubeload, backend, members, args, args.pod_cache == "on",
-                          args.workdir)
+            res = None
+            for attempt in (1, 2):  # a run that fails to start is tried once more
+                try:
+                    res = run_one(kubeload, backend, members, args, args.pod_cache == "on",
+                                  args.workdir)
+                    break
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    print(f"  attempt {attempt} failed: {e}", file=sys.stderr, flush=True)
+            if res is None:
+                failed.append(f"{key} (round {r + 1})")
+                continue
             d = derive(res)
             print(f"  creates/s {d.get('creates_s', 0):.0f}, LIST {d.get('list_ms', 0):.0f} ms, "
                   f"watch p99 {d.get('watch_p99', 0):.1f} ms, delivered "
                   f"{d.get('delivered', 0) * 100:.1f}%, load {res['sampled']['loadavg_before'][0]:.1f}",
                   file=sys.stderr, flush=True)
             raw.setdefault(key, []).append(res)
+            if args.json:  # kept up to date, so an interrupted run still leaves its data
+                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                 "runs": raw, "failed": failed}, indent=1))
     med = {(k.split(":")[0], int(k.split(":")[1])): median_of([derive(x) for x in runs])
            for k, runs in raw.items()}
     loads = [x["sampled"]["loadavg_before"][0] for runs in raw.values() for x in runs]
@@ -321,10 +334,9 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "runs": raw}, indent=1))
-    return 0
+    if failed:
+        print(f"bench_controlplane: runs that failed twice: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

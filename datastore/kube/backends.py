@@ -31,8 +31,10 @@ def members(backend: str, storage_dir: Path, ports: list[tuple[int, int]],
         db.parent.mkdir(parents=True, exist_ok=True)
         # WAL and a busy timeout: what k3s passes for SQLite.
         dsn = f"sqlite://{db}?_journal=WAL&cache=shared&_busy_timeout=30000"
+        # Metrics off: kine would bind *:8080, which is not loopback and may be taken.
         return [Member("kine", [kine_bin, "--endpoint", dsn,
-                                "--listen-address", f"127.0.0.1:{client}"],
+                                "--listen-address", f"127.0.0.1:{client}",
+                                "--metrics-bind-address", "0"],
                        f"http://127.0.0.1:{client}")]
     names = [f"{'ds' if backend == 'datastore' else backend}{i}" for i in range(len(ports))]
     cluster = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports,
