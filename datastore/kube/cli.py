@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from datastore.kube.backends import BACKENDS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kube_cmd", required=True)
@@ -14,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="where state, logs, data and the kubeconfig live (default ./kube.datastore)")
     up.add_argument("--members", type=int, default=1, help="storage members (default 1)")
     up.add_argument("--nodes", type=int, default=3, help="kwok fake nodes (default 3)")
-    up.add_argument("--backend", choices=("datastore", "etcd", "kine"), default="datastore",
-                    help="the storage: the datastore, etcd 3.6 or kine/SQLite (to compare)")
+    up.add_argument("--backend", choices=BACKENDS, default="datastore",
+                    help="the storage: the datastore, etcd 3.6, etcd 3.4 or kine/SQLite (to compare)")
     up.add_argument("--compaction-interval", default="5m",
                     help="the API server's --etcd-compaction-interval (default 5m)")
     up.add_argument("--timeout", type=float, default=240.0,

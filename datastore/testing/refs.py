@@ -91,6 +91,8 @@ REFS: tuple[Ref, ...] = (
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     }, ldflags=_kube_ldflags(KUBE_VERSION)),
+    # Our own client-go load generator for scripts/bench_controlplane.py (main.go is ours).
+    Ref("kubeload", "v0.37.2", {"kubeload": "."}, extra_files=("main.go",)),
 )
 
 
