@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datastore.testing.refs import build_all  # noqa: E402
+from datastore.testing.refs import build_all
 
 if __name__ == "__main__":
     sys.exit(build_all(sys.argv[1:] or None, log=lambda line: print(line, flush=True)))

@@ -45,6 +45,7 @@ class Config:
     log_level: str = "info"
     lease_checkpoint_interval_s: float = 10.0
     watch_progress_notify_interval_s: float = 600.0
+    unsafe_no_fsync: bool = False  # etcd's --unsafe-no-fsync: tests and throwaway members only
     strict_reconfig_check: bool = True
     initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
@@ -136,7 +137,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--election-timeout", type=int, default=1000, help="milliseconds")
     a("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     a("--experimental-lease-checkpoint-interval", default="10s")
-    a("--experimental-watch-progress-notify-interval", default="10m")
+    a("--experimental-watch-progress-notify-interval", "--watch-progress-notify-interval",
+      dest="experimental_watch_progress_notify_interval", default="10m",
+      help="how often idle watchers get a progress notification (etcd 3.6 drops "
+           "'experimental-' from the name; both are accepted)")
+    a("--unsafe-no-fsync", **_BOOL,
+      help="do not fsync the raft log: acknowledged writes can be lost on power loss "
+           "(tests and throwaway members only)")
     a("--listen-metrics-urls", default="", help="serve /health, /version, /metrics over HTTP here")
     a("--listen-client-http-urls", default="",
       help="serve the JSON gateway (/v3/...), /version and /health here (HTTP/1.1 only)")
@@ -207,7 +214,7 @@ def apply_env(parser: argparse.ArgumentParser, argv: Sequence[str],
         longs = [o for o in action.option_strings if o.startswith("--")]
         if not longs or action.dest == "help":
             continue
-        found = {n: environ[n] for n in flag_env_names(longs[0]) if n in environ}
+        found = {n: environ[n] for o in longs for n in flag_env_names(o) if n in environ}
         if not found:
             continue
         used.update(found)
@@ -272,6 +279,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         lease_checkpoint_interval_s=parse_duration(ns.experimental_lease_checkpoint_interval),
         watch_progress_notify_interval_s=parse_duration(
             ns.experimental_watch_progress_notify_interval),
+        unsafe_no_fsync=ns.unsafe_no_fsync,
         strict_reconfig_check=ns.strict_reconfig_check,
         initial_corrupt_check=ns.experimental_initial_corrupt_check,
         listen_metrics_urls=split_urls(ns.listen_metrics_urls) if ns.listen_metrics_urls else (),
