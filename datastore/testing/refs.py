@@ -6,6 +6,11 @@ upstream source is kept in the checkout. Binaries land in a cache outside the ch
 one folder per reference and content digest, so an unchanged pin is built once per machine
 and a changed one can never be confused with the old build.
 
+A reference may also be another module's tests: ``source_module`` is copied from the Go
+module cache into the build folder (inside the cache, never the checkout), our files in
+``overlay`` replace some of its files, and its ``test_packages`` are compiled there with
+``go test -c`` (the Kubernetes storage tests, with our testserver).
+
 ``build_all()`` is what ``scripts/build_refs.py`` (and so ``scripts/test.sh``) runs;
 ``binary(name)`` is how tests and ``datastore kube up`` find a program.
 """
@@ -13,6 +18,7 @@ and a changed one can never be confused with the old build.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +54,8 @@ class Ref:
     cgo: bool = False
     extra_files: tuple[str, ...] = ()  # files of ours beside go.mod that the build reads
     test_packages: dict[str, str] = field(default_factory=dict)  # test binary → package
+    source_module: str = ""  # copied from the module cache at `version`; tests built in it
+    overlay: dict[str, str] = field(default_factory=dict)  # our file → the file it replaces
 
     @property
     def module_dir(self) -> Path:
@@ -55,7 +63,7 @@ class Ref:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for rel in ("go.mod", "go.sum", *self.extra_files):
+        for rel in ("go.mod", "go.sum", *self.extra_files, *self.overlay):
             h.update(rel.encode())
             h.update((self.module_dir / rel).read_bytes())
         h.update(self.ldflags.encode())
@@ -72,7 +80,16 @@ REFS: tuple[Ref, ...] = (
         "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
         "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
     }, extra_files=("cmd/etcd/main.go",)),
+    # The server k8s.io/apiserver v0.37's storage tests are written for (their embedded
+    # etcd), the oracle for scripts/storage_tests.py; RangeStream is new in 3.7.
+    Ref("etcd37", "v3.7.0", {"etcd37": "./cmd/etcd"}, extra_files=("cmd/etcd/main.go",)),
     Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
+    Ref("storagetests", "v0.37.2", {}, test_packages={
+        "etcd3.test": "./pkg/storage/etcd3",
+        "cacher.test": "./pkg/storage/cacher",
+        "registry.test": "./pkg/registry/generic/registry",
+    }, source_module="k8s.io/apiserver",
+        overlay={"testserver/test_server.go": "pkg/storage/etcd3/testserver/test_server.go"}),
     Ref("kwok", "v0.8.0", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Ref("kubernetes", KUBE_VERSION, {
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -151,22 +168,47 @@ def build(ref: Ref, log: Callable[[str], None] = print) -> Path:
         log(f"  {ref.name} {ref.version}: building {name} ({i}/{len(ref.programs)}) ...")
         _go(["build", "-ldflags", ldflags, "-o", str(staging / "bin" / name), pkg], ref, env)
         log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    src = _copy_source(ref, staging / "src", env) if ref.source_module else ref.module_dir
     for name, pkg in ref.test_packages.items():
         t0 = time.monotonic()
         log(f"  {ref.name} {ref.version}: compiling the tests of {pkg} ...")
-        _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env)
+        _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env, cwd=src)
         log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    if ref.source_module:
+        shutil.rmtree(src)  # the module cache keeps the pristine copy
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
 
 
-def _go(args: list[str], ref: Ref, env: dict[str, str]) -> None:
-    proc = subprocess.run(["go", *args], cwd=ref.module_dir, env=env,
+def _go(args: list[str], ref: Ref, env: dict[str, str], cwd: Path | None = None) -> str:
+    cwd = cwd or ref.module_dir
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise RefError(f"`go {' '.join(args)}` failed in {ref.module_dir}:\n{tail}")
+        raise RefError(f"`go {' '.join(args)}` failed in {cwd}:\n{tail}")
+    return proc.stdout
+
+
+def _copy_source(ref: Ref, dest: Path, env: dict[str, str]) -> Path:
+    """Copy ``ref.source_module`` (checked against our go.sum) to dest and lay our overlay on it.
+
+    The copy is built as the main module, with its own go.mod and go.sum, as its authors
+    test it; the module cache's files are read-only, so the copy is made writable.
+    """
+    out = _go(["mod", "download", "-json", f"{ref.source_module}@{ref.version}"], ref, env)
+    shutil.copytree(json.loads(out)["Dir"], dest)
+    for root, dirs, files in os.walk(dest):
+        for n in dirs + files:
+            os.chmod(os.path.join(root, n), 0o755 if n in dirs else 0o644)
+    for ours, theirs in ref.overlay.items():
+        target = dest / theirs
+        if not target.parent.is_dir():
+            raise RefError(f"{ref.source_module}@{ref.version} has no {target.parent.name}/ for "
+                           f"{ours}: the overlay no longer fits this version")
+        shutil.copyfile(ref.module_dir / ours, target)
+    return dest
 
 
 def build_all(names: list[str] | None = None, log: Callable[[str], None] = print) -> int:
