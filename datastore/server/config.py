@@ -277,8 +277,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         election_timeout_ms=ns.election_timeout,
         log_level=ns.log_level,
         lease_checkpoint_interval_s=parse_duration(ns.experimental_lease_checkpoint_interval),
-        watch_progress_notify_interval_s=parse_duration(
-            ns.experimental_watch_progress_notify_interval),
+        watch_progress_notify_interval_s=_progress_notify_interval(
+            parse_duration(ns.experimental_watch_progress_notify_interval)),
         unsafe_no_fsync=ns.unsafe_no_fsync,
         strict_reconfig_check=ns.strict_reconfig_check,
         initial_corrupt_check=ns.experimental_initial_corrupt_check,
@@ -298,6 +298,21 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         auth_token_ttl_s=ns.auth_token_ttl,
         bcrypt_cost=_bcrypt_cost(ns.bcrypt_cost),
     )
+
+
+DEFAULT_PROGRESS_NOTIFY_S = 600.0
+MIN_PROGRESS_NOTIFY_S = 0.1
+
+
+def _progress_notify_interval(seconds: float) -> float:
+    """etcd: 0 keeps the default (10 minutes); below 100 ms is raised to 100 ms, with a warning."""
+    if seconds <= 0:
+        return DEFAULT_PROGRESS_NOTIFY_S
+    if seconds < MIN_PROGRESS_NOTIFY_S:
+        log.warning("adjusting watch progress notify interval to minimum period",
+                    extra={"min-watch-progress-notify-interval": "100ms"})
+        return MIN_PROGRESS_NOTIFY_S
+    return seconds
 
 
 def _bcrypt_cost(cost: int) -> int:

@@ -34,3 +34,12 @@ def test_progress_notify_interval_under_both_names(flag: str) -> None:
     assert parse([flag, "1m30s"]).watch_progress_notify_interval_s == 90.0
     env = "ETCD_" + flag.lstrip("-").upper().replace("-", "_")
     assert parse([], {env: "250ms"}).watch_progress_notify_interval_s == 0.25
+
+
+def test_progress_notify_interval_zero_and_tiny_like_etcd() -> None:
+    """etcd keeps its 10-minute default for 0 (kube's test config leaves the field 0) and
+    raises anything under 100 ms to 100 ms: never a notification loop without a pause."""
+    assert parse(["--watch-progress-notify-interval", "0s"]).watch_progress_notify_interval_s == 600.0
+    assert parse(["--watch-progress-notify-interval", "0"]).watch_progress_notify_interval_s == 600.0
+    assert parse(["--watch-progress-notify-interval", "10ms"]).watch_progress_notify_interval_s == 0.1
+    assert parse(["--watch-progress-notify-interval", "100ms"]).watch_progress_notify_interval_s == 0.1
