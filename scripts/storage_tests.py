@@ -41,10 +41,21 @@ from datastore.testing import refs  # noqa: E402
 SUITES = {"etcd3": "etcd3.test", "cacher": "cacher.test", "registry": "registry.test"}
 BACKENDS = ("datastore", "etcd", "etcd37", "kine")
 
-# Tests allowed to fail on a backend, with the reason: only tests that reach into embedded
-# etcd's internals, which no external server can offer. Keys are "suite:TestName" (a leaf or
-# any test above it); the value maps backends ("*" for all) to the reason.
-EXCLUSIONS: dict[str, dict[str, str]] = {}
+# Tests allowed to fail on a backend, with the reason. Keys are "suite:TestName" (a leaf or
+# any test above it); the value maps backends ("*" for all) to the reason. The datastore
+# has none: only a test reaching into embedded etcd's internals, which no external server
+# can offer, could be excluded for it (none of these suites does). The suites are written
+# for etcd 3.7 (the server they embed), so etcd 3.6 fails the tests that insist on 3.7's
+# KV.RangeStream (elsewhere the apiserver falls back to paginated lists on 3.6).
+_RANGE_STREAM = "needs KV.RangeStream, new in etcd 3.7: etcd 3.6 answers Unimplemented"
+EXCLUSIONS: dict[str, dict[str, str]] = {
+    "etcd3:TestGetListStreamMultiChunk": {"etcd": _RANGE_STREAM},
+    "etcd3:TestWatchChanSync/RangeStream": {"etcd": _RANGE_STREAM},
+    "etcd3:TestWatchChanSyncStreamMatchesPaginated": {"etcd": _RANGE_STREAM},
+    "etcd3:TestWatchChanSyncStreamCompactionError": {"etcd": _RANGE_STREAM},
+    "etcd3:TestWatchChanSyncStreamMetrics/success_records_a_listStream_request": {
+        "etcd": _RANGE_STREAM},
+}
 
 RESULT = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\S+) \(([\d.]+)s\)")
 EVENT = re.compile(r"^=== (RUN|PAUSE|CONT)\s+(\S+)")
