@@ -157,8 +157,9 @@ func serverArgs(backend string, cfg *embed.Config) ([]string, error) {
 		return args, nil
 	case "kine":
 		// kine keeps no quota and has no request limits; its SQLite file lives in cfg.Dir.
+		// No metrics listener: it would take :8080 on every interface, once per server.
 		return []string{
-			"--listen-address", clientURL.Host,
+			"--listen-address", clientURL.Host, "--metrics-bind-address", "0",
 			"--endpoint", "sqlite://" + filepath.Join(cfg.Dir, "state.db") +
 				"?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate&_stmt_cache_size=20&cache=shared", // kine's defaults
 			"--watch-progress-notify-interval", notify,
