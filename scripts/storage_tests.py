@@ -114,13 +114,12 @@ def _lines(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
-def run_suite(suite: str, backend: str, server_bin: str, run_filter: str, timeout_s: float,
-              log_dir: Path) -> SuiteResult:
+def run_suite(suite: str, binary: Path, backend: str, server_bin: str, run_filter: str,
+              timeout_s: float, log_dir: Path) -> SuiteResult:
     """Run a suite in one test process, as ``go test`` does (some tests lean on global state
     earlier tests left, e.g. the storage feature checker), with a watchdog per top-level
     test: a test running longer than timeout_s is killed and reported, and the process is
     started again for the tests that have not run (likewise after a crash)."""
-    binary = refs.binary(SUITES[suite])
     kind = "etcd" if backend == "etcd37" else backend  # the flags the testserver passes
     env = dict(os.environ, STORAGE_BACKEND=kind, STORAGE_BACKEND_BIN=server_bin)
     sub = run_filter.split("/", 1)[1] if "/" in run_filter else ""
@@ -245,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(ns.log_dir or tempfile.mkdtemp(prefix="k8s-storage-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
+        binaries = {s: refs.binary(SUITES[s]) for s in suites}  # once: the build may change
+        servers = {b: backend_binary(b, ns.datastore_bin) for b in backends}
         results = []
         for backend in backends:
-            server = backend_binary(backend, ns.datastore_bin)
             for suite in suites:
-                results.append(run_suite(suite, backend, server, ns.run, ns.timeout, log_dir))
+                results.append(run_suite(suite, binaries[suite], backend, servers[backend],
+                                         ns.run, ns.timeout, log_dir))
     except refs.RefError as e:
         print(f"storage_tests: error: {e}", file=sys.stderr)
         return 2
