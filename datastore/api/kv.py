@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -26,6 +27,18 @@ from datastore.server.quota import refuse_over_quota, within_quota
 def _txn_serializable(rt: rpc.TxnRequest) -> bool:
     return all(op.request_range.serializable for op in txn_ops(rt)
                if op.WhichOneof("request") == "request_range")
+
+
+STREAM_FIRST_CHUNK = 10  # keys in a RangeStream's first chunk (etcd 3.7's)
+
+
+def next_chunk_limit(limit: int, size: int, target: int) -> int:
+    """etcd 3.7: double the chunk below half the target size, halve it above twice; never 0."""
+    if size < target // 2:
+        limit *= 2
+    elif size > target * 2:
+        limit //= 2
+    return max(1, limit)
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
@@ -56,6 +69,68 @@ class KVService(rpc_pb2_grpc.KVServicer):
         except errors.EtcdError as e:
             await abort(ctx, e)
         return resp
+
+    async def RangeStream(self, r: rpc.RangeRequest,
+                          ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.RangeStreamResponse]:
+        """etcd 3.7's Range in chunks (kube-apiserver lists with it): every chunk is read at
+        the request's revision, or else the store's when the stream began (the header's
+        revision, as etcd), so writes in between are not seen; a compaction in between
+        ends the stream with ErrCompacted. Header, more and count ride on the last chunk
+        only; the count is the whole range's, as Range's."""
+        s = self.s
+        if r.sort_order != rpc.RangeRequest.NONE and not (
+                r.sort_target == rpc.RangeRequest.KEY and r.sort_order == rpc.RangeRequest.ASCEND):
+            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "RangeStream does not support custom sort orders")
+        if r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision:
+            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "RangeStream does not support revision filters")
+        try:
+            validation.check_range_request(r)
+            if not r.serializable:
+                await s.read_barrier()
+            ai = None
+            if s.auth.enabled:
+                ai = await auth_info(s, ctx)
+                s.auth.check_range(ai, r.key, r.range_end)
+            if r.count_only:
+                resp = range_in(s.kv, r)
+                resp.header.CopyFrom(s.header(resp.header.revision))
+                check_fresh(s, ai)
+                yield rpc.RangeStreamResponse(range_response=resp)
+                return
+            total = r.limit or None
+            chunk = rpc.RangeRequest()
+            chunk.CopyFrom(r)
+            # key order is the only order a stream allows (ascending by key, or none)
+            chunk.sort_target, chunk.sort_order = rpc.RangeRequest.KEY, rpc.RangeRequest.NONE
+            chunk.limit = min(STREAM_FIRST_CHUNK, total or STREAM_FIRST_CHUNK)
+            sent, header_rev = 0, 0
+            while True:
+                resp = range_in(s.kv, chunk)
+                check_fresh(s, ai)
+                if not header_rev:  # the store's revision when the stream began, as etcd
+                    header_rev = resp.header.revision
+                    chunk.revision = chunk.revision or header_rev  # pinned from now on
+                n = len(resp.kvs)
+                if not resp.more or (total is not None and sent + n == total):
+                    # resp.count counts from this chunk's first key: add what went before
+                    resp.header.CopyFrom(s.header(header_rev))
+                    resp.count += sent
+                    yield rpc.RangeStreamResponse(range_response=resp)
+                    return
+                size = resp.ByteSize()
+                last = resp.kvs[-1].key
+                resp.ClearField("header")
+                resp.more, resp.count = False, 0
+                yield rpc.RangeStreamResponse(range_response=resp)
+                sent += n
+                chunk.key = last + b"\x00"
+                chunk.limit = next_chunk_limit(chunk.limit, size, s.cfg.max_request_bytes)
+                if total is not None:
+                    chunk.limit = min(chunk.limit, total - sent)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
 
     async def Put(self, r: rpc.PutRequest, ctx: grpc.aio.ServicerContext) -> rpc.PutResponse:
         s = self.s

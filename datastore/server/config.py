@@ -50,6 +50,7 @@ class Config:
     grpc_keepalive_min_time_s: float = 5.0
     grpc_keepalive_interval_s: float = 7200.0
     grpc_keepalive_timeout_s: float = 20.0
+    unsafe_no_fsync: bool = False  # etcd's --unsafe-no-fsync: tests and throwaway members only
     strict_reconfig_check: bool = True
     initial_corrupt_check: bool = False  # compare HashKV with peers before serving
     listen_metrics_urls: tuple[str, ...] = ()
@@ -151,7 +152,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--election-timeout", type=int, default=1000, help="milliseconds")
     a("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     a("--experimental-lease-checkpoint-interval", default="10s")
-    a("--experimental-watch-progress-notify-interval", default="10m")
+    a("--experimental-watch-progress-notify-interval", "--watch-progress-notify-interval",
+      dest="experimental_watch_progress_notify_interval", default="10m",
+      help="how often idle watchers get a progress notification (etcd 3.6 drops "
+           "'experimental-' from the name; both are accepted)")
+    a("--unsafe-no-fsync", **_BOOL,
+      help="do not fsync the raft log: acknowledged writes can be lost on power loss "
+           "(tests and throwaway members only)")
     a("--grpc-keepalive-min-time", default="5s",
       help="least time a client should wait between pings (more often is answered by GOAWAY)")
     a("--grpc-keepalive-interval", default="2h", help="how often the server pings an idle client")
@@ -233,7 +240,7 @@ def apply_env(parser: argparse.ArgumentParser, argv: Sequence[str],
         longs = [o for o in action.option_strings if o.startswith("--")]
         if not longs or action.dest == "help":
             continue
-        found = {n: environ[n] for n in flag_env_names(longs[0]) if n in environ}
+        found = {n: environ[n] for o in longs for n in flag_env_names(o) if n in environ}
         if not found:
             continue
         used.update(found)
@@ -307,8 +314,9 @@ def _config(ns: argparse.Namespace) -> Config:
         election_timeout_ms=ns.election_timeout,
         log_level=ns.log_level,
         lease_checkpoint_interval_s=parse_duration(ns.experimental_lease_checkpoint_interval),
-        watch_progress_notify_interval_s=parse_duration(
-            ns.experimental_watch_progress_notify_interval),
+        watch_progress_notify_interval_s=_progress_notify_interval(
+            parse_duration(ns.experimental_watch_progress_notify_interval)),
+        unsafe_no_fsync=ns.unsafe_no_fsync,
         grpc_keepalive_min_time_s=parse_duration(ns.grpc_keepalive_min_time),
         grpc_keepalive_interval_s=parse_duration(ns.grpc_keepalive_interval),
         grpc_keepalive_timeout_s=parse_duration(ns.grpc_keepalive_timeout),
@@ -332,6 +340,21 @@ def _config(ns: argparse.Namespace) -> Config:
         auth_token_ttl_s=ns.auth_token_ttl,
         bcrypt_cost=_bcrypt_cost(ns.bcrypt_cost),
     )
+
+
+DEFAULT_PROGRESS_NOTIFY_S = 600.0
+MIN_PROGRESS_NOTIFY_S = 0.1
+
+
+def _progress_notify_interval(seconds: float) -> float:
+    """etcd: 0 keeps the default (10 minutes); below 100 ms is raised to 100 ms, with a warning."""
+    if seconds <= 0:
+        return DEFAULT_PROGRESS_NOTIFY_S
+    if seconds < MIN_PROGRESS_NOTIFY_S:
+        log.warning("adjusting watch progress notify interval to minimum period",
+                    extra={"min-watch-progress-notify-interval": "100ms"})
+        return MIN_PROGRESS_NOTIFY_S
+    return seconds
 
 
 def _bcrypt_cost(cost: int) -> int:

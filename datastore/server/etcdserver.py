@@ -102,8 +102,8 @@ class EtcdServer:
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
         self.data_dir = data
-        self.wal = Backend(data / "wal", WAL_FAMILIES)
-        self.backend = Backend(data / "state")
+        self.wal = Backend(data / "wal", WAL_FAMILIES, unsafe_no_fsync=cfg.unsafe_no_fsync)
+        self.backend = Backend(data / "state", unsafe_no_fsync=cfg.unsafe_no_fsync)
         recover_install(data, self.backend)  # an interrupted snapshot install, before any read
         self.clock = MonotonicClock()
         try:

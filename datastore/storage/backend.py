@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +35,9 @@ WAL_FAMILIES = ("raft_log", "raft_state")
 # lease: id(8B BE) -> LeaseRecord; members: id(8B BE) -> MemberRecord
 STATE_FAMILIES = ("key", "meta", "lease", "members")
 
-# TEST ONLY: skip the WAL fsync, so the power-loss tests can prove they detect a server
-# that acknowledges writes it never made durable. Never set this in production.
+# etcd's --unsafe-no-fsync (Config.unsafe_no_fsync) skips the WAL fsync: for test servers
+# thrown away after use, and for the power-loss tests to prove they detect a server that
+# acknowledges writes it never made durable. This variable sets the flag (config.apply_env).
 UNSAFE_NO_FSYNC_ENV = "DATASTORE_UNSAFE_NO_FSYNC"
 
 
@@ -92,7 +92,8 @@ def _options(strict_wal: bool = False, family: str | None = None) -> Options:
 class Backend:
     """Owns the RocksDB handle. Not thread-safe for writers: one writer at a time."""
 
-    def __init__(self, path: str | Path, families: tuple[str, ...] = STATE_FAMILIES) -> None:
+    def __init__(self, path: str | Path, families: tuple[str, ...] = STATE_FAMILIES,
+                 unsafe_no_fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         strict = families == WAL_FAMILIES
@@ -109,11 +110,11 @@ class Backend:
         }
         self._nosync = WriteOptions()
         self._size: int | None = None  # size() until the next write
-        self._unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
-        if self._unsafe_no_fsync:
+        self._unsafe_no_fsync = unsafe_no_fsync
+        if unsafe_no_fsync:
             logging.getLogger("datastore.storage").warning(
-                "%s=1: writes are NOT fsynced; acknowledged writes can be lost on power "
-                "loss (test-only switch)", UNSAFE_NO_FSYNC_ENV, extra={"path": str(self.path)})
+                "--unsafe-no-fsync: writes are NOT fsynced; acknowledged writes can be lost on "
+                "power loss (for throwaway test members only)", extra={"path": str(self.path)})
 
     def cf(self, name: str) -> Rdict:
         return self._cf[name]

@@ -6,6 +6,11 @@ upstream source is kept in the checkout. Binaries land in a cache outside the ch
 one folder per reference and content digest, so an unchanged pin is built once per machine
 and a changed one can never be confused with the old build.
 
+A reference may also be another module's tests: ``source_module`` is copied from the Go
+module cache into the build folder (inside the cache, never the checkout), our files in
+``overlay`` replace some of its files, and its ``test_packages`` are compiled there with
+``go test -c`` (the Kubernetes storage tests, with our testserver).
+
 ``build_all()`` is what ``scripts/build_refs.py`` (and so ``scripts/test.sh``) runs;
 ``binary(name)`` is how tests and ``datastore kube up`` find a program.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +58,8 @@ class Ref:
     # Data files the programs need, concatenated from the upstream module into share/NAME:
     # (NAME, module path, files relative to that module's root).
     assets: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    source_module: str = ""  # copied from the module cache at `version`; tests built in it
+    overlay: dict[str, str] = field(default_factory=dict)  # our file → the file it replaces
 
     @property
     def module_dir(self) -> Path:
@@ -59,10 +67,11 @@ class Ref:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for rel in ("go.mod", "go.sum", *self.extra_files):
+        for rel in ("go.mod", "go.sum", *self.extra_files, *self.overlay):
             h.update(rel.encode())
             h.update((self.module_dir / rel).read_bytes())
-        h.update(f"{self.ldflags}{self.programs}{self.test_packages}{self.assets}".encode())
+        h.update(f"{self.ldflags}{self.programs}{self.test_packages}{self.assets}"
+                 f"{self.source_module}{self.overlay}".encode())
         h.update(go_version().encode())
         return h.hexdigest()[:12]
 
@@ -76,9 +85,18 @@ REFS: tuple[Ref, ...] = (
         "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
         "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
     }, extra_files=("cmd/etcd/main.go",)),
+    # The server k8s.io/apiserver v0.37's storage tests are written for (their embedded
+    # etcd), the oracle for scripts/storage_tests.py; RangeStream is new in 3.7.
+    Ref("etcd37", "v3.7.0", {"etcd37": "./cmd/etcd"}, extra_files=("cmd/etcd/main.go",)),
     # the bbolt version etcd 3.6.16 links: its `bbolt check` judges our snapshot files
     Ref("bbolt", "v1.4.3", {"bbolt": "go.etcd.io/bbolt/cmd/bbolt"}),
     Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
+    Ref("storagetests", "v0.37.2", {}, test_packages={
+        "etcd3.test": "./pkg/storage/etcd3",
+        "cacher.test": "./pkg/storage/cacher",
+        "registry.test": "./pkg/registry/generic/registry",
+    }, source_module="k8s.io/apiserver",
+        overlay={"testserver/test_server.go": "pkg/storage/etcd3/testserver/test_server.go"}),
     # kwok's own default stages (what kwokctl hands it): nodes become Ready and renew their
     # Lease, pods become Running, deleted pods go away.
     Ref("kwok", "v0.8.0", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, assets=(
@@ -184,27 +202,51 @@ def _build_locked(ref: Ref, out: Path, log: Callable[[str], None]) -> None:
         log(f"  {ref.name} {ref.version}: building {name} ({i}/{len(ref.programs)}) ...")
         _go(["build", "-ldflags", ldflags, "-o", str(staging / "bin" / name), pkg], ref, env)
         log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
+    src = _copy_source(ref, staging / "src", env) if ref.source_module else ref.module_dir
     for name, pkg in ref.test_packages.items():
         t0 = time.monotonic()
         log(f"  {ref.name} {ref.version}: compiling the tests of {pkg} ...")
-        _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env)
+        _go(["test", "-c", "-o", str(staging / "bin" / name), pkg], ref, env, cwd=src)
         log(f"  {ref.name} {ref.version}: {name} built in {time.monotonic() - t0:.0f} s")
     for name, module, files in ref.assets:
-        src = Path(_go(["list", "-m", "-f", "{{.Dir}}", module], ref, env).strip())
+        mod_dir = Path(_go(["list", "-m", "-f", "{{.Dir}}", module], ref, env).strip())
         (staging / "share").mkdir(exist_ok=True)
-        docs = [(src / f).read_text().strip() for f in files]
+        docs = [(mod_dir / f).read_text().strip() for f in files]
         (staging / "share" / name).write_text("\n---\n".join(docs) + "\n")
+    if ref.source_module:
+        shutil.rmtree(src)  # the module cache keeps the pristine copy
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
 
 
-def _go(args: list[str], ref: Ref, env: dict[str, str]) -> str:
-    proc = subprocess.run(["go", *args], cwd=ref.module_dir, env=env,
-                          capture_output=True, text=True)
+def _go(args: list[str], ref: Ref, env: dict[str, str], cwd: Path | None = None) -> str:
+    """Run go; its standard output (progress such as "go: downloading" goes to stderr)."""
+    cwd = cwd or ref.module_dir
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise RefError(f"`go {' '.join(args)}` failed in {ref.module_dir}:\n{tail}")
+        raise RefError(f"`go {' '.join(args)}` failed in {cwd}:\n{tail}")
     return proc.stdout
+
+
+def _copy_source(ref: Ref, dest: Path, env: dict[str, str]) -> Path:
+    """Copy ``ref.source_module`` (checked against our go.sum) to dest and lay our overlay on it.
+
+    The copy is built as the main module, with its own go.mod and go.sum, as its authors
+    test it; the module cache's files are read-only, so the copy is made writable.
+    """
+    out = _go(["mod", "download", "-json", f"{ref.source_module}@{ref.version}"], ref, env)
+    shutil.copytree(json.loads(out)["Dir"], dest)
+    for root, dirs, files in os.walk(dest):
+        for n in dirs + files:
+            os.chmod(os.path.join(root, n), 0o755 if n in dirs else 0o644)
+    for ours, theirs in ref.overlay.items():
+        target = dest / theirs
+        if not target.parent.is_dir():
+            raise RefError(f"{ref.source_module}@{ref.version} has no {target.parent.name}/ for "
+                           f"{ours}: the overlay no longer fits this version")
+        shutil.copyfile(ref.module_dir / ours, target)
+    return dest
 
 
 def build_all(names: list[str] | None = None, log: Callable[[str], None] = print) -> int:
