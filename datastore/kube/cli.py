@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="nodes run by `datastore kube agent` (pods as local processes; default 0)")
     up.add_argument("--storage-media-type", choices=("protobuf", "json"), default="protobuf",
                     help="how the API server stores objects (json: readable by kvscheduler)")
+    up.add_argument("--restore-from", type=Path, default=None, metavar="SNAPSHOT",
+                    help="start the storage from an etcd snapshot (`etcdctl snapshot save` of "
+                         "etcd or the datastore); needs a --dir without storage data")
     agent = sub.add_parser("agent", help="run pods of agent nodes as local processes (a kubelet "
                                          "stand-in for demos and tests)")
     agent.add_argument("--dir", type=Path, default=None)
@@ -60,7 +63,8 @@ def run(ns: argparse.Namespace) -> int:
     opts = controlplane.Options(directory, backend=ns.backend, members=ns.members,
                                 nodes=ns.nodes, compaction_interval=ns.compaction_interval,
                                 timeout=ns.timeout, agent_nodes=ns.agent_nodes,
-                                storage_media_type=ns.storage_media_type)
+                                storage_media_type=ns.storage_media_type,
+                                restore_from=ns.restore_from)
     try:
         controlplane.up(opts, log=lambda line: print(line, flush=True))
     except (controlplane.KubeError, RefError) as e:
