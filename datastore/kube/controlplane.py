@@ -301,19 +301,24 @@ def _check_restore(opts: Options) -> None:
 
 
 def _restore(mems: list[backends.Member], logs: Path) -> None:
-    """Restore the snapshot once per member; on a failure no member keeps restored data,
-    so the same ``up --restore-from`` can be run again."""
+    """Restore the snapshot once per member; on a failure the data dirs these restores
+    made are removed (never one that was there before), so the same ``up
+    --restore-from`` can run again."""
     logs.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
     for m in mems:
         assert m.restore_argv is not None and m.data_dir is not None
+        if m.data_dir.exists():
+            raise KubeError(f"{m.data_dir} already exists: --restore-from needs an empty "
+                            f"storage directory")
         log_path = logs / f"restore-{m.name}.log"
         with open(log_path, "wb") as out:
             rc = subprocess.run(m.restore_argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, timeout=600).returncode
+        made.append(m.data_dir)
         if rc != 0:
-            for done in mems:
-                if done.data_dir is not None:
-                    shutil.rmtree(done.data_dir, ignore_errors=True)
+            for data_dir in made:
+                shutil.rmtree(data_dir, ignore_errors=True)
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise KubeError(f"restoring {m.name} failed (exit {rc}); {log_path} ends:\n{tail}")
 
