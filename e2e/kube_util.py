@@ -20,12 +20,15 @@ from datastore.testing import refs
 
 def up(directory: Path, members: int = 1, backend: str = "datastore",
        nodes: int = 3, compaction_interval: str = "1m", agent_nodes: int = 0,
-       storage_media_type: str = "protobuf") -> ControlPlane:
+       storage_media_type: str = "protobuf", restore_from: Path | None = None,
+       extra_apiserver_args: tuple[str, ...] = ()) -> ControlPlane:
     """``datastore kube up`` in-process; the API server panics on a cache inconsistency."""
     os.environ["KUBE_WATCHCACHE_CONSISTENCY_CHECKER"] = "true"  # inherited by kube-apiserver
     opts = controlplane.Options(directory, backend=backend, members=members, nodes=nodes,
                                 compaction_interval=compaction_interval, timeout=300,
-                                agent_nodes=agent_nodes, storage_media_type=storage_media_type)
+                                agent_nodes=agent_nodes, storage_media_type=storage_media_type,
+                                restore_from=restore_from,
+                                extra_apiserver_args=list(extra_apiserver_args))
     return controlplane.up(opts, log=lambda line: print(line, flush=True))
 
 

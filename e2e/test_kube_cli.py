@@ -53,3 +53,50 @@ def test_bad_flags_get_one_line(tmp_path: Path) -> None:
     nothing = _ds("down", "--dir", str(tmp_path / "never"))
     assert nothing.returncode == 1 and "nothing was started" in nothing.stderr
     assert "Traceback" not in kine.stderr + nothing.stderr
+
+
+def test_restore_from_refuses_what_it_cannot_restore(tmp_path: Path) -> None:
+    snap = tmp_path / "garbage.db"
+    snap.write_bytes(b"not a snapshot" * 100)
+    kine = _ds("up", "--dir", str(tmp_path / "k"), "--backend", "kine", "--restore-from", str(snap))
+    assert kine.returncode == 1
+    assert kine.stderr == ("datastore kube: error: --restore-from takes an etcd snapshot: "
+                           "use --backend datastore or etcd\n")
+    absent = _ds("up", "--dir", str(tmp_path / "a"), "--restore-from", str(tmp_path / "nope.db"))
+    assert absent.returncode == 1
+    assert f"--restore-from {tmp_path / 'nope.db'}: no such file" in absent.stderr
+    used = tmp_path / "used"
+    (used / "storage" / "ds0").mkdir(parents=True)
+    (used / "storage" / "ds0" / "keep").write_text("data")
+    full = _ds("up", "--dir", str(used), "--restore-from", str(snap))
+    assert full.returncode == 1
+    assert "already holds data: run `up` without --restore-from" in full.stderr
+    assert (used / "storage" / "ds0" / "keep").read_text() == "data"
+    # A damaged file: the restore's own message, and no member data left behind, so the
+    # same command can run again once the file is right.
+    bad = tmp_path / "bad"
+    damaged = _ds("up", "--dir", str(bad), "--restore-from", str(snap))
+    assert damaged.returncode == 1
+    assert "restoring ds0 failed" in damaged.stderr and "snapshot" in damaged.stderr, damaged.stderr
+    assert not (bad / "storage" / "ds0").exists()
+    assert not any(x.alive() for x in ControlPlane.load(bad).daemons)  # type: ignore[union-attr]
+    for r in (kine, absent, full, damaged):
+        assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_plane(tmp_path: Path) -> None:
+    """``datastore kube up | head -2``: no BrokenPipeError traceback, and the plane is up."""
+    d = tmp_path / "piped"
+    proc = subprocess.Popen([sys.executable, "-m", "datastore", "kube", "up", "--dir", str(d),
+                             "--nodes", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # what head does after its lines
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        daemons = ControlPlane.load(d).daemons  # type: ignore[union-attr]
+        assert len(daemons) == 5 and all(x.alive() for x in daemons)
+    finally:
+        _ds("down", "--dir", str(d))

@@ -20,11 +20,19 @@ class Member:
     name: str
     argv: list[str]
     client_url: str
+    data_dir: Path | None = None  # None for kine
+    restore_argv: list[str] | None = None  # `snapshot restore` into data_dir, if asked for
 
 
 def members(backend: str, storage_dir: Path, ports: list[tuple[int, int]],
-            etcd_bin: str = "etcd", kine_bin: str = "kine") -> list[Member]:
-    """One Member per (client port, peer port); kine is a single process."""
+            etcd_bin: str = "etcd", kine_bin: str = "kine", etcdutl_bin: str = "etcdutl",
+            snapshot: Path | None = None) -> list[Member]:
+    """One Member per (client port, peer port); kine is a single process.
+
+    With ``snapshot``, each member also gets the command that restores it into its data
+    dir under the name and peer URL it will run with: ``datastore snapshot restore`` or
+    etcd 3.6's ``etcdutl snapshot restore`` (the same flags), once per member.
+    """
     if backend == "kine":
         client = ports[0][0]
         db = storage_dir / "kine" / "state.db"
@@ -39,15 +47,23 @@ def members(backend: str, storage_dir: Path, ports: list[tuple[int, int]],
     names = [f"{'ds' if backend == 'datastore' else backend}{i}" for i in range(len(ports))]
     cluster = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports,
                                                                                strict=True))
+    datastore = [sys.executable, "-m", "datastore"]
     out = []
     for name, (client, peer) in zip(names, ports, strict=True):
         curl, purl = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-        head = ([sys.executable, "-m", "datastore", "serve"] if backend == "datastore"
+        data_dir = storage_dir / name
+        identity = ["--name", name, "--data-dir", str(data_dir),
+                    "--initial-advertise-peer-urls", purl, "--initial-cluster", cluster,
+                    "--initial-cluster-token", "datastore-kube"]
+        restore = None
+        if snapshot is not None:
+            tool = datastore if backend == "datastore" else [etcdutl_bin]
+            restore = [*tool, "snapshot", "restore", str(snapshot), *identity]
+        head = ([*datastore, "serve"] if backend == "datastore"
                 else [ETCD34_BIN] if backend == "etcd34" else [etcd_bin])
         out.append(Member(name, [
-            *head, "--name", name, "--data-dir", str(storage_dir / name),
+            *head, *identity,
             "--listen-client-urls", curl, "--advertise-client-urls", curl,
-            "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
-            "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", "datastore-kube"], curl))
+            "--listen-peer-urls", purl, "--initial-cluster-state", "new"],
+            curl, data_dir, restore))
     return out

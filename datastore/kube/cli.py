@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="nodes run by `datastore kube agent` (pods as local processes; default 0)")
     up.add_argument("--storage-media-type", choices=("protobuf", "json"), default="protobuf",
                     help="how the API server stores objects (json: readable by kvscheduler)")
+    up.add_argument("--restore-from", type=Path, default=None, metavar="SNAPSHOT",
+                    help="start the storage from an etcd snapshot (`etcdctl snapshot save` of "
+                         "etcd or the datastore); needs a --dir without storage data")
     agent = sub.add_parser("agent", help="run pods of agent nodes as local processes (a kubelet "
                                          "stand-in for demos and tests)")
     agent.add_argument("--dir", type=Path, default=None)
@@ -62,9 +66,10 @@ def run(ns: argparse.Namespace) -> int:
     opts = controlplane.Options(directory, backend=ns.backend, members=ns.members,
                                 nodes=ns.nodes, compaction_interval=ns.compaction_interval,
                                 timeout=ns.timeout, agent_nodes=ns.agent_nodes,
-                                storage_media_type=ns.storage_media_type)
+                                storage_media_type=ns.storage_media_type,
+                                restore_from=ns.restore_from)
     try:
-        controlplane.up(opts, log=lambda line: print(line, flush=True))
+        controlplane.up(opts, log=_progress)
     except (controlplane.KubeError, RefError) as e:
         print(f"datastore kube: error: {e}", file=sys.stderr)
         return 1
@@ -121,3 +126,12 @@ def _shell(ns: argparse.Namespace, directory: Path) -> int:
     with os.fdopen(fd, "w") as f:
         json.dump({"argv": argv, "cwd": os.getcwd(), "hosts": str(hosts), "mounts": []}, f)
     os.execv(sys.executable, [sys.executable, "-I", "-S", str(ENTER), spec, "--remove-spec"])
+
+
+def _progress(line: str) -> None:
+    """A progress line; a reader that went away (``| head``) must not stop the plane."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

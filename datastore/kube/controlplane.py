@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +52,7 @@ class Options:
     timeout: float = 240.0
     agent_nodes: int = 0  # nodes of `datastore kube agent`, which runs their pods locally
     storage_media_type: str = "protobuf"  # or "json": objects kvscheduler can read and write
+    restore_from: Path | None = None  # an etcd-format snapshot the new storage starts from
 
 
 @dataclass
@@ -137,14 +140,21 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
         if dead:
             raise KubeError(f"a control plane in {d} is partly running ({', '.join(dead)} "
                             f"stopped): run `datastore kube down --dir {opts.directory}` first")
+        if opts.restore_from is not None:
+            raise KubeError(f"a control plane already runs in {d}; --restore-from starts a "
+                            f"new one: use another --dir")
         log(f"already up in {d}")
         return previous
+    if opts.restore_from is not None:
+        _check_restore(opts)
     bins = {name: str(refs.binary(name)) for name in (
         "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
     stages = refs.asset("kwok", "kwok-stages.yaml")
     extra_bins = {}
     if opts.backend == "etcd":
         extra_bins["etcd_bin"] = str(refs.binary("etcd"))
+        if opts.restore_from is not None:
+            extra_bins["etcdutl_bin"] = str(refs.binary("etcdutl"))
     elif opts.backend == "kine":
         extra_bins["kine_bin"] = str(refs.binary("kine"))
 
@@ -171,8 +181,13 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
     try:
         # 1. storage
         storage_ports = [tuple(p) for p in cp.ports["storage"]]  # type: ignore[union-attr]
-        mems = backends.members(opts.backend, d / "storage", storage_ports, **extra_bins)
+        snapshot = opts.restore_from.resolve() if opts.restore_from is not None else None
+        mems = backends.members(opts.backend, d / "storage", storage_ports,
+                                snapshot=snapshot, **extra_bins)
         (d / "endpoints").write_text(",".join(m.client_url for m in mems) + "\n")
+        if snapshot is not None:
+            log(f"      restoring {snapshot} into {len(mems)} member(s)")
+            _restore(mems, logs)
         log(f"[1/5] storage: {len(mems)} {opts.backend} member(s) at "
             f"{', '.join(m.client_url for m in mems)}")
         started = [start(m.name, m.argv) for m in mems]
@@ -268,6 +283,44 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
     log(f"control plane up in {time.monotonic() - t0:.0f} s; logs in {logs}")
     log(f"next: KUBECONFIG={cp.kubeconfig} kubectl get nodes   (kubectl v1.37.2: {link})")
     return cp
+
+
+def _check_restore(opts: Options) -> None:
+    """Refuse before anything is written: a snapshot restores only into empty storage."""
+    if opts.backend == "kine":
+        raise KubeError("--restore-from takes an etcd snapshot: use --backend datastore or etcd")
+    snap = opts.restore_from
+    assert snap is not None
+    if not snap.is_file():
+        raise KubeError(f"--restore-from {snap}: no such file (an etcd snapshot, as "
+                        f"`etcdctl snapshot save` writes)")
+    storage = opts.directory.resolve() / "storage"
+    if storage.is_dir() and any(storage.iterdir()):
+        raise KubeError(f"{storage} already holds data: run `up` without --restore-from to "
+                        f"start on it, or use another --dir to restore")
+
+
+def _restore(mems: list[backends.Member], logs: Path) -> None:
+    """Restore the snapshot once per member; on a failure the data dirs these restores
+    made are removed (never one that was there before), so the same ``up
+    --restore-from`` can run again."""
+    logs.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    for m in mems:
+        assert m.restore_argv is not None and m.data_dir is not None
+        if m.data_dir.exists():
+            raise KubeError(f"{m.data_dir} already exists: --restore-from needs an empty "
+                            f"storage directory")
+        log_path = logs / f"restore-{m.name}.log"
+        with open(log_path, "wb") as out:
+            rc = subprocess.run(m.restore_argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, timeout=600).returncode
+        made.append(m.data_dir)
+        if rc != 0:
+            for data_dir in made:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise KubeError(f"restoring {m.name} failed (exit {rc}); {log_path} ends:\n{tail}")
 
 
 def down(directory: Path, log: Callable[[str], None] = print) -> bool:
