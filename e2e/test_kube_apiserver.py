@@ -199,16 +199,28 @@ def test_deployment_rolls_out_on_kwok_nodes(cluster: tuple[ControlPlane, LeaseSa
     kubectl(cp, "-n", ns, "create", "deployment", "web", "--image=registry.k8s.io/pause:3.10",
             "--replicas=20")
     kubectl(cp, "-n", ns, "rollout", "status", "deployment/web", "--timeout=240s", timeout=300)
-    pods = kjson(cp, "-n", ns, "get", "pods")["items"]
-    assert len(pods) == 20
-    assert all(p["spec"].get("nodeName", "").startswith("kwok-node-") for p in pods)
-    assert all(p["status"]["phase"] == "Running" for p in pods)
+
+    def pods() -> list[dict]:
+        return kjson(cp, "-n", ns, "get", "pods")["items"]
+
+    def summary(items: list[dict]) -> list[tuple[str, str, str, bool]]:
+        return [(p["metadata"]["name"], p["spec"].get("nodeName", ""), p["status"].get("phase", ""),
+                 bool(p["metadata"].get("deletionTimestamp"))) for p in items]
+
+    # rollout status returns once 20 replicas are available; the pods' phase is kwok's
+    # next write, so wait for it rather than read it once.
+    running = wait_for(lambda: (lambda items: items if len(items) == 20 and all(
+        p["status"].get("phase") == "Running" and p["spec"].get("nodeName", "").startswith(
+            "kwok-node-") for p in items) else None)(pods()), 120,
+        "20 Running pods on kwok nodes")
+    assert len({p["metadata"]["uid"] for p in running}) == 20, summary(running)
     kubectl(cp, "-n", ns, "scale", "deployment/web", "--replicas=0")
-    wait_for(lambda: not kjson(cp, "-n", ns, "get", "pods")["items"], 180,
-             "every pod to go after scaling to 0")
+    wait_for(lambda: not pods(), 180, "every pod to go after scaling to 0")
     kubectl(cp, "-n", ns, "scale", "deployment/web", "--replicas=20")
     kubectl(cp, "-n", ns, "rollout", "status", "deployment/web", "--timeout=240s", timeout=300)
-    assert len(kjson(cp, "-n", ns, "get", "pods")["items"]) == 20
+    again = wait_for(lambda: (lambda items: items if len(items) == 20 else None)(pods()), 120,
+                     "20 pods after scaling back")
+    assert all(not p["metadata"].get("deletionTimestamp") for p in again), summary(again)
 
 
 def _compacted_past(cp: ControlPlane, revision: int) -> bool:
