@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from datastore.kube.apiclient import KubeAPI
 
 
 class ApiError(Exception):
@@ -23,38 +24,23 @@ class Gone(ApiError):
 
 
 class Client:
+    """Raises ApiError (Gone for 410) instead of returning a status, and watches."""
+
     def __init__(self, host: str, port: int, ca: Path, cert: Path, key: Path,
                  timeout: float = 15.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
-        self._ctx = ssl.create_default_context(cafile=str(ca))
-        self._ctx.load_cert_chain(str(cert), str(key))
+        self._api = KubeAPI(host, port, ca, cert, key, timeout)
 
     def _conn(self, timeout: float | None) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.host, self.port, context=self._ctx,
-                                           timeout=timeout or self.timeout)
+        return self._api.connection(timeout)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
                 content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> Any:
         """The decoded JSON answer; an ApiError for any status outside ``ok``."""
         url = path + ("?" + urlencode(query) if query else "")
-        conn = self._conn(None)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json"}
-            if data is not None:
-                headers["Content-Type"] = content_type
-            conn.request(method, url, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = raw.decode(errors="replace")
-        if resp.status not in ok:
-            cls = Gone if resp.status == 410 else ApiError
-            raise cls(resp.status, decoded, f"{method} {path}")
+        status, decoded = self._api.request(method, url, body, content_type)
+        if status not in ok:
+            cls = Gone if status == 410 else ApiError
+            raise cls(status, decoded, f"{method} {path}")
         return decoded
 
     def get(self, path: str, **query: Any) -> Any:
