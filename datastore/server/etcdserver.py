@@ -48,6 +48,7 @@ from datastore.server.applier import Applier
 from datastore.server.cluster_ops import ClusterOps, join_existing
 from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
+from datastore.server.failpoint import failpoint
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
 from datastore.server.snapshot_image import recover_install
@@ -67,16 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("datastore.server")
 
 REQUEST_TIMEOUT_S = 7.0  # etcd: 5 s + 2 x election timeout by default
-FAILPOINT_ENV = "DATASTORE_FAILPOINT"  # test-only crash points (see failpoint())
-
-
-def failpoint(name: str) -> None:
-    """Crash the process here if the test-only env var names this point (kill -9 stand-in)."""
-    if os.environ.get(FAILPOINT_ENV) == name:
-        log.warning("failpoint %s: exiting", name)
-        for h in logging.getLogger().handlers:
-            h.flush()
-        os._exit(97)
 
 
 def fatal_disk_error(what: str, err: BaseException) -> NoReturn:

@@ -53,6 +53,7 @@ from datastore.raft.types import (
     SnapshotTemporarilyUnavailable,
 )
 from datastore.server import codec
+from datastore.server.failpoint import failpoint
 from datastore.server.membership import META_LOCAL_ID
 from datastore.storage.backend import CORRUPT_ACTION, STATE_FAMILIES, Backend, CorruptDataError
 
@@ -68,21 +69,12 @@ IMAGE_PREFIX = "img-"  # a complete, verified image
 META_INSTALLED_SNAPSHOT = b"installed_snapshot"
 _LOCAL_META = (META_LOCAL_ID, META_INSTALLED_SNAPSHOT)  # never part of an image
 _REC = struct.Struct(">BII")  # family index, key length, value length
-FAILPOINT_ENV = "DATASTORE_FAILPOINT"
 SCAN_CACHE_BYTES = 8 << 20
 
 
 def conf_state_of(members: list[MemberRecord]) -> ConfState:
     return ConfState(voters=tuple(sorted(m.ID for m in members if not m.is_learner)),
                      learners=tuple(sorted(m.ID for m in members if m.is_learner)))
-
-
-def _failpoint(name: str) -> None:
-    """Test-only crash point (see etcdserver.failpoint; imported lazily to avoid a cycle)."""
-    if os.environ.get(FAILPOINT_ENV) == name:
-        from datastore.server.etcdserver import failpoint
-
-        failpoint(name)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -368,7 +360,7 @@ def _replace_state(backend: Backend, img: Path, meta: SnapshotMetadata, snap_raw
         link.unlink(missing_ok=True)
         os.link(sst, link)
         backend.cf(cf).ingest_external_file([str(link)], opts)
-        _failpoint("snapshot-install-midway")  # some families replaced, not all
+        failpoint("snapshot-install-midway")  # some families replaced, not all
     wb = backend.batch()
     h = backend.handle("meta")
     wb.put(b"applied_index", meta.index.to_bytes(8, "big"), h)

@@ -1,0 +1,20 @@
+"""Test-only crash points: ``DATASTORE_FAILPOINT=NAME`` makes the process exit at the point
+called NAME, as a kill -9 would land there (exit code 97, after flushing the logs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+FAILPOINT_ENV = "DATASTORE_FAILPOINT"
+
+log = logging.getLogger("datastore.server")
+
+
+def failpoint(name: str) -> None:
+    """Crash the process here if the test-only env var names this point."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        log.warning("failpoint %s: exiting", name)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(97)
