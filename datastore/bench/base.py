@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     import grpc
 
     from datastore.bench.config import BenchConfig
+    from datastore.bench.stats import Stats
     from datastore.bench.wire import KeyGen
-    from datastore.bench.worker import Stats
 
     class WorkerBase:
         cfg: BenchConfig

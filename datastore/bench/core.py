@@ -33,8 +33,9 @@ from typing import Any
 
 from datastore.bench.config import WORKLOADS, BenchConfig, normalize_endpoint
 from datastore.bench.report import Progress, format_summary, merge_results
+from datastore.bench.stats import Stats
 from datastore.bench.wire import KeyGen, prefix_end
-from datastore.bench.worker import Stats, Worker, prepopulate
+from datastore.bench.worker import Worker, prepopulate
 
 __all__ = [
     "WORKLOADS",

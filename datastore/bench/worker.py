@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from datastore.bench.config import BenchConfig
-from datastore.bench.hist import Histogram
+from datastore.bench.stats import Stats
 from datastore.bench.unary import UnaryLoadMixin
 from datastore.bench.watch import WatchLoadMixin
 from datastore.bench.wire import PUT, KeyGen
@@ -32,24 +32,6 @@ def _channel(endpoint: str) -> grpc.aio.Channel:
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-class Stats:
-    """Per-process counters; the progress reporter reads ops/errors."""
-
-    def __init__(self) -> None:
-        self.hist = Histogram()
-        self.ops = 0
-        self.errors = 0
-        self.error_codes: dict[str, int] = {}
-        self.remaining = 0
-        self.stop = False
-        self.extra: dict[str, Any] = {}
-
-    def error(self, e: BaseException) -> None:
-        self.errors += 1
-        name = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
-        self.error_codes[name] = self.error_codes.get(name, 0) + 1
 
 
 def _share(n: int, parts: int, i: int) -> int:
