@@ -408,61 +408,63 @@ def _scrub_alarms(m: Message) -> None:
 
 
 def test_maintenance_and_cluster_answers(pair_factory: PairFactory) -> None:
+    # Deadlines of 30 s: the membership calls wait for a raft round on each side, and a
+    # loaded 2-core machine once took real etcd past 10 s (DEADLINE_EXCEEDED vs NOT_FOUND).
     def script(c: Client) -> list[Item]:
         out: list[Item] = []
         put(c, b"m", b"1")
-        out.append(call("status", lambda: c.maint.Status(pb.StatusRequest(), timeout=10),
+        out.append(call("status", lambda: c.maint.Status(pb.StatusRequest(), timeout=30),
                         _scrub_status))
-        st = c.maint.Status(pb.StatusRequest(), timeout=10)
+        st = c.maint.Status(pb.StatusRequest(), timeout=30)
         me = st.header.member_id
-        out.append(call("alarm get", lambda: c.maint.Alarm(pb.AlarmRequest(), timeout=10),
+        out.append(call("alarm get", lambda: c.maint.Alarm(pb.AlarmRequest(), timeout=30),
                         _scrub_alarms))
         out.append(call("alarm activate", lambda: c.maint.Alarm(pb.AlarmRequest(
-            action=pb.AlarmRequest.ACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=10),
+            action=pb.AlarmRequest.ACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=30),
             _scrub_alarms))
-        out.append(call("alarm get 2", lambda: c.maint.Alarm(pb.AlarmRequest(), timeout=10),
+        out.append(call("alarm get 2", lambda: c.maint.Alarm(pb.AlarmRequest(), timeout=30),
                         _scrub_alarms))
         out.append(call("put under alarm", lambda: c.kv.Put(pb.PutRequest(key=b"m", value=b"2"),
-                                                            timeout=10)))
+                                                            timeout=30)))
         out.append(call("alarm deactivate", lambda: c.maint.Alarm(pb.AlarmRequest(
-            action=pb.AlarmRequest.DEACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=10),
+            action=pb.AlarmRequest.DEACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=30),
             _scrub_alarms))
         out.append(call("alarm deactivate again", lambda: c.maint.Alarm(pb.AlarmRequest(
-            action=pb.AlarmRequest.DEACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=10),
+            action=pb.AlarmRequest.DEACTIVATE, memberID=me, alarm=pb.NOSPACE), timeout=30),
             _scrub_alarms))
         out.append(call("defragment", lambda: c.maint.Defragment(pb.DefragmentRequest(),
                                                                  timeout=30)))
-        out.append(call("hashkv", lambda: c.maint.HashKV(pb.HashKVRequest(), timeout=10),
+        out.append(call("hashkv", lambda: c.maint.HashKV(pb.HashKVRequest(), timeout=30),
                         _scrub_hash_rev))
         out.append(call("move leader to unknown", lambda: c.maint.MoveLeader(
-            pb.MoveLeaderRequest(targetID=12345), timeout=10)))
+            pb.MoveLeaderRequest(targetID=12345), timeout=30)))
         out.append(call("member list", lambda: c.cluster.MemberList(pb.MemberListRequest(),
-                                                                    timeout=10), _scrub_member))
+                                                                    timeout=30), _scrub_member))
         out.append(call("add bad url", lambda: c.cluster.MemberAdd(pb.MemberAddRequest(
-            peerURLs=["not a url"], isLearner=True), timeout=10)))
+            peerURLs=["not a url"], isLearner=True), timeout=30)))
         out.append(call("add existing url", lambda: c.cluster.MemberAdd(pb.MemberAddRequest(
-            peerURLs=[f"http://127.0.0.1:{c.proc.peer_port}"], isLearner=True), timeout=10)))
+            peerURLs=[f"http://127.0.0.1:{c.proc.peer_port}"], isLearner=True), timeout=30)))
         learner_url = "http://127.0.0.1:1"  # never started: stays an unsynced learner
         added = c.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=[learner_url], isLearner=True),
-                                    timeout=10)
+                                    timeout=30)
         out.append(msg("add learner", added, _scrub_member))
         lid = added.member.ID
         out.append(call("list with learner", lambda: c.cluster.MemberList(
-            pb.MemberListRequest(), timeout=10), _scrub_member))
+            pb.MemberListRequest(), timeout=30), _scrub_member))
         out.append(call("promote unsynced learner", lambda: c.cluster.MemberPromote(
-            pb.MemberPromoteRequest(ID=lid), timeout=10)))
+            pb.MemberPromoteRequest(ID=lid), timeout=30)))
         out.append(call("promote voter", lambda: c.cluster.MemberPromote(
-            pb.MemberPromoteRequest(ID=me), timeout=10)))
+            pb.MemberPromoteRequest(ID=me), timeout=30)))
         out.append(call("promote unknown", lambda: c.cluster.MemberPromote(
-            pb.MemberPromoteRequest(ID=12345), timeout=10)))
+            pb.MemberPromoteRequest(ID=12345), timeout=30)))
         out.append(call("update unknown", lambda: c.cluster.MemberUpdate(pb.MemberUpdateRequest(
-            ID=12345, peerURLs=["http://127.0.0.1:2"]), timeout=10)))
+            ID=12345, peerURLs=["http://127.0.0.1:2"]), timeout=30)))
         out.append(call("remove unknown", lambda: c.cluster.MemberRemove(
-            pb.MemberRemoveRequest(ID=12345), timeout=10)))
+            pb.MemberRemoveRequest(ID=12345), timeout=30)))
         out.append(call("remove learner", lambda: c.cluster.MemberRemove(
-            pb.MemberRemoveRequest(ID=lid), timeout=10), _scrub_member))
+            pb.MemberRemoveRequest(ID=lid), timeout=30), _scrub_member))
         out.append(call("remove learner again", lambda: c.cluster.MemberRemove(
-            pb.MemberRemoveRequest(ID=lid), timeout=10)))
+            pb.MemberRemoveRequest(ID=lid), timeout=30)))
         return out
     run_both(pair_factory(), script)
 
