@@ -66,6 +66,10 @@ class Ref:
         return REFS_DIR / self.name
 
     def digest(self) -> str:
+        if not (self.module_dir / "go.mod").exists():
+            raise RefError(f"the Go module of {self.name} ({self.module_dir / 'go.mod'}) is not "
+                           "here: the reference programs are built from a checkout of the "
+                           "datastore, installed with `pip install -e .`")
         h = hashlib.sha256()
         for rel in ("go.mod", "go.sum", *self.extra_files, *self.overlay):
             h.update(rel.encode())
