@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ def up(directory: Path, members: int = 1, backend: str = "datastore",
                                 restore_from=restore_from,
                                 extra_apiserver_args=list(extra_apiserver_args))
     return controlplane.up(opts, log=lambda line: print(line, flush=True))
+
+
+@contextmanager
+def running(directory: Path, **options: Any) -> Iterator[ControlPlane]:
+    """``up(directory, **options)`` for the length of a ``with``; ``down`` afterwards."""
+    cp = up(directory, **options)
+    try:
+        yield cp
+    finally:
+        controlplane.down(directory)
 
 
 def kubectl(cp: ControlPlane, *args: str, input: str | None = None,  # noqa: A002

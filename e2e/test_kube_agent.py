@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kube_util import kjson, kubectl, up, wait_for
+from kube_util import kjson, kubectl, running, wait_for
 
-from datastore.kube import controlplane
 from datastore.kube.controlplane import ControlPlane
 
 NS = "agent"
@@ -22,15 +21,11 @@ IMAGE = "ghcr.io/datastore/datastore:0.1.0"
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    directory = tmp_path_factory.mktemp("kube-agent")
-    plane = up(directory, nodes=0, agent_nodes=1)
-    try:
+    with running(tmp_path_factory.mktemp("kube-agent"), nodes=0, agent_nodes=1) as plane:
         kubectl(plane, "create", "namespace", NS)
         wait_for(lambda: kubectl(plane, "-n", NS, "get", "sa", "default", check=False).returncode == 0,
                  60, "the default service account")
         yield plane
-    finally:
-        controlplane.down(directory)
 
 
 def pod(name: str, script: str, **spec: Any) -> dict[str, Any]:

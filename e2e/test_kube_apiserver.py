@@ -20,10 +20,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kube_util import kjson, kubectl, metric_values, up, wait_for
+from kube_util import kjson, kubectl, metric_values, running, wait_for
 
 from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from datastore.kube import controlplane
 from datastore.kube.controlplane import ControlPlane
 
 LEASE_WATCH_SECONDS = 300.0
@@ -63,15 +62,13 @@ class LeaseSampler(threading.Thread):
 @pytest.fixture(scope="module", params=[1, 3], ids=["1-member", "3-members"])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[ControlPlane, LeaseSampler]]:
-    directory = tmp_path_factory.mktemp(f"kube{request.param}")
-    cp = up(directory, members=request.param)
-    sampler = LeaseSampler(cp)
-    sampler.start()
-    try:
-        yield cp, sampler
-    finally:
-        sampler.stop_event.set()
-        controlplane.down(directory)
+    with running(tmp_path_factory.mktemp(f"kube{request.param}"), members=request.param) as cp:
+        sampler = LeaseSampler(cp)
+        sampler.start()
+        try:
+            yield cp, sampler
+        finally:
+            sampler.stop_event.set()
 
 
 def _list(cp: ControlPlane, path: str) -> dict:

@@ -13,9 +13,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from kube_util import kjson, kubectl, up, wait_for
+from kube_util import kjson, kubectl, running, wait_for
 
-from datastore.kube import controlplane
 from datastore.kube.controlplane import ControlPlane
 from tests.manifests.render import MANIFESTS, one, render
 
@@ -25,12 +24,8 @@ SA = f"system:serviceaccount:{OPERATOR_NS}:kvoperator"
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    directory = tmp_path_factory.mktemp("kube-manifests")
-    plane = up(directory, nodes=0)
-    try:
+    with running(tmp_path_factory.mktemp("kube-manifests"), nodes=0) as plane:
         yield plane
-    finally:
-        controlplane.down(directory)
 
 
 def apply(cp: ControlPlane, *args: str, dry_run: bool = False) -> str:

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 from hashkv_util import wait_hashkv_equal
-from kube_util import kjson, kubectl, pods, up, wait_for
+from kube_util import kjson, kubectl, pods, running, wait_for
 
-from datastore.kube import controlplane
 from datastore.kube.controlplane import ControlPlane
 from datastore.testing.procs import etcdctl
 from tests.manifests.render import MANIFESTS
@@ -36,12 +35,8 @@ WAIT_S = 180.0
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    directory = tmp_path_factory.mktemp("kube-operator")
-    plane = up(directory, nodes=0, agent_nodes=2)
-    try:
+    with running(tmp_path_factory.mktemp("kube-operator"), nodes=0, agent_nodes=2) as plane:
         yield plane
-    finally:
-        controlplane.down(directory)
 
 
 class Writer(threading.Thread):

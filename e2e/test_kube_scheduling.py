@@ -20,9 +20,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from kube_util import kjson, kubectl, up, wait_for
+from kube_util import kjson, kubectl, running, wait_for
 
-from datastore.kube import controlplane
 from datastore.kube.controlplane import FAKE_NODE_ANNOTATION, ControlPlane
 from kvscheduler.scheduler import SCHEDULED_BY
 
@@ -34,12 +33,9 @@ QUANT = {"m": Decimal("0.001"), "": Decimal(1)}
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    directory = tmp_path_factory.mktemp("kube-sched")
-    plane = up(directory, nodes=0, storage_media_type="json")
-    try:
+    with running(tmp_path_factory.mktemp("kube-sched"), nodes=0,
+                 storage_media_type="json") as plane:
         yield plane
-    finally:
-        controlplane.down(directory)
 
 
 def cpu(q: str) -> Decimal:

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_util import in_cluster, kjson, kubectl, pods, up, wait_for, wait_pods_ready
+from kube_util import in_cluster, kjson, kubectl, pods, running, wait_for, wait_pods_ready
 
-from datastore.kube import controlplane
 from datastore.kube.controlplane import ControlPlane
 from datastore.testing.certs import CertAuthority
 from datastore.testing.procs import ETCDCTL_BIN, etcdctl
@@ -25,13 +24,9 @@ AGENT_NODES = {"agent-0", "agent-1"}
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    directory = tmp_path_factory.mktemp("kube-static")
     # no kwok nodes: the scheduler can only choose the agent's, whose pods really run
-    plane = up(directory, nodes=0, agent_nodes=2)
-    try:
+    with running(tmp_path_factory.mktemp("kube-static"), nodes=0, agent_nodes=2) as plane:
         yield plane
-    finally:
-        controlplane.down(directory)
 
 
 def members(endpoints: str, *flags: str) -> list[dict] | None:

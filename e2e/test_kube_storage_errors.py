@@ -8,15 +8,12 @@ import signal
 import time
 from pathlib import Path
 
-from kube_util import kubectl, up
-
-from datastore.kube import controlplane
+from kube_util import kubectl, running
 
 
 def _create_without_quorum(directory: Path, backend: str) -> tuple[int, str, float]:
     """Three members, two killed: (kubectl's exit code, its error line, seconds taken)."""
-    cp = up(directory, members=3, backend=backend, nodes=0)
-    try:
+    with running(directory, members=3, backend=backend, nodes=0) as cp:
         kubectl(cp, "create", "configmap", "with-quorum")
         prefix = "ds" if backend == "datastore" else "etcd"
         for name in (f"{prefix}1", f"{prefix}2"):
@@ -29,8 +26,6 @@ def _create_without_quorum(directory: Path, backend: str) -> tuple[int, str, flo
                        if '"Response"' in line and 'verb="POST"' in line), "")
         error = next(line for line in out.stderr.splitlines() if line.startswith("error:"))
         return out.returncode, f"{status}: {error}", took
-    finally:
-        controlplane.down(directory)
 
 
 def test_lost_quorum_is_a_500_like_etcds(tmp_path: Path) -> None:
