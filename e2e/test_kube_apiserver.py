@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hashkv_util import hashes_agree
 from kube_util import kjson, kubectl, metric_values, running, wait_for
 
 from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -316,21 +317,20 @@ def test_storage_leader_killed_under_writes(cluster: tuple[ControlPlane, LeaseSa
 
 
 def _hashes_agree(cp: ControlPlane) -> bool:
-    """HashKV at one revision on every member; an error never counts as agreement."""
+    """HashKV at one revision on every member (hashkv_util's rule: an error never agrees)."""
     rev = 0
-    hashes = set()
+    answers: dict[str, int | BaseException] = {}
     for url in cp.endpoints:
         with grpc.insecure_channel(url.removeprefix("http://")) as ch:
             try:
                 if not rev:
                     rev = rpc_pb2_grpc.KVStub(ch).Range(
                         rpc_pb2.RangeRequest(key=b"/", limit=1), timeout=5).header.revision
-                resp = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(
-                    rpc_pb2.HashKVRequest(revision=rev), timeout=10)
-            except grpc.RpcError:
-                return False
-            hashes.add(resp.hash)
-    return len(hashes) == 1
+                answers[url] = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(
+                    rpc_pb2.HashKVRequest(revision=rev), timeout=10).hash
+            except grpc.RpcError as e:
+                answers[url] = e
+    return hashes_agree(answers)
 
 
 def _storage_leader(cp: ControlPlane) -> str:

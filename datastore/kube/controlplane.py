@@ -148,7 +148,7 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
     if opts.restore_from is not None:
         _check_restore(opts)
     bins = {name: str(refs.binary(name)) for name in (
-        "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
+        "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")}
     stages = refs.asset("kwok", "kwok-stages.yaml")
     extra_bins = {}
     if opts.backend == "etcd":
@@ -279,7 +279,7 @@ def up(opts: Options, log: Callable[[str], None] = print) -> ControlPlane:
     link = d / "bin" / "kubectl"
     link.parent.mkdir(exist_ok=True)
     link.unlink(missing_ok=True)
-    link.symlink_to(refs.binary("kubectl"))
+    link.symlink_to(bins["kubectl"])
     log(f"control plane up in {time.monotonic() - t0:.0f} s; logs in {logs}")
     log(f"next: KUBECONFIG={cp.kubeconfig} kubectl get nodes   (kubectl v1.37.2: {link})")
     return cp
