@@ -138,6 +138,12 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
         progress.done("sent a snapshot")
     except asyncio.CancelledError:
         raise
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a release before streamed snapshots
+            t.snapshots_unsupported(peer_id)
+        else:
+            log.warning("sending a snapshot failed",
+                        extra={"to": f"{peer_id:x}", "index": prep.meta.index, "error": str(e)})
     except Exception as e:  # peer down, restarted, refused the image...
         log.warning("sending a snapshot failed",
                     extra={"to": f"{peer_id:x}", "index": prep.meta.index, "error": str(e)})
