@@ -26,7 +26,7 @@ from release_util import Release, previous_release, use_head
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.raftpb import raft_pb2, raft_pb2_grpc
-from datastore.server.features import RELEASE, format_level, parse_level
+from datastore.server.features import RELEASE, RELEASE_ENV, format_level, parse_level
 from datastore.testing.procs import ServerProc, datastore_proc
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore releases only")
@@ -242,5 +242,29 @@ def test_head_opens_a_previous_release_data_dir(tmp_path: Path, previous: Releas
         assert values(p, b"/k/") == {f"/k/{i:02d}".encode(): f"v{i}".encode() for i in range(20)}
         assert hash_kv(p) == before
         wait_for(lambda: peer_versions(p) == (RELEASE, NEW_LEVEL), 30, "the cluster version")
+    finally:
+        p.stop()
+
+
+def test_older_release_refuses_a_raised_cluster_version(tmp_path: Path) -> None:
+    """A member whose release is below the agreed cluster version does not start: one
+    line in etcd's words, a non-zero exit, no traceback. (0.14 itself predates the check;
+    this checkout plays an older release through the test-only release variable.)"""
+    p = datastore_proc(tmp_path, "one")
+    p.launch().wait_ready(60)
+    try:
+        wait_for(lambda: peer_versions(p) == (RELEASE, NEW_LEVEL), 30, "the cluster version")
+        assert p.stop() == 0
+        p.env[RELEASE_ENV] = "0.14.0"
+        p.launch()
+        assert p.popen is not None and p.popen.wait(60) == 2
+        out = p.log_path.read_text(errors="replace")
+        assert "Traceback" not in out
+        line = next(x for x in out.splitlines() if "invalid downgrade" in x)
+        assert line.startswith("datastore: error: invalid downgrade; server version is lower "
+                               f"than determined cluster version (server version 0.14, "
+                               f"cluster version {NEW_LEVEL}, recorded in the data dir)"), line
+        del p.env[RELEASE_ENV]
+        p.launch().wait_ready(60)  # the right release starts on the same data
     finally:
         p.stop()
