@@ -70,7 +70,7 @@ PROBE_INTERVAL_S = 0.5
 RTT_PROBE_S = 4.0  # etcd's proberInterval (ConnReadTimeout - 1 s)
 RTT_BUCKETS = exponential_buckets(0.0001, 2, 16)
 # A peer that cannot receive streamed snapshots (a release before 0.13) is asked again
-# after this long, or when its stream reconnects (it may have been upgraded); meanwhile
+# after this long, or as soon as it reports a release (it was upgraded); meanwhile
 # one warning per interval says why it stays behind, instead of a transfer per retry.
 SNAPSHOT_UNSUPPORTED_RETRY_S = 30.0
 # The detail of the FAILED_PRECONDITION a removed member's stream gets (etcd: 410 Gone).
@@ -223,7 +223,6 @@ class _Peer:
                 # strict reconfig check counts peers with a healthy stream as started.
                 await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
                 self.active_since = time.monotonic()
-                self.t.no_snapshots_until.pop(self.id, None)  # restarted: maybe upgraded
                 while True:
                     try:
                         first = await asyncio.wait_for(self.queue.get(), PROBE_INTERVAL_S)

@@ -87,6 +87,8 @@ class VersionMonitor:
         for mid, rel in found.items():
             if rel is None:
                 continue
+            if rel and s.transport is not None:  # 0.15+ takes streamed snapshots
+                s.transport.no_snapshots_until.pop(mid, None)  # type: ignore[attr-defined]
             level = parse_level(rel) if rel else BASE_LEVEL
             levels.append(level)
             if level < cv.effective:
