@@ -25,6 +25,7 @@ from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
 from datastore.server.features import (
     BASE_LEVEL,
+    FEATURES,
     Level,
     format_level,
     parse_level,
@@ -97,6 +98,8 @@ class VersionMonitor:
             return None  # someone did not answer: it may be anything
         lowest = min(levels)
         if lowest <= cv.effective:  # never lowered; this member is one of them
+            return None
+        if lowest < FEATURES["cluster_version"]:  # the entry itself is a gated feature
             return None
         req = InternalRaftRequest(cluster_version_set=ClusterVersionSetRequest(
             ver=format_level(lowest)))
