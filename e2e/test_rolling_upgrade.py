@@ -36,6 +36,7 @@ NEW_LEVEL = format_level(parse_level(RELEASE))
 # No write may be refused for longer than an election; the election timeout is 0.5 s, and
 # a loaded 2-core machine takes its time to restart members and fail the client over.
 MAX_REFUSED_S = 10.0
+OLD_MEMBER = "a member runs a release older than the cluster version; upgrade it"
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,13 @@ def test_rolling_upgrade_under_writes(tmp_path: Path, previous: Release) -> None
         restart(m0, None)
         assert peer_versions(m0) == (RELEASE, NEW_LEVEL)
         assert status(m0).version.startswith("3.5.")  # clients still see etcd 3.5's API
+        # Going back now is not supported, and 0.14 cannot know it: the leader says so
+        # (one line per interval) and the cluster version stays where it is.
+        restart(m2, previous)
+        wait_for(lambda: sum(log_count(p, OLD_MEMBER) for p in (m0, m1)) >= 1, 30,
+                 "the leader's warning about the previous-release member")
+        assert all(peer_versions(p) == (RELEASE, NEW_LEVEL) for p in (m0, m1))
+        restart(m2, None)
     finally:
         c.stop()
 
