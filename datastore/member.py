@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grpc
 
+from datastore.api.acceptors import HotAcceptors
 from datastore.api.grpcserver import build_grpc_server
 from datastore.gateway import serve_member
 from datastore.gateway.server import Gateway
@@ -25,6 +26,7 @@ class RunningMember:
         self._transport = transport
         self._grpc_server = grpc_server
         self._http_gateway = http_gateway
+        self.acceptors: HotAcceptors | None = None
 
     async def stop(self) -> None:
         await self._http_gateway.close()
@@ -41,12 +43,15 @@ async def start_member(cfg: Config) -> RunningMember:
     if cfg.initial_corrupt_check:  # before serving anything, as etcd does
         from datastore.server.corrupt import initial_corrupt_check
         await initial_corrupt_check(server, server.request_timeout())
-    grpc_server = build_grpc_server(server)
+    grpc_server, acceptors = build_grpc_server(server)
     transport = PeerTransport(server)
     server.transport = transport  # type: ignore[assignment]
     await transport.start()
     await server.start()
     server.cluster_ops.start()
     await grpc_server.start()
+    acceptors.start()
     http_gateway = await serve_member(server)  # metrics URLs and --listen-client-http-urls
-    return RunningMember(server, transport, grpc_server, http_gateway)
+    member = RunningMember(server, transport, grpc_server, http_gateway)
+    member.acceptors = acceptors  # holds the acceptor tasks
+    return member
