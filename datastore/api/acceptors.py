@@ -68,6 +68,7 @@ class HotAcceptors:
         self._handlers = dict(handlers) if available() else {}
         self._per_method = per_method
         self._tasks: set[asyncio.Task[Any]] = set()  # the acceptors and the calls they started
+        self.accepted = 0  # calls matched by the acceptors (the rest went to grpc's own loop)
         for method, h in self._handlers.items():
             service, name = _split(method)
             srv.add_registered_method_handlers(service, {name: h})
@@ -76,7 +77,13 @@ class HotAcceptors:
     def active(self) -> bool:
         return bool(self._handlers)
 
+    @property
+    def running(self) -> int:
+        """Acceptors and the calls they started, not finished yet."""
+        return len(self._tasks)
+
     def start(self) -> None:
+        """Start the acceptors (on the running loop); they end when the server stops."""
         loop = asyncio.get_running_loop()
         aio = self._srv._server  # the cygrpc.AioServer behind grpc.aio.Server
         resolver = cygrpc._MethodResolver([], self._handlers)
@@ -101,6 +108,7 @@ class HotAcceptors:
                     log.warning("stopped accepting calls beside grpc's own loop",
                                 extra={"method": method, "error": repr(e)})
                 return
+            self.accepted += 1
             coro = handle_rpc(method, resolver, (), state, loop, False)
             self._keep(loop.create_task(schedule(coro, state, loop, method)))
 
