@@ -20,13 +20,13 @@ from datastore.server.transport import PeerTransport
 
 class RunningMember:
     def __init__(self, server: EtcdServer, transport: PeerTransport, grpc_server: grpc.aio.Server,
-                 http_gateway: Gateway) -> None:
+                 http_gateway: Gateway, acceptors: HotAcceptors | None = None) -> None:
         self.server = server
         self.cfg = server.cfg
         self._transport = transport
         self._grpc_server = grpc_server
         self._http_gateway = http_gateway
-        self.acceptors: HotAcceptors | None = None
+        self.acceptors = acceptors  # holds the acceptor tasks (the loop holds tasks weakly)
 
     async def stop(self) -> None:
         await self._http_gateway.close()
@@ -52,6 +52,4 @@ async def start_member(cfg: Config) -> RunningMember:
     await grpc_server.start()
     acceptors.start()
     http_gateway = await serve_member(server)  # metrics URLs and --listen-client-http-urls
-    member = RunningMember(server, transport, grpc_server, http_gateway)
-    member.acceptors = acceptors  # holds the acceptor tasks
-    return member
+    return RunningMember(server, transport, grpc_server, http_gateway, acceptors)

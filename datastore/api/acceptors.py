@@ -3,7 +3,7 @@
 grpcio's aio server accepts calls one at a time: its main loop asks gRPC core for the
 next call and asks again only once that call has been handed to a task of its own, a few
 event-loop turns later (a task per request, then ``asyncio.wait``). Under load those turns,
-not the servicers, bound the rate: a put reached the node loop 3-4 at a time. Here a
+not the servicers, bound the rate: puts reached the node loop 3-9 at a time. Here a
 few acceptor tasks per hot method each keep a request for a call of that method pending
 in core, so a burst of calls is matched in one completion-queue batch; each acceptor
 hands its call to a task and asks for the next one in the same turn.
