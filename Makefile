@@ -11,7 +11,7 @@ proto:           ## regenerate protobuf/gRPC code (commit the result)
 soak:            ## long runs outside CI: raft sim soak, fault soaks, 100 differential seeds
 	$(PY) -m pytest -m slow tests e2e
 	DS_DIFF_NSEEDS=100 $(PY) -m pytest e2e/test_differential.py
-bench:           ## datastore vs real etcd, single member, ratio table
+bench:           ## datastore vs etcd 3.4, etcd 3.6 and kine, single member, ratio table
 	$(PY) scripts/bench_compare.py --out bench-1.md
-bench3:          ## datastore vs real etcd, three members
+bench3:          ## the same with three members (kine stays one process)
 	$(PY) scripts/bench_compare.py --cluster 3 --out bench-3.md

@@ -137,19 +137,25 @@ def test_compare_table_ratios_to_etcd_and_noop() -> None:
     bc = _bench_compare()
     ld = ("put", 16)
 
-    def r(ops: float, p99: float) -> dict:
-        return {ld: {"ops_per_s": ops, "latency_ms": {"p99": p99}, "errors": 0}}
+    def r(ops: float, p99: float, cpu: float | None = 100.0) -> dict:
+        return {ld: {"ops": ops, "ops_per_s": ops, "latency_ms": {"p99": p99}, "errors": 0,
+                     "server_cpu_us_per_op": cpu}}
 
-    kinds = ["etcd", "datastore", "noop", "noop-raw"]
-    table = bc.markdown_table(kinds, [ld], [r(4000, 2), r(1000, 4), r(2000, 1), r(5000, 1)],
-                              kinds)  # type: ignore[attr-defined]
+    kinds = ["etcd", "etcd36", "kine", "datastore", "noop", "noop-raw"]
+    res = [r(4000, 2), r(3000, 2), r(0, 0, None), r(1000, 4, 250.0), r(2000, 1), r(5000, 1)]
+    table = bc.markdown_table(kinds, [ld], res, kinds)  # type: ignore[attr-defined]
     head, _, row = table.splitlines()
     cols = dict(zip([c.strip() for c in head.strip("|").split("|")],
                     [c.strip() for c in row.strip("|").split("|")], strict=True))
     assert cols["noop ops/s"] == "2,000" and cols["noop-raw ops/s"] == "5,000"
     assert cols["ops/s datastore/etcd"] == "0.25" and cols["p99 datastore/etcd"] == "2.00"
+    assert cols["ops/s datastore/etcd36"] == "0.33"
     assert cols["ops/s datastore/noop"] == "0.50"
     assert cols["ops/s datastore/noop-raw"] == "0.20"
+    assert cols["datastore cpu µs/op"] == "250" and cols["etcd cpu µs/op"] == "100"
+    # a target that served nothing (kine refusing a load): n/a, never a ratio or a p99 of 0
+    assert cols["kine p99 ms"] == "n/a" and cols["kine cpu µs/op"] == "n/a"
+    assert cols["ops/s datastore/kine"] == "n/a"
 
 
 def test_compare_cli_noop_only(tmp_path: Path) -> None:
@@ -161,7 +167,9 @@ def test_compare_cli_noop_only(tmp_path: Path) -> None:
     assert rc == 0
     text = out.read_text()
     assert "ops/s noop-raw/noop" in text and "| put | 4 |" in text
-    assert "server cpu µs/op noop/noop-raw" in text and "n/a/n/a" not in text
+    assert "noop cpu µs/op" in text and "noop-raw cpu µs/op" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| put | 4 |"))
+    assert "n/a" not in row  # both served: a rate, a p99 and a CPU per request each
 
 
 def test_bench_core_writes_through_the_member_without_grpc(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from datastore.api.acceptors import per_call
 from datastore.api.decodeguard import guarded
 from datastore.api.grpcmetrics import GrpcMetrics
 from datastore.api.learner import learner_handler
@@ -66,6 +67,11 @@ class MethodTable(grpc.GenericRpcHandler):
             self._normal = {m: metrics.instrument(m, h) for m, h in self._normal.items()}
             self._learner = {m: metrics.instrument(m, h) for m, h in self._learner.items()}
         self._is_learner = is_learner
+
+    def per_call(self, method: str) -> grpc.RpcMethodHandler:
+        """``method``'s handler choosing the role per call, for a method served outside
+        ``service`` (registered with grpc by name, see api/acceptors.py)."""
+        return per_call(self._normal[method], self._learner[method], self._is_learner)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         table = self._learner if self._is_learner() else self._normal

@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from datastore.api.acceptors import HOT_METHODS, HotAcceptors
 from datastore.api.auth import AuthService
 from datastore.api.cluster import ClusterService
 from datastore.api.dispatch import HandlerCollector, MethodTable
@@ -35,7 +36,8 @@ def listen_address(url: str) -> str:
     return p.netloc
 
 
-def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
+def build_grpc_server(server: EtcdServer) -> tuple[grpc.aio.Server, HotAcceptors]:
+    """The server (not started) and its acceptors for the hot methods, to start after it."""
     cfg = server.cfg
     srv = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
@@ -67,8 +69,9 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     # Undecodable requests refused as etcd does, and the learner gate, in one method table.
     # --client-crl-file applies to https client URLs only (plain ones present no certificate).
     crl = RevocationList(cfg.client_tls.crl_file) if cfg.client_tls.crl_file else None
-    srv.add_generic_rpc_handlers((MethodTable(collected.handlers, lambda: is_learner(server),
-                                              server.grpc_metrics, crl),))
+    table = MethodTable(collected.handlers, lambda: is_learner(server), server.grpc_metrics, crl)
+    srv.add_generic_rpc_handlers((table,))
+    acceptors = HotAcceptors(srv, {m: table.per_call(m) for m in HOT_METHODS})
     for url in cfg.listen_client_urls:
         try:
             if is_secure(url):  # prepare_tls made sure the certificate and key exist
@@ -78,4 +81,4 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         except RuntimeError:  # gRPC's "Failed to bind": say it as etcd's net.Listen does
             raise OSError(f"listen tcp {listen_address(url)}: bind: address already in use "
                           "or not an address of this host") from None
-    return srv
+    return srv, acceptors

@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+import grpc
+
 from datastore.api.etcdserverpb import rpc_pb2
 from datastore.bench.base import WorkerBase
 from datastore.bench.wire import PUT, RANGE, TXN, prefix_end
@@ -97,7 +99,12 @@ class UnaryLoadMixin(WorkerBase):
         kg = self.keys
         call = self.channels[0].unary_unary(RANGE, response_deserializer=rpc_pb2.RangeResponse.FromString)
         req = rpc_pb2.RangeRequest(key=kg.prefix, range_end=prefix_end(kg.prefix), keys_only=True)
-        resp = await call(req.SerializeToString(), timeout=max(self.cfg.timeout, 30.0))
+        timeout = max(self.cfg.timeout, 30.0)
+        try:
+            resp = await call(req.SerializeToString(), timeout=timeout)
+        except grpc.aio.AioRpcError:  # kine refuses keys_only: read the values too
+            req.keys_only = False
+            resp = await call(req.SerializeToString(), timeout=timeout)
         plen, n = len(kg.prefix), 0
         for kv in resp.kvs:
             rest = kv.key[plen:]
