@@ -45,7 +45,7 @@ from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
 from datastore.server.crl import CheckedRegistrar, RevocationList
-from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
+from datastore.server.snapshot_stream import SnapshotStats, receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
 if TYPE_CHECKING:
@@ -339,6 +339,7 @@ class PeerTransport:
         self.sent_failures: dict[int, int] = {}
         self.disconnects: dict[int, int] = {}
         self.rtt: dict[int, Histogram] = {}
+        self.snapshots = SnapshotStats()
         self._last_heartbeat: dict[int, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
