@@ -72,10 +72,9 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             console = Console(file=self.out, force_terminal=True)
-            cols = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
-            if self.total is not None:
-                cols += [BarColumn(), TaskProgressColumn()]
-            cols += [TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
+            # the bar pulses until a total is known; the percentage shows only then
+            cols = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                    TaskProgressColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
             live = RichProgress(*cols, console=console, transient=True)
             self._task = live.add_task(self.description, total=self.total, detail="")
             live.start()
