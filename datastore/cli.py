@@ -79,7 +79,7 @@ def _restore(ns: argparse.Namespace) -> int:
     from datastore.server.restore import restore_snapshot
     from datastore.util.progress import Progress
 
-    with Progress("restoring", mode=ns.progress) as progress:
+    with Progress("restoring", mode=ns.progress, interval=ns.progress_interval) as progress:
         done = restore_snapshot(ns.file, config_from_args(ns), skip_hash_check=ns.skip_hash_check,
                                 progress=progress)
         progress.summary(done.summary())
@@ -112,6 +112,8 @@ def _main(argv: list[str] | None = None) -> int:
     restore.add_argument("--progress", choices=("auto", "tty", "lines", "none"), default="auto",
                          help="progress on stderr: live if stderr is a terminal, else a line "
                               "every few seconds (default auto); the summary line is always printed")
+    restore.add_argument("--progress-interval", type=float, default=5.0,
+                         help="seconds between progress lines when stderr is not a terminal")
     add_serve_arguments(restore)
     bench = sub.add_parser("bench", help="load generator speaking the etcd API")
     try:

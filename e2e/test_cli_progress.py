@@ -97,6 +97,13 @@ def snapshot(member: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return snap
 
 
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run with stdout and stderr on pipes; decoded without newline translation (text
+    mode would turn a CR into a newline and hide it)."""
+    r = subprocess.run(argv, capture_output=True, timeout=120, cwd=ROOT)
+    return subprocess.CompletedProcess(argv, r.returncode, r.stdout.decode(), r.stderr.decode())
+
+
 def restore_argv(snap: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "datastore", "snapshot", "restore", str(snap),
             "--data-dir", str(data), *extra]
@@ -117,17 +124,17 @@ def test_restore_on_a_terminal(snapshot: Path, tmp_path: Path) -> None:
 
 
 def test_restore_without_a_terminal(snapshot: Path, tmp_path: Path) -> None:
-    r = subprocess.run(restore_argv(snapshot, tmp_path / "data"), capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+    r = run(restore_argv(snapshot, tmp_path / "data"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # nothing but data ever goes to stdout, and restore has none
     assert not CONTROL.search(r.stderr), repr(r.stderr)
     lines = r.stderr.splitlines()
     assert RESTORED.fullmatch(lines[-1]), lines  # the last line says what it did
-    # --progress lines: a line a phase at the start or every few seconds, no control characters
-    r = subprocess.run(restore_argv(snapshot, tmp_path / "data2", "--progress", "lines"),
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    # progress lines (here every 1 ms, so there are some): plain text, no control characters
+    r = run(restore_argv(snapshot, tmp_path / "data2", "--progress-interval", "0.001"))
     assert r.returncode == 0 and not CONTROL.search(r.stderr), repr(r.stderr)
+    assert re.search(r"^\[restoring\] \d+% [\d,]+ key revisions \([\d.]+ s\)$", r.stderr,
+                     re.MULTILINE), r.stderr
     assert RESTORED.fullmatch(r.stderr.splitlines()[-1])
 
 
@@ -148,15 +155,14 @@ def test_bench_on_a_terminal(member: ServerProc) -> None:
 
 
 def test_bench_without_a_terminal(member: ServerProc) -> None:
-    r = subprocess.run(bench_argv(member, "--total", "300", "--json"), capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    r = run(bench_argv(member, "--total", "600", "--json", "--progress-interval", "0.05"))
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["ops"] == 300  # stdout is the data, only
+    assert json.loads(r.stdout)["ops"] == 600  # stdout is the data, only
     assert not CONTROL.search(r.stdout + r.stderr), repr(r.stderr)
+    assert re.search(r"^\[put\] \d+% [\d,]+ ops", r.stderr, re.MULTILINE), r.stderr  # progress lines
     last = r.stderr.splitlines()[-1]
-    assert BENCH.fullmatch(last) and last.startswith("put: 300 requests"), r.stderr
-    r = subprocess.run(bench_argv(member, "--total", "100", "--json", "-q"), capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    assert BENCH.fullmatch(last) and last.startswith("put: 600 requests"), r.stderr
+    r = run(bench_argv(member, "--total", "100", "--json", "-q"))
     assert r.returncode == 0 and r.stderr == "", r.stderr  # -q: not even the summary line
 
 
