@@ -79,10 +79,14 @@ def _restore(ns: argparse.Namespace) -> int:
     from datastore.server.restore import restore_snapshot
     from datastore.util.progress import Progress
 
-    with Progress("restoring", mode=ns.progress, interval=ns.progress_interval) as progress:
-        done = restore_snapshot(ns.file, config_from_args(ns), skip_hash_check=ns.skip_hash_check,
-                                progress=progress)
-        progress.summary(done.summary())
+    try:
+        with Progress("restoring", mode=ns.progress, interval=ns.progress_interval) as progress:
+            done = restore_snapshot(ns.file, config_from_args(ns),
+                                    skip_hash_check=ns.skip_hash_check, progress=progress)
+            progress.summary(done.summary())
+    except KeyboardInterrupt:  # the restore removed what it had written
+        print("datastore: interrupted; nothing was restored", file=sys.stderr)
+        return 130
     return 0
 
 
