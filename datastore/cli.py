@@ -83,7 +83,29 @@ def version_text() -> str:
             f"Python Version: {sys.version.split()[0]}")
 
 
+def _restore(ns: argparse.Namespace) -> int:
+    from datastore.server.restore import restore_snapshot
+    from datastore.util.progress import Progress
+
+    try:
+        with Progress("restoring", mode=ns.progress, interval=ns.progress_interval) as progress:
+            done = restore_snapshot(ns.file, config_from_args(ns),
+                                    skip_hash_check=ns.skip_hash_check, progress=progress)
+            progress.summary(done.summary())
+    except KeyboardInterrupt:  # the restore removed what it had written
+        print("datastore: interrupted; nothing was restored", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``datastore`` command; a reader that goes away (``| head``) ends it quietly."""
+    from datastore.util.progress import run_quietly
+
+    return run_quietly(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     from datastore.logsetup import setup_logging
 
     argv = sys.argv[1:] if argv is None else argv
@@ -102,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("file")
     restore.add_argument("--skip-hash-check", action="store_true",
                          help="restore a db file copied from a data dir (it has no trailing hash)")
+    restore.add_argument("--progress", choices=("auto", "tty", "lines", "none"), default="auto",
+                         help="progress on stderr: live if stderr is a terminal, else a line "
+                              "every few seconds (default auto); the summary line is always printed")
+    restore.add_argument("--progress-interval", type=float, default=5.0,
+                         help="seconds between progress lines when stderr is not a terminal")
     add_serve_arguments(restore)
     bench = sub.add_parser("bench", help="load generator speaking the etcd API")
     try:
@@ -145,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             from datastore.proxy.cli import run_tcp_gateway
             return asyncio.run(run_tcp_gateway(ns))
         if ns.cmd == "snapshot":
-            from datastore.server.restore import restore_snapshot
-            restore_snapshot(ns.file, config_from_args(ns), skip_hash_check=ns.skip_hash_check)
-            return 0
+            return _restore(ns)
         return asyncio.run(_serve(ns))
     except (ValueError, OSError) as e:
         print(f"datastore: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -9,6 +10,18 @@ import pytest
 from e2e_util import PairFactory, ServerFactory, make_proc
 
 from datastore.testing.procs import ServerProc
+
+
+@pytest.fixture
+def started() -> Iterator[list[ServerProc]]:
+    """Members a test starts itself (append them); each gets SIGTERM at teardown, all at
+    once, then up to 5 s to exit."""
+    procs: list[ServerProc] = []
+    yield procs
+    for p in procs:
+        p.signal(signal.SIGTERM)
+    for p in procs:
+        p.stop(timeout=5.0)
 
 
 @pytest.fixture

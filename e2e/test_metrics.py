@@ -7,10 +7,8 @@ Real etcd 3.4 is the oracle for names, types and label names; ``promtool check m
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +16,7 @@ import pytest
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
-from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, free_port
+from datastore.testing.procs import ETCDCTL_BIN, ServerProc, datastore_proc, etcd_proc, etcdctl, free_port
 from e2e.metrics_util import (
     families,
     finding_names,
@@ -39,20 +37,9 @@ NOT_EXPORTED_PREFIXES = ("go_", "promhttp_", "etcd_debugging_store_", "etcd_grpc
                          "etcd_snap_", "etcd_debugging_mvcc_db_compaction_",
                          "etcd_debugging_mvcc_index_compaction_", "etcd_mvcc_hash_",
                          "etcd_debugging_auth_", "etcd_server_health_", "etcd_server_go_version",
-                         "etcd_server_learner_promote_", "etcd_server_slow_read_indexes",
+                         "etcd_server_learner_promote_",
                          "etcd_debugging_mvcc_db_total_size", "etcd_debugging_mvcc_pending_events",
-                         "etcd_disk_wal_write_bytes", "etcd_mvcc_db_open_read_transactions",
-                         "etcd_server_client_requests")
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[ServerProc]]:
-    procs: list[ServerProc] = []
-    yield procs
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    for p in procs:
-        p.stop(timeout=5.0)
+                         "etcd_disk_wal_write_bytes", "etcd_mvcc_db_open_read_transactions")
 
 
 def member(tmp_path: Path, started: list[ServerProc], *extra: str, kind: str = "datastore",
@@ -148,6 +135,29 @@ def test_counters_match_a_known_load(tmp_path: Path, started: list[ServerProc]) 
     assert value(during, "etcd_debugging_mvcc_watch_stream_total") == 1
     assert value(during, "etcd_debugging_mvcc_watcher_total") == 1
     assert value(during, "etcd_debugging_lease_granted_total") == 1
+
+
+@pytest.mark.skipif(not Path(ETCDCTL_BIN).exists(), reason="etcdctl not installed")
+def test_client_requests_by_api_version(tmp_path: Path, started: list[ServerProc]) -> None:
+    """etcd's interceptors count each call as unary or stream, by the client-api-version
+    metadata etcd's clients send ("unknown" without it)."""
+    p, base = member(tmp_path, started)
+    name = "etcd_server_client_requests_total"
+    unknown_before = value(scrape(base), name, type="unary", client_api_version="unknown")  # start-up probes
+    with p.channel() as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        for i in range(3):
+            kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v"), timeout=10)
+        for _ in range(2):
+            kv.Range(pb.RangeRequest(key=b"k0"), timeout=10, metadata=(("client-api-version", "3.6"),))
+        open_streams(ch).close()  # a LeaseGrant, then a Watch and a LeaseKeepAlive stream
+    etcdctl(p.endpoint, "put", "ctl", "1")
+    text = scrape(base)
+    assert value(text, name, type="unary", client_api_version="unknown") == unknown_before + 4
+    assert value(text, name, type="stream", client_api_version="unknown") == 2
+    assert value(text, name, type="unary", client_api_version="3.6") == 2
+    assert value(text, name, type="unary", client_api_version="3.4") == 1  # one Put (as etcd 3.6 counts it)
+    assert families(text)["etcd_server_client_requests"][0] == "counter"
 
 
 def test_basic_has_no_handling_histogram(tmp_path: Path, started: list[ServerProc]) -> None:

@@ -10,10 +10,8 @@ Go's http.Error adds) on failure, ``ok`` (after the lines with ``?verbose``) on 
 from __future__ import annotations
 
 import json
-import signal
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -38,16 +36,6 @@ def get(base: str, path: str, method: str = "GET") -> tuple[int, str, dict[str, 
 def status_body(base: str, path: str) -> tuple[int, str]:
     code, body, _ = get(base, path)
     return code, body
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[ServerProc]]:
-    procs: list[ServerProc] = []
-    yield procs
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    for p in procs:
-        p.stop(timeout=3.0)
 
 
 def with_metrics(tmp_path: Path, started: list[ServerProc], *extra: str,

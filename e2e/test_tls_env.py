@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,6 @@ import pytest
 from datastore.cli import main
 from datastore.server.config import add_serve_arguments, apply_env
 from datastore.testing.procs import ETCD_BIN, ServerProc, datastore_proc, etcd_proc, etcdctl, free_port
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServerProc]]:
-    procs: list[ServerProc] = []
-    yield procs
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    for p in procs:
-        p.stop(timeout=3.0)
 
 
 def env_only(kind: str, base: Path, prefix: str = "ETCD") -> ServerProc:

@@ -67,6 +67,9 @@ class MethodTable(grpc.GenericRpcHandler):
             self._normal = {m: metrics.instrument(m, h) for m, h in self._normal.items()}
             self._learner = {m: metrics.instrument(m, h) for m, h in self._learner.items()}
         self._is_learner = is_learner
+        self._metrics = metrics
+        self._kinds = {m: "stream" if h.request_streaming or h.response_streaming else "unary"
+                       for m, h in handlers.items()}
 
     def per_call(self, method: str) -> grpc.RpcMethodHandler:
         """``method``'s handler choosing the role per call, for a method served outside
@@ -75,4 +78,7 @@ class MethodTable(grpc.GenericRpcHandler):
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         table = self._learner if self._is_learner() else self._normal
-        return table.get(details.method)
+        h = table.get(details.method)
+        if h is not None and self._metrics is not None:
+            self._metrics.client_request(self._kinds[details.method], details.invocation_metadata)
+        return h

@@ -6,7 +6,10 @@
 (``etcdserverpb.KV``) and ``grpc_method`` (``Put``); with ``--metrics extensive`` also
 the ``grpc_server_handling_seconds`` histogram. Like etcd's ``InitializeMetrics`` every
 method's series exist from the start, at zero, for every code. Plus etcd's codec
-counters, ``etcd_network_client_grpc_{received,sent}_bytes_total``.
+counters, ``etcd_network_client_grpc_{received,sent}_bytes_total``, and
+``etcd_server_client_requests_total{type,client_api_version}`` (etcd's interceptors count
+each call, ``unary`` or ``stream``, by the ``client-api-version`` metadata its clients send,
+``unknown`` without it).
 
 Each handler of the method table is wrapped once (:func:`instrumented`); a call adds to
 plain ints in its method's :class:`MethodStats`, and :class:`GrpcMetrics` (a collector)
@@ -76,12 +79,34 @@ class MethodStats:
         return self.ok + sum(self.codes.values())
 
 
+CLIENT_API_VERSION_KEY = "client-api-version"  # what etcd's clientv3 sends ("3.6")
+# Client-chosen label values: past this many, new ones count as "unknown" (memory stays flat).
+MAX_CLIENT_API_VERSIONS = 64
+
+
 class GrpcMetrics(Collector):
     def __init__(self, extensive: bool) -> None:
         self.extensive = extensive
         self.methods: dict[str, MethodStats] = {}
         self.received_bytes = 0
         self.sent_bytes = 0
+        # etcd_server_client_requests_total: (type, client_api_version) -> calls
+        self.client_requests: dict[tuple[str, str], int] = {}
+
+    def client_request(self, kind: str, metadata: Any) -> None:
+        """Count one call (``kind`` "unary" or "stream") by the client's API version."""
+        ver = "unknown"
+        for k, v in metadata or ():
+            if k == CLIENT_API_VERSION_KEY:
+                ver = v if isinstance(v, str) else "unknown"
+                break
+        key = (kind, ver)
+        counts = self.client_requests
+        n = counts.get(key)
+        if n is None and len(counts) >= MAX_CLIENT_API_VERSIONS:
+            key = (kind, "unknown")
+            n = counts.get(key)
+        counts[key] = (n or 0) + 1
 
     def instrument(self, full_method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         stats = self.methods.get(full_method)
@@ -121,6 +146,12 @@ class GrpcMetrics(Collector):
                 "Histogram of response latency (seconds) of gRPC that had been "
                 "application-level handled by the server.",
                 labels, (([s.type, s.service, s.method], s.hist) for s in stats if s.hist))
+        requests = CounterMetricFamily("etcd_server_client_requests_total",
+                                       "The total number of client requests per client version.",
+                                       labels=["type", "client_api_version"])
+        for (kind, ver), n in sorted(self.client_requests.items()):
+            requests.add_metric([kind, ver], n)
+        yield requests
         yield CounterMetricFamily("etcd_network_client_grpc_received_bytes_total",
                                   "The total number of bytes received from grpc clients.",
                                   value=self.received_bytes)

@@ -21,12 +21,14 @@ from datastore.bbolt.layout import (
     BUCKET_HEADER,
     BUCKET_LEAF_FLAG,
     CHECKSUM,
+    FREELIST_PAGE,
     LEAF_ELEMENT,
     LEAF_PAGE,
     MAGIC,
     MAX_PAGE_SIZE,
     META,
     MIN_PAGE_SIZE,
+    NO_FREELIST,
     PAGE_HEADER,
     VERSION,
     BoltError,
@@ -77,6 +79,25 @@ class BoltReader:
             os.close(self.fd)
             raise
         self._buckets: list[tuple[bytes, bytes]] | None = None
+        self.pages_read = 0  # leaf and branch pages (with overflow) read so far: progress
+
+    def pages_to_read(self) -> int:
+        """About how many pages reading every bucket visits (``pages_read`` ends near it):
+        the pages below the high-water mark but the two meta pages, the free ones and the
+        freelist's own, as its page says (the whole file if it has no stored freelist)."""
+        m = self.meta
+        total = m.hwm - 2
+        if m.freelist == NO_FREELIST or not 2 <= m.freelist < m.hwm:
+            return total
+        head = os.pread(self.fd, PAGE_HEADER.size + 8, m.freelist * m.page_size)
+        if len(head) != PAGE_HEADER.size + 8:
+            return total
+        _, flags, count, overflow = PAGE_HEADER.unpack_from(head)
+        if flags != FREELIST_PAGE:
+            return total
+        if count == 0xFFFF:  # bbolt's marker: the real count is the first element
+            count = int.from_bytes(head[PAGE_HEADER.size:], "little")
+        return max(1, total - count - overflow - 1)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -151,6 +172,7 @@ class BoltReader:
         buf = os.pread(self.fd, span, pgid * m.page_size)
         if len(buf) != span:
             raise BoltError(f"page {pgid} ({path}): truncated")
+        self.pages_read += overflow + 1
         return flags, count, buf
 
     # ---- elements -----------------------------------------------------------------------

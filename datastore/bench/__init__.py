@@ -15,6 +15,7 @@ import sys
 
 from datastore.bench.core import WORKLOADS, BenchConfig, format_summary, run_bench
 from datastore.bench.hist import Histogram
+from datastore.bench.report import summary_line
 
 __all__ = [
     "WORKLOADS", "BenchConfig", "Histogram", "add_arguments", "config_from_args",
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
     else:
-        print(format_summary(summary))
+        print(format_summary(summary), flush=True)
+    if cfg.progress != "none":
+        print(summary_line(summary), file=sys.stderr, flush=True)
     return 0 if summary["ops"] > 0 else 1

@@ -10,32 +10,36 @@ from typing import Any
 
 from datastore.bench.config import BenchConfig
 from datastore.bench.hist import Histogram
+from datastore.util.progress import Progress as UtilProgress
 
 
 class Progress:
-    """A progress bar on a tty, periodic one-line progress otherwise, or nothing."""
+    """The load's progress on stderr (``datastore.util.progress``): a live bar on a
+    terminal, a line every ``progress_interval`` seconds otherwise, or nothing."""
 
     def __init__(self, cfg: BenchConfig, stream: Any = None) -> None:
         self.cfg = cfg
         self.out = stream if stream is not None else sys.stderr
-        mode = cfg.progress
-        if mode == "auto":
-            mode = "tty" if getattr(self.out, "isatty", lambda: False)() else "lines"
-        self.mode = mode
+        mode = {"off": "none"}.get(cfg.progress, cfg.progress)
+        self.shown = UtilProgress(cfg.workload, 100.0, stream=self.out, mode=mode,
+                                  interval=cfg.progress_interval)
+        self.mode = self.shown.mode
         self.t0 = time.monotonic()
         self.last_line = self.t0
-        self.last_ops = 0
-        self.drawn = False
+        self.started = False
 
     @property
     def interval(self) -> float:
+        """How often the load loop reports: often on a terminal, else at most every second."""
         return 0.25 if self.mode == "tty" else min(1.0, self.cfg.progress_interval)
 
     def update(self, ops: int, errors: int) -> None:
-        if self.mode in ("none", "off"):
+        if self.mode == "none":
             return
-        now = time.monotonic()
-        el = now - self.t0
+        if not self.started:  # the display starts with the load (after pre-population)
+            self.started = True
+            self.shown.begin(self.t0)
+        el = time.monotonic() - self.t0
         cfg = self.cfg
         if cfg.total is not None:
             frac = ops / cfg.total if cfg.total else 1.0
@@ -46,25 +50,25 @@ class Progress:
             frac = el / span if span else 0.0
         frac = max(0.0, min(1.0, frac))
         rate = ops / el if el > 0 else 0.0
-        if self.mode == "tty":
-            width = 30
-            fill = int(frac * width)
-            bar = "#" * fill + "-" * (width - fill)
-            self.out.write(f"\r{cfg.workload} [{bar}] {frac * 100:5.1f}% {ops} ops "
-                           f"{rate:,.0f}/s err {errors} {el:5.1f}s ")
-            self.out.flush()
-            self.drawn = True
-        elif now - self.last_line >= cfg.progress_interval:
-            recent = (ops - self.last_ops) / (now - self.last_line)
-            self.out.write(f"[bench {cfg.workload}] {el:.1f}s {frac * 100:.0f}% ops={ops} "
-                           f"avg={rate:.0f}/s last={recent:.0f}/s errors={errors}\n")
-            self.out.flush()
-            self.last_line, self.last_ops = now, ops
+        unit = "events" if cfg.workload == "watch" else "ops"
+        self.shown.update(frac * 100, f"{ops:,} {unit}  {rate:,.0f}/s  errors {errors:,}")
 
     def done(self) -> None:
-        if self.drawn:
-            self.out.write("\n")
-            self.out.flush()
+        self.shown.close()
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """One line, what the run did: the command's last line, on stderr (stdout has the
+    summary, or with ``--json`` the data)."""
+    where = ",".join(s["endpoints"])
+    if s["workload"] == "watch":
+        w = s["watch"]
+        return (f"watch: {w['events']:,} of {w['events_expected']:,} events to {w['watchers']} "
+                f"watchers from {w['writes']:,} writes to {where} in {s['elapsed_s']:.1f} s "
+                f"({w['events_per_s']:,.0f} events/s, {s['errors']:,} errors)")
+    return (f"{s['workload']}: {s['ops']:,} requests to {where} in {s['elapsed_s']:.1f} s "
+            f"({s['ops_per_s']:,.0f}/s, p99 {s['latency_ms']['p99']:.1f} ms, "
+            f"{s['errors']:,} errors)")
 
 
 def merge_results(cfg: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 # prometheus.DefBuckets (client_golang): go-grpc-prometheus's handling-time buckets
 DEF_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -71,3 +72,20 @@ def family(name: str, doc: str, labels: Sequence[str],
     for values, h in series:
         fam.add_metric(list(values), h.cumulative(), h.sum)
     return fam
+
+
+class BareCounter(Metric):
+    """A counter named without ``_total``, as etcd has a few
+    (``etcd_network_snapshot_send_success``): client_golang exports such a name as it
+    is, where prometheus_client would add the suffix. The member's exposition
+    (``registry.Exposition``) writes its ``# TYPE`` line with the name unchanged."""
+
+    bare = True
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        super().__init__(name, doc, "counter")
+        self._label_names = tuple(labels)
+
+    def add_metric(self, values: Sequence[str], value: float) -> None:
+        self.samples.append(Sample(self.name, dict(zip(self._label_names, values, strict=True)),
+                                   value))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from datastore.metrics.hist import family
+from datastore.metrics.hist import BareCounter, family
 from datastore.server.config import CLUSTER_VERSION, VERSION
 from datastore.server.features import release
 
@@ -89,6 +89,9 @@ class MemberCollector(Collector):
                        st.proposals_failed)
         yield _counter("etcd_server_read_indexes_failed_total",
                        "The total number of failed read indexes seen.", st.read_indexes_failed)
+        yield _counter("etcd_server_slow_read_indexes_total",
+                       "The total number of pending read indexes not in sync with leader's or "
+                       "timed out read index requests.", st.slow_read_indexes)
         yield _counter("etcd_server_slow_apply_total",
                        "The total number of slow apply requests (likely overloaded from slow disk).",
                        st.slow_applies)
@@ -206,3 +209,28 @@ class MemberCollector(Collector):
         for peer_id, n in sorted(t.disconnects.items()):
             lost.add_metric([local, f"{peer_id:x}"], n)
         yield lost
+        yield from self._snapshots(t)
+
+    @staticmethod
+    def _snapshots(t: PeerTransport) -> Iterator[Metric]:
+        """etcd's peer snapshot transfer families (counters without ``_total``, as etcd's)."""
+        snap = t.snapshots
+        for name, doc, label, counts in (
+                ("etcd_network_snapshot_send_success", "Total number of successful snapshot sends",
+                 "To", snap.sent),
+                ("etcd_network_snapshot_send_failures", "Total number of snapshot send failures",
+                 "To", snap.send_failures),
+                ("etcd_network_snapshot_receive_success",
+                 "Total number of successful snapshot receives", "From", snap.received),
+                ("etcd_network_snapshot_receive_failures",
+                 "Total number of snapshot receive failures", "From", snap.receive_failures)):
+            c = BareCounter(name, doc, [label])
+            for peer, n in sorted(counts.items()):
+                c.add_metric([peer], n)
+            yield c
+        yield family("etcd_network_snapshot_send_total_duration_seconds",
+                     "Total latency distributions of v3 snapshot sends", ["To"],
+                     (([peer], h) for peer, h in sorted(snap.send_seconds.items())))
+        yield family("etcd_network_snapshot_receive_total_duration_seconds",
+                     "Total latency distributions of v3 snapshot receives", ["From"],
+                     (([peer], h) for peer, h in sorted(snap.receive_seconds.items())))

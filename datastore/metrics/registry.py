@@ -53,8 +53,9 @@ class Exposition:
     them), which made a scrape cost ~12 ms of the event loop. A member's series rarely
     change, so their rendered names are kept (by name and label values) and only the
     values are formatted. The output is byte-for-byte ``generate_latest``'s (a unit test
-    holds it to that); a family of another type, or with OpenMetrics-only or timestamped
-    samples, is left to ``generate_latest`` itself.
+    holds it to that), except that a ``hist.BareCounter`` keeps its name without
+    ``_total`` on its ``# TYPE`` line, as etcd's page has it; a family of another type,
+    or with OpenMetrics-only or timestamped samples, is left to ``generate_latest`` itself.
     """
 
     def __init__(self, reg: CollectorRegistry) -> None:
@@ -83,7 +84,7 @@ class Exposition:
                     for s in metric.samples):
                 out.append(generate_latest(_Families([metric])).decode())
                 continue
-            if typ == "counter":
+            if typ == "counter" and not getattr(metric, "bare", False):
                 name += "_total"
             doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
             out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")

@@ -320,7 +320,7 @@ class EtcdServer:
         while reads and reads[0][0] <= now:
             read = reads.popleft()[1]
             if not read.done():
-                self.stats.read_indexes_failed += 1
+                self.stats.slow_read_indexes += 1  # etcd counts its read timeout as slow
                 read.set_exception(errors.ErrTimeout())
 
     def request_timeout(self) -> float:
@@ -443,8 +443,10 @@ class EtcdServer:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
             waiters = self._reads_inflight.pop(rs.request_ctx, None)
-            if waiters:
+            if waiters and not all(w.done() for w in waiters):
                 self._reads_ready.append((rs.index, waiters))
+            else:  # an answer to a round whose reads timed out or were sent again
+                self.stats.slow_read_indexes += 1
         self._release_reads()
 
     def _save_synced(self, hard_state: HardState | None, entries: tuple, snapshot: object) -> None:
@@ -510,6 +512,8 @@ class EtcdServer:
         if lead and lead != self.leader_id:
             self.lead_elected_at = time.monotonic()
             self.stats.leader_changes += 1
+        if lead != self.leader_id and self._reads_inflight:
+            self._resend_reads()
         self.leader_id = lead
         self.is_leader = state == StateType.StateLeader
         if self.is_leader and not was_leader:
@@ -520,6 +524,17 @@ class EtcdServer:
         elif was_leader and not self.is_leader:
             log.info("lost leadership", extra={"leader": f"{lead:x}"})
             self.lessor.demote()
+
+    def _resend_reads(self) -> None:
+        """The leader changed: rounds asked of the old one may never be answered. etcd
+        fails their reads with "leader changed" (counted in read_indexes_failed); here
+        they are counted the same way and join the next round, so they are answered by
+        the new leader instead of waiting out the request timeout."""
+        rounds, self._reads_inflight = self._reads_inflight, {}
+        self.stats.read_indexes_failed += len(rounds)
+        live = [w for waiters in rounds.values() for w in waiters if not w.done()]
+        self._reads_waiting = live + self._reads_waiting
+        self._wake.set()
 
     # ---- leases: expiry and checkpoints, decided by the leader through the log ------------
     async def _lease_loop(self) -> None:

@@ -17,6 +17,8 @@ import logging
 import shutil
 import tarfile
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,15 +27,40 @@ from datastore.server.cluster_ops import META_INSTALLED_SNAPSHOT
 from datastore.server.config import Config
 from datastore.server.membership import META_CLUSTER_ID, META_LOCAL_ID
 from datastore.snapshot import framing
-from datastore.snapshot.etcd_import import import_etcd_db
+from datastore.snapshot.etcd_import import ImportStats, import_etcd_db
 from datastore.storage.backend import Backend
+from datastore.util.progress import Progress, human_bytes
 
 log = logging.getLogger("datastore.snapshot")
 
 PARTIAL = "state.restoring"  # the state being built; renamed to ``state`` when complete
 
 
-def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False) -> None:
+@dataclass(frozen=True)
+class Restored:
+    """What a restore did, for its summary line."""
+
+    src: Path
+    data_dir: Path
+    seconds: float
+    stats: ImportStats | None  # None: an older datastore tar snapshot (not counted)
+
+    def summary(self) -> str:
+        where = f"from {self.src} into {self.data_dir} in {self.seconds:.1f} s"
+        st = self.stats
+        if st is None:
+            return f"restored a datastore tar snapshot {where}"
+        extra = "".join(f", {n:,} {what}{'' if n == 1 else 's'}" for n, what in (
+            (st.leases, "lease"), (st.users, "user"), (st.roles, "role")) if n)
+        return (f"restored {st.revisions:,} key revisions{extra} (revision "
+                f"{st.current_revision:,}) {where}")
+
+
+def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
+                     progress: Progress | None = None) -> Restored:
+    """Restore ``file`` into ``cfg``'s data dir; ``progress`` (if given) is told about the
+    hash check and the import as they go."""
+    t0 = time.monotonic()
     src = Path(file)
     data = Path(cfg.resolved_data_dir)
     try:
@@ -43,14 +70,20 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False) -> N
         raise ValueError(f"data-dir {str(data)!r} not empty or could not be read ({e})") from None
     if not src.is_file():
         raise ValueError(f"open {file}: no such file (the snapshot to restore)")
-    db_size = framing.verify(src, skip_hash_check)
+    on_bytes = None
+    if progress is not None:
+        def on_bytes(done: int, total: int) -> None:
+            progress.update(done, f"{human_bytes(done)} of {human_bytes(total)}", total=total,
+                            description="checking the snapshot's hash")
+    db_size = framing.verify(src, skip_hash_check, on_bytes)
     created = not data.exists()
     data.mkdir(parents=True, exist_ok=True)
+    stats = None
     try:
         if framing.is_legacy_tar(src):
             _restore_tar(src, db_size, data)
         else:
-            _restore_bbolt(src, db_size, data)
+            stats = _restore_bbolt(src, db_size, data, progress)
     except BaseException:
         if created:
             shutil.rmtree(data, ignore_errors=True)
@@ -61,21 +94,34 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False) -> N
                 else:
                     p.unlink(missing_ok=True)
         raise
+    if progress is not None:
+        progress.close()  # before the log line, which shares the terminal
+    if stats is not None:
+        log.info("restored snapshot", extra={
+            "path": str(src), "data_dir": str(data), "revision": stats.current_revision,
+            "compact_revision": stats.compact_revision, "revisions": stats.revisions,
+            "leases": stats.leases, "users": stats.users, "roles": stats.roles})
+    return Restored(src, data, time.monotonic() - t0, stats)
 
 
-def _restore_bbolt(src: Path, db_size: int, data: Path) -> None:
+def _restore_bbolt(src: Path, db_size: int, data: Path, progress: Progress | None) -> ImportStats:
     partial = data / PARTIAL
     backend = Backend(partial)
     try:
         with BoltReader(src, db_size) as reader:
-            stats = import_etcd_db(reader, backend)
+            on_progress = None
+            if progress is not None:
+                total = reader.pages_to_read()
+
+                def on_progress(st: ImportStats) -> None:
+                    progress.update(min(reader.pages_read, total),
+                                    f"{st.revisions:,} key revisions", total=total,
+                                    description="restoring")
+            stats = import_etcd_db(reader, backend, on_progress)
     finally:
         backend.close()
     partial.rename(data / "state")
-    log.info("restored snapshot", extra={
-        "path": str(src), "data_dir": str(data), "revision": stats.current_revision,
-        "compact_revision": stats.compact_revision, "revisions": stats.revisions,
-        "leases": stats.leases, "users": stats.users, "roles": stats.roles})
+    return stats
 
 
 def _restore_tar(src: Path, db_size: int, data: Path) -> None:

@@ -32,6 +32,7 @@ import grpc
 
 from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
+from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType, Snapshot
 from datastore.server import codec
 from datastore.server.snapshot_image import (
@@ -61,6 +62,42 @@ def _chunk_bytes() -> int:
 
 def _chunk_delay() -> float:
     return float(os.environ.get(CHUNK_DELAY_ENV) or 0)
+
+
+# etcd's rafthttp: 100 ms doubling, 10 buckets (up to 51.2 s)
+TRANSFER_BUCKETS = exponential_buckets(0.1, 2, 10)
+UNKNOWN_SENDER = "UNKNOWN_SNAPSHOT_SENDER"  # etcd's label when the sender is not known yet
+
+
+class SnapshotStats:
+    """Transfers by peer (hex id, etcd's ``To``/``From`` label value), for /metrics:
+    outcomes counted once per transfer, durations of the successful ones, as etcd's."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.send_failures: dict[str, int] = {}
+        self.send_seconds: dict[str, Histogram] = {}
+        self.received: dict[str, int] = {}
+        self.receive_failures: dict[str, int] = {}
+        self.receive_seconds: dict[str, Histogram] = {}
+
+    @staticmethod
+    def _done(ok: bool, peer: str, start: float, counts: dict[str, int],
+              failures: dict[str, int], seconds: dict[str, Histogram]) -> None:
+        if not ok:
+            failures[peer] = failures.get(peer, 0) + 1
+            return
+        counts[peer] = counts.get(peer, 0) + 1
+        h = seconds.get(peer)
+        if h is None:
+            h = seconds[peer] = Histogram(TRANSFER_BUCKETS)
+        h.observe(time.monotonic() - start)
+
+    def send_done(self, peer: str, ok: bool, start: float) -> None:
+        self._done(ok, peer, start, self.sent, self.send_failures, self.send_seconds)
+
+    def receive_done(self, peer: str, ok: bool, start: float) -> None:
+        self._done(ok, peer, start, self.received, self.receive_failures, self.receive_seconds)
 
 
 def _next_hashed(chunks: Iterator[bytes], h: hashlib._Hash) -> bytes | None:
@@ -103,6 +140,7 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
     from datastore.server.transport import open_peer_channel
 
     s = t.server
+    start = time.monotonic()
     assert m.snapshot is not None
     ckpts = s.cluster_ops.checkpoints
     prep = ckpts.acquire(m.snapshot.data)
@@ -136,10 +174,12 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
         await call.done_writing()
         await call
         ok = True
+        t.snapshots.send_done(f"{peer_id:x}", True, start)
         progress.done("sent a snapshot")
     except asyncio.CancelledError:
         raise
     except Exception as e:  # peer down, restarted, refused the image...
+        t.snapshots.send_done(f"{peer_id:x}", False, start)
         if await _unimplemented(call):  # a release from before streamed snapshots
             t.snapshots_unsupported(peer_id)
         else:
@@ -175,15 +215,20 @@ async def receive_snapshot(t: PeerTransport, requests: AsyncIterator[pb.Snapshot
     from datastore.server.transport import ERR_REMOVED
 
     s = t.server
+    start = time.monotonic()
     it = requests.__aiter__()
     head = await it.__anext__()
     if head.cluster_id and s.cluster_id and head.cluster_id != s.cluster_id:
+        t.snapshots.receive_done(UNKNOWN_SENDER, False, start)
         await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "cluster id mismatch")
     m = codec.message_from_pb(head.message)
+    frm = f"{m.frm:x}"
     if m.type != MsgType.MsgSnap or m.snapshot is None:
+        t.snapshots.receive_done(frm, False, start)
         await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk must carry a MsgSnap")
     assert m.snapshot is not None
     if m.frm in s.cluster_ops.removed_ids:
+        t.snapshots.receive_done(frm, False, start)
         await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, ERR_REMOVED)
     inc = s.data_dir / INCOMING_DIR
     inc.mkdir(exist_ok=True)
@@ -216,14 +261,17 @@ async def receive_snapshot(t: PeerTransport, requests: AsyncIterator[pb.Snapshot
         os.rename(writer.path, inc / name)
         installed = True
         s.receive([dataclasses.replace(m, snapshot=Snapshot(name.encode(), meta))])
+        t.snapshots.receive_done(frm, True, start)
         progress.done("received a snapshot")
         return pb.SnapshotAck()
     except asyncio.CancelledError:  # the sender went away (killed, restarted, removed)
+        t.snapshots.receive_done(frm, False, start)
         log.warning("receiving a snapshot failed", extra={"frm": f"{m.frm:x}",
                                                            "index": meta.index,
                                                            "error": "stream cancelled"})
         raise
     except Exception as e:
+        t.snapshots.receive_done(frm, False, start)
         log.warning("receiving a snapshot failed", extra={"frm": f"{m.frm:x}",
                                                            "index": meta.index, "error": str(e)})
         await ctx.abort(grpc.StatusCode.DATA_LOSS, f"snapshot not received: {e}")

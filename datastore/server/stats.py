@@ -13,7 +13,8 @@ class ServerStats:
     def __init__(self) -> None:
         self.leader_changes = 0
         self.proposals_failed = 0
-        self.read_indexes_failed = 0
+        self.read_indexes_failed = 0  # rounds lost to a leader change (then sent again)
+        self.slow_read_indexes = 0  # reads that timed out, and answers to rounds no one awaits
         self.slow_applies = 0
         self.heartbeat_send_failures = 0
         self.lease_expired = 0

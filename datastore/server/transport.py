@@ -46,7 +46,7 @@ from datastore.raft.types import Message, MsgType
 from datastore.server import codec
 from datastore.server.crl import CheckedRegistrar, RevocationList
 from datastore.server.features import format_level, release
-from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
+from datastore.server.snapshot_stream import SnapshotStats, receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
 if TYPE_CHECKING:
@@ -352,6 +352,7 @@ class PeerTransport:
         self.sent_failures: dict[int, int] = {}
         self.disconnects: dict[int, int] = {}
         self.rtt: dict[int, Histogram] = {}
+        self.snapshots = SnapshotStats()
         self._last_heartbeat: dict[int, float] = {}
         self.no_snapshots_until: dict[int, float] = {}  # peer -> monotonic time
         self._snapshot_warned: dict[int, float] = {}

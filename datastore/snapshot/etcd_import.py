@@ -12,7 +12,7 @@ and key that are wrong, never loaded half-way into a member that then serves it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -75,8 +75,14 @@ def _parse(msg: type[M], raw: bytes, where: str) -> M:
         raise SnapshotFormatError(f"{where}: not a valid {msg.__name__} ({e})") from None
 
 
-def import_etcd_db(reader: BoltReader, backend: Backend) -> ImportStats:
-    """Copy what an etcd member serves from ``reader`` into the empty ``backend``."""
+PROGRESS_EVERY = 1024  # key revisions between calls of ``on_progress``
+
+
+def import_etcd_db(reader: BoltReader, backend: Backend,
+                   on_progress: Callable[[ImportStats], None] | None = None) -> ImportStats:
+    """Copy what an etcd member serves from ``reader`` into the empty ``backend``;
+    ``on_progress(stats)`` is called every ``PROGRESS_EVERY`` key revisions (the key
+    bucket is nearly all of a snapshot) and once at the end."""
     buckets = dict(reader.buckets())
     missing = [b.decode() for b in (L.KEY, L.META) if b not in buckets]
     if missing:
@@ -98,6 +104,8 @@ def import_etcd_db(reader: BoltReader, backend: Backend) -> ImportStats:
         _parse(KeyValue, v, f"bucket key, revision {main}")
         out.put("key", k, v)
         st.revisions += 1
+        if on_progress is not None and st.revisions % PROGRESS_EVERY == 0:
+            on_progress(st)
 
     meta = dict((k, v) for k, v, _ in _plain(reader, buckets[L.META], "meta"))
     scheduled = finished = -1
@@ -161,6 +169,8 @@ def import_etcd_db(reader: BoltReader, backend: Backend) -> ImportStats:
                  extra={"buckets": [b.decode(errors="replace") for b in ignored]})
     out.flush()
     backend.sync()
+    if on_progress is not None:
+        on_progress(st)
     return st
 
 

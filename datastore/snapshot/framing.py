@@ -9,6 +9,7 @@ of a data dir does not.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 SHA_LEN = 32
@@ -28,8 +29,10 @@ def go_bytes(b: bytes) -> str:
     return "[" + " ".join(str(x) for x in b) + "]"
 
 
-def verify(path: Path, skip_hash_check: bool = False) -> int:
-    """Check the trailing hash; returns how many bytes of the file are the database."""
+def verify(path: Path, skip_hash_check: bool = False,
+           on_bytes: Callable[[int, int], None] | None = None) -> int:
+    """Check the trailing hash; returns how many bytes of the file are the database.
+    ``on_bytes(hashed, total)`` is called after each MiB hashed (progress)."""
     size = path.stat().st_size
     if not has_checksum(size):
         if not skip_hash_check:
@@ -50,6 +53,8 @@ def verify(path: Path, skip_hash_check: bool = False) -> int:
                 break
             h.update(chunk)
             left -= len(chunk)
+            if on_bytes is not None:
+                on_bytes(body - left, body)
         want = f.read(SHA_LEN)
     got = h.digest()
     if got != want:

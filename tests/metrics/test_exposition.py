@@ -12,7 +12,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from datastore.api.grpcmetrics import GrpcMetrics
-from datastore.metrics.hist import DEF_BUCKETS, Histogram, exponential_buckets, family, le_label
+from datastore.metrics.hist import (
+    DEF_BUCKETS,
+    BareCounter,
+    Histogram,
+    exponential_buckets,
+    family,
+    le_label,
+)
 from datastore.metrics.registry import Exposition
 
 
@@ -67,3 +74,25 @@ def test_le_labels_as_client_golang_writes_them() -> None:
     assert le_label(0.0001) == "0.0001" and le_label(0.00001) == "1e-05"
     assert le_label(524288) == "524288" and le_label(1048576) == "1.048576e+06"
     assert le_label(float("inf")) == "+Inf"
+
+
+def test_bare_counter_keeps_etcds_name() -> None:
+    """etcd's counters named without _total (etcd_network_snapshot_send_success) are
+    written as client_golang writes them: no suffix on the TYPE line or the samples."""
+    c = BareCounter("etcd_network_snapshot_send_success", "Total number of successful snapshot sends",
+                    ["To"])
+    c.add_metric(["8e9e05c52164694d"], 2)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed([c]))
+    assert Exposition(reg).render() == (
+        "# HELP etcd_network_snapshot_send_success Total number of successful snapshot sends\n"
+        "# TYPE etcd_network_snapshot_send_success counter\n"
+        'etcd_network_snapshot_send_success{To="8e9e05c52164694d"} 2.0\n')
+
+
+class _Fixed(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
