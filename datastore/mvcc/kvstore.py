@@ -80,6 +80,7 @@ def _rebuild(records: Iterable[tuple[bytes, bytes]]
     parse = KeyValue.FromString
     unpack = _REV_HEAD.unpack_from
     get = keys.get
+    new = KeyIndex.from_disk
     for rk, raw in records:
         kv = parse(raw)
         key = kv.key
@@ -93,8 +94,7 @@ def _rebuild(records: Iterable[tuple[bytes, bytes]]
                     leases.pop(key, None)
             continue
         if ki is None:
-            ki = keys[key] = KeyIndex(key)
-            ki.restore((kv.create_revision, 0), (main, sub), kv.version)
+            keys[key] = new(key, kv.create_revision, main, sub, kv.version)
         else:
             ki.put((main, sub))
         top = main
