@@ -55,7 +55,7 @@ class RangeResult:
 
 @dataclass(slots=True)
 class RawRangeResult:
-    kvs: list[bytes]  # serialized mvccpb.KeyValue messages (range_revs: encoded revisions)
+    kvs: list[bytes]  # serialized mvccpb.KeyValue messages
     count: int
     rev: int
 
@@ -177,13 +177,6 @@ class KVStore:
     def range_raw(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
                   count_only: bool = False, cur_rev: int | None = None) -> RawRangeResult:
         """range() with each KeyValue left as its stored bytes (no per-key objects)."""
-        rr = self.range_revs(key, end, rev, limit, count_only, cur_rev)
-        return RawRangeResult(self.raw_values(rr.kvs) if rr.kvs else [], rr.count, rr.rev)
-
-    def range_revs(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
-                   count_only: bool = False, cur_rev: int | None = None) -> RawRangeResult:
-        """range_raw() with the encoded revisions of the values instead of the values: a
-        large answer fetches them in slices (raw_values), never holding all of them."""
         self.ranges += 1
         cur = self.current_rev if cur_rev is None else cur_rev
         if rev > cur:
@@ -196,17 +189,14 @@ class KVStore:
         pairs, total = self.index.revisions(key, end, rev, limit, count_only, changed)
         if count_only or not pairs:
             return RawRangeResult([], total, cur)
-        return RawRangeResult([rev_to_bytes(*r) for _, r in pairs], total, cur)
-
-    def raw_values(self, rbs: list[bytes]) -> list[bytes]:
-        """The stored KeyValue bytes at these encoded revisions (written or in the batch)."""
+        rbs = [rev_to_bytes(*r) for _, r in pairs]
         raws = self._key_cf.get(rbs)  # one multi-get instead of a lookup per key
         overlay = self._overlay
         if overlay or None in raws:
             raws = [overlay.get(rb) or raw for rb, raw in zip(rbs, raws, strict=True)]
             if None in raws:
                 raise errors.ErrCorrupt()
-        return raws  # type: ignore[no-any-return]
+        return RawRangeResult(raws, total, cur)
 
     def _changed_since(self, rev: int) -> set[bytes] | None:
         """Every key written after ``rev`` (disk and the unflushed overlay), or None if
@@ -333,13 +323,6 @@ class WriteTxn:
     def range_raw(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
                   count_only: bool = False) -> RawRangeResult:
         return self.s.range_raw(key, end, rev, limit, count_only, cur_rev=self.read_rev)
-
-    def range_revs(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
-                   count_only: bool = False) -> RawRangeResult:
-        return self.s.range_revs(key, end, rev, limit, count_only, cur_rev=self.read_rev)
-
-    def raw_values(self, rbs: list[bytes]) -> list[bytes]:
-        return self.s.raw_values(rbs)
 
     def put(self, key: bytes, value: bytes, lease: int) -> int:
         s = self.s

@@ -513,44 +513,16 @@ def is_plain_range(r: rpc.RangeRequest) -> bool:
                      or r.min_create_revision or r.max_create_revision))
 
 
-WIRE_SLICE = 1024  # values fetched at a time for a large Range answered in wire form
-
-
 def range_wire(view: KVStore | WriteTxn, r: rpc.RangeRequest,
                header: rpc.ResponseHeader) -> bytes:
     """A plain Range (``is_plain_range``) answered as RangeResponse wire bytes, sent
     as they are: no response message is built, parsed or serialized again (for a large
-    list that was two whole copies and a parse). ``header`` gets the read's revision.
-
-    Past WIRE_SLICE keys the values are fetched a slice at a time into one growing
-    buffer: a full list's peak memory is then the answer twice (the buffer, then its
-    bytes), not every value object plus the joined answer, and freed value objects no
-    longer stay resident in the heap while gRPC copies the answer."""
-    limit = r.limit + 1 if r.limit > 0 else 0  # one extra to know whether there is more
-    rr = view.range_revs(r.key, range_end(r.range_end), r.revision, limit, r.count_only)
-    rbs, rev, count = rr.kvs, rr.rev, rr.count
-    more = r.limit > 0 and len(rbs) > r.limit
-    if more:
-        del rbs[r.limit:]
+    list that was two whole copies and a parse). ``header`` gets the read's revision."""
+    parts, rev, count, more = _key_order_parts(view, r)
     header.revision = rev
     h = header.SerializeToString()
     tail = (b"\x18\x01" if more else b"") + (b"\x20" + varint(count) if count else b"")
-    heads = _KVS_HEADS
-    if len(rbs) <= WIRE_SLICE:
-        parts: list[bytes] = [b"\x0a", varint(len(h)), h]
-        add = parts.append
-        for raw in view.raw_values(rbs) if rbs else ():
-            add(heads.get(len(raw)) or _kvs_head(len(raw)))
-            add(raw)
-        add(tail)
-        return b"".join(parts)
-    out = bytearray(b"\x0a" + varint(len(h)) + h)
-    for i in range(0, len(rbs), WIRE_SLICE):
-        for raw in view.raw_values(rbs[i:i + WIRE_SLICE]):
-            out += heads.get(len(raw)) or _kvs_head(len(raw))
-            out += raw
-    out += tail
-    return bytes(out)
+    return b"".join((b"\x0a", varint(len(h)), h, *parts, tail))
 
 
 def range_in(view: KVStore | WriteTxn, r: rpc.RangeRequest) -> rpc.RangeResponse:

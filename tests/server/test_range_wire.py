@@ -8,7 +8,6 @@ import pytest
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.mvcc.kvstore import KVStore
-from datastore.server import applier
 from datastore.server.applier import is_plain_range, range_in, range_wire
 from datastore.storage.backend import Backend
 
@@ -45,11 +44,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("r", CASES, ids=lambda r: str(r).replace("\n", " ") or "empty")
-@pytest.mark.parametrize("wire_slice", [1024, 2])
-def test_wire_form_equals_range_in(store: KVStore, r: rpc.RangeRequest, wire_slice: int,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # 2: values fetched in slices into one buffer, the path of a large list
-    monkeypatch.setattr(applier, "WIRE_SLICE", wire_slice)
+def test_wire_form_equals_range_in(store: KVStore, r: rpc.RangeRequest) -> None:
     assert is_plain_range(r)
     header = rpc.ResponseHeader(cluster_id=7, member_id=9, raft_term=3)
     wire = range_wire(store, r, header)
