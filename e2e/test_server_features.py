@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.mvccpb import kv_pb2
 from datastore.testing.procs import ServerProc, datastore_proc
 from e2e.e2e_util import Client, ctl, ctl_out, target_is_etcd
@@ -234,6 +235,52 @@ def test_slow_watcher_does_not_stall_others(ds: Callable[..., ServerProc]) -> No
         assert drain(fast) == expected  # the fast watcher got everything while slow stalled
         assert drain(slow) == expected  # the slow one caught up, in order, no gaps/dupes
         stop.set()
+
+
+def test_a_stream_behind_sends_one_response_per_watcher(ds: Callable[..., ServerProc]) -> None:
+    """While a stream cannot send (its client is not reading), each watcher's events of
+    later revisions join its response still waiting to be sent, as etcd's responses
+    carry several revisions: fewer messages, each watcher's events exact and in order."""
+    p = ds()
+    watchers, writes = 20, 10
+    # no BDP probing: the HTTP/2 window stays at 64 KiB, so one large event fills it
+    channel = grpc.insecure_channel(p.endpoint, options=[("grpc.http2.bdp_probe", 0)])
+    with Client(p) as c, channel:
+        stub = rpc_pb2_grpc.WatchStub(channel)
+        creates = [pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=b"m/", range_end=b"m0")) for _ in range(watchers)]
+        creates.append(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"big")))
+        stream, q = _watch_on(stub, *creates)
+        ids = [next(stream).watch_id for _ in creates]
+        assert len(set(ids)) == len(creates)
+        c.kv.Put(pb.PutRequest(key=b"big", value=b"b" * 1_000_000))  # fills the window
+        revs = [c.kv.Put(pb.PutRequest(key=b"m/%d" % i, value=b"v")).header.revision
+                for i in range(writes)]
+        got: dict[int, list[int]] = {w: [] for w in ids[:watchers]}
+        responses = 0
+        while sum(len(v) for v in got.values()) < watchers * writes:
+            resp = next(stream)
+            if resp.watch_id in got:
+                responses += 1
+                got[resp.watch_id].extend(e.kv.mod_revision for e in resp.events)
+        assert all(v == revs for v in got.values()), got
+        # one response per watcher, or two if the first write's went out before the
+        # stream stalled: not one per watcher and write
+        assert responses <= 2 * watchers, responses
+        q.put(None)
+
+
+def _watch_on(stub: rpc_pb2_grpc.WatchStub, *reqs: pb.WatchRequest
+              ) -> tuple[Iterator[pb.WatchResponse], queue.Queue[pb.WatchRequest | None]]:
+    q: queue.Queue[pb.WatchRequest | None] = queue.Queue()
+    for r in reqs:
+        q.put(r)
+
+    def gen() -> Iterator[pb.WatchRequest]:
+        while (r := q.get()) is not None:
+            yield r
+
+    return stub.Watch(gen(), timeout=60), q
 
 
 def _watch(c: Client, *reqs: pb.WatchRequest) -> tuple[Iterator[pb.WatchResponse],

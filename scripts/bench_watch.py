@@ -70,6 +70,7 @@ async def _watch_proc(endpoint: str, n: int, per_stream: int, start_rev: int, hi
     revs, times = array("q"), array("d")
     counts: list[int] = []  # per watcher: events received
     bad = [0]  # events out of order, duplicated, or for an unknown watch id
+    responses = [0]  # event responses received (fewer than events when they carry several)
     last: list[int] = []
     live_from = start_rev + history  # latencies only for the writes made during the run
     mono = time.monotonic
@@ -77,6 +78,7 @@ async def _watch_proc(endpoint: str, n: int, per_stream: int, start_rev: int, hi
     def handle(r: Any, ids: dict[int, int]) -> None:
         if not r.events:
             return
+        responses[0] += 1
         now = mono()
         i = ids.get(r.watch_id)
         if i is None:
@@ -140,8 +142,8 @@ async def _watch_proc(endpoint: str, n: int, per_stream: int, start_rev: int, hi
     for c, _ in calls:
         c.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    out.put({"counts": counts, "bad": bad[0], "revs": revs.tobytes(), "times": times.tobytes(),
-             "history_done": history_done})
+    out.put({"counts": counts, "bad": bad[0], "responses": responses[0], "revs": revs.tobytes(),
+             "times": times.tobytes(), "history_done": history_done})
     for ch in channels:
         await ch.close()
 
@@ -248,12 +250,13 @@ def run_one(proc: ServerProc, watchers: int, rate: float, history: int, duration
     for p in ps:
         p.join(30)
     lat: list[float] = []
-    got, bad = 0, 0
+    got, bad, responses = 0, 0, 0
     counts: list[int] = []
     for r in results:
         counts += r["counts"]
         got += sum(r["counts"])
         bad += r["bad"]
+        responses += r["responses"]
         rv, tm = array("q"), array("d")
         rv.frombytes(r["revs"])
         tm.frombytes(r["times"])
@@ -268,6 +271,7 @@ def run_one(proc: ServerProc, watchers: int, rate: float, history: int, duration
         "server": proc.kind, "watchers": watchers, "rate_asked": rate,
         "writes": len(acks), "write_errors": len(failed), "writes_per_s": round(len(acks) / elapsed, 2),
         "events_expected": want, "events_delivered": got, "bad_events": bad,
+        "events_per_response": round(got / max(responses, 1), 2),
         "watchers_complete": sum(1 for c in counts if c >= history + len(acks)),
         "history": history,
         "history_caught_up_s": round(max(hist_done) - t_ready, 2) if history and all(hist_done)
@@ -301,7 +305,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (sc, kind), rs in out.items():
         m = {"scenario": sc, "server": kind, "runs": len(rs), "watchers": rs[0]["watchers"],
              "rate_asked": rs[0]["rate_asked"]}
-        for k in ("writes_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_s"):
+        for k in ("writes_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_s",
+                  "events_per_response"):
             m[k] = statistics.median(r[k] for r in rs)
         for k in ("events_delivered", "events_expected", "bad_events", "write_errors"):
             m[k] = sum(r[k] for r in rs)
@@ -348,11 +353,12 @@ def main() -> int:
     med = summarize(rows)
     print(f"median of {args.repeat} run(s) each; events summed over the runs")
     print("| scenario | server | watchers | w/s asked | w/s held | events delivered/expected "
-          "| p50 ms | p99 ms | max ms | server cpu s | history caught up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| events/response | p50 ms | p99 ms | max ms | server cpu s | history caught up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in med:
         print(f"| {r['scenario']} | {r['server']} | {r['watchers']:,} | {r['rate_asked']:g} "
               f"| {r['writes_per_s']:.1f} | {r['events_delivered']:,}/{r['events_expected']:,} "
+              f"| {r['events_per_response']:.2f} "
               f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
               f"| {r['server_cpu_s']:.1f} "
               f"| {'-' if r['history_caught_up_s'] is None else r['history_caught_up_s']} |")

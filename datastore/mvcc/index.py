@@ -51,10 +51,13 @@ class TreeIndex:
         if rev[0] > self.latest:
             self.latest = rev[0]
 
-    def restored(self, ki: KeyIndex) -> None:
-        """``ki.restore`` was called on a new key at start-up."""
-        if ki.modified[0] > self.latest:
-            self.latest = ki.modified[0]
+    def load(self, keys: dict[bytes, KeyIndex], latest: int) -> None:
+        """Fill an empty index at once from histories rebuilt at start-up: one sort of
+        the keys instead of a sorted insertion per key (most of a 1M-key rebuild)."""
+        assert not self._keys, "load() fills an empty index"
+        self._keys = SortedDict(keys)
+        self._dead = SortedList(k for k, ki in keys.items() if ki.deleted)
+        self.latest = max(self.latest, latest)
 
     def scan(self, key: bytes, end: bytes | None) -> Iterator[KeyIndex]:
         """KeyIndexes in key order over the range (including dead keys)."""

@@ -88,6 +88,16 @@ class KeyIndex:
         the stored KeyValue knows the true create revision and version."""
         self._cur = _new_gen(created, modified, ver)
 
+    @classmethod
+    def from_disk(cls, key: bytes, created: int, main: int, sub: int, ver: int) -> KeyIndex:
+        """``KeyIndex(key)`` then ``restore((created, 0), (main, sub), ver)``, in one step
+        (a rebuild makes one per key)."""
+        ki = cls.__new__(cls)
+        ki.key = key
+        ki._cur = array("q", (created, 0, ver, main, sub))
+        ki._old = None
+        return ki
+
     def tombstone(self, rev: Revision) -> None:
         """Record a deletion at rev and open a new, empty generation."""
         self.put(rev)

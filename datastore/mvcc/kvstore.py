@@ -11,7 +11,8 @@ written, values live in an overlay so later transactions in the same batch see t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from rocksdict import WriteBatch
@@ -20,7 +21,9 @@ from datastore import errors
 from datastore.api.mvccpb.kv_pb2 import Event, KeyValue
 from datastore.mvcc.compaction import META_SCHEDULED, Compactions
 from datastore.mvcc.index import TreeIndex
+from datastore.mvcc.key_index import KeyIndex
 from datastore.mvcc.revision import (
+    REV_BYTES_LEN,
     Revision,
     bytes_to_rev,
     is_tombstone,
@@ -55,6 +58,52 @@ class RawRangeResult:
     kvs: list[bytes]  # serialized mvccpb.KeyValue messages
     count: int
     rev: int
+
+
+_REV_HEAD = struct.Struct(">Q1sQ")
+
+
+def _rebuild(records: Iterable[tuple[bytes, bytes]]
+             ) -> tuple[dict[bytes, KeyIndex], dict[bytes, int], int, int]:
+    """Every key's history from the ``key`` family's records, in revision order.
+
+    Returns the histories (unsorted: the index sorts them once), the lease of every live
+    key that has one, the newest revision recorded in them and the newest on disk. The
+    oldest surviving revision of a key carries its create revision and version (older
+    ones may be compacted away); a lone tombstone left by compaction says nothing.
+    This loop is the whole cost of a rebuild (a learner's after a snapshot, every
+    member's at start-up), so it keeps to locals and touches each record once.
+    """
+    keys: dict[bytes, KeyIndex] = {}
+    leases: dict[bytes, int] = {}
+    top = main = 0
+    parse = KeyValue.FromString
+    unpack = _REV_HEAD.unpack_from
+    get = keys.get
+    new = KeyIndex.from_disk
+    for rk, raw in records:
+        kv = parse(raw)
+        key = kv.key
+        main, _, sub = unpack(rk)
+        ki = get(key)
+        if len(rk) != REV_BYTES_LEN:  # tombstone
+            if ki is not None:
+                ki.tombstone((main, sub))
+                top = main
+                if leases:
+                    leases.pop(key, None)
+            continue
+        if ki is None:
+            keys[key] = new(key, kv.create_revision, main, sub, kv.version)
+        else:
+            ki.put((main, sub))
+        top = main
+        lease = kv.lease
+        if lease:
+            leases[key] = lease
+        elif leases:
+            leases.pop(key, None)
+    return keys, leases, top, main
 
 
 class LeaseHooks:
@@ -98,32 +147,16 @@ class KVStore:
         scheduled, finished = self.compactions.load_markers()
         self.compactions.reset(finished)
         self.compact_rev = scheduled
-        latest: dict[bytes, int] = {}
-        for rk, raw in self.backend.scan("key", b""):
-            kv = KeyValue.FromString(raw)
-            rev = bytes_to_rev(rk)
-            self.current_rev = max(self.current_rev, rev[0])
-            ki = self.index.get(kv.key)
-            if is_tombstone(rk):
-                latest.pop(kv.key, None)
-                if ki is not None:  # a lone tombstone left by compaction says nothing
-                    self.index.tombstone(ki, rev)
-                continue
-            latest[kv.key] = kv.lease
-            if ki is None:  # the oldest surviving revision: trust its create rev/version
-                ki = self.index.get_or_create(kv.key)
-                ki.restore((kv.create_revision, 0), rev, kv.version)
-                self.index.restored(ki)
-            else:
-                self.index.put(ki, rev)
+        keys, leases, top, last = _rebuild(self.backend.scan("key", b""))
+        self.index.load(keys, top)
+        self.current_rev = max(self.current_rev, last)
         self.current_rev = max(self.current_rev, self.compact_rev)
         if scheduled > finished:
             self.compactions.schedule(scheduled, self.index.compact(scheduled))
             log.info("resuming scheduled compaction", extra={
                 "compact_revision": scheduled, "finished_compact_revision": finished})
-        for key, lease in latest.items():
-            if lease:
-                yield KeyValue(key=key, lease=lease)
+        for key, lease in leases.items():
+            yield KeyValue(key=key, lease=lease)
 
     # ---- reads ----------------------------------------------------------------------
     def _value(self, rev: Revision) -> KeyValue:
