@@ -159,7 +159,7 @@ class MemberView:
             tls = self.s.cfg.client_tls
             if u.scheme == "https":
                 def read(path: str) -> bytes | None:
-                    return open(path, "rb").read() if path else None  # noqa: SIM115
+                    return open(path, "rb").read() if path else None
                 creds = grpc.ssl_channel_credentials(read(tls.trusted_ca_file or tls.cert_file),
                                                      read(tls.key_file), read(tls.cert_file))
                 ch = grpc.aio.secure_channel(target, creds)
@@ -190,7 +190,7 @@ class MemberView:
         st = s.node.status()
         records = sorted(s.members.members.values(), key=lambda m: (m.name or "~", m.ID))
         self._forget_channels({m.client_urls[0] for m in records if m.client_urls})
-        others = [m for m in records if m.ID != s.member_id]
+        others = [m for m in records if s.member_id != m.ID]
         answers = dict(zip([m.ID for m in others],
                            await asyncio.gather(*(self._status(m) for m in others)), strict=True))
         alarms: dict[int, list[str]] = {}
@@ -200,10 +200,10 @@ class MemberView:
         rows = []
         for m in records:
             row: dict[str, Any] = {"id": f"{m.ID:x}", "name": m.name, "learner": m.is_learner,
-                                   "leader": m.ID == leader, "self": m.ID == s.member_id,
+                                   "leader": leader == m.ID, "self": s.member_id == m.ID,
                                    "client_url": m.client_urls[0] if m.client_urls else "",
                                    "alarms": alarms.get(m.ID, [])}
-            if m.ID == s.member_id:
+            if s.member_id == m.ID:
                 row.update(reachable=True, term=st.hard_state.term, commit=st.hard_state.commit,
                            applied=s.applier.applied_index, db_size=s.backend.size() + s.wal.size(),
                            db_in_use=s.backend.size_in_use(), sees_leader=f"{s.leader_id:x}")

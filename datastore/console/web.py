@@ -107,7 +107,8 @@ class Broadcaster:
                 self.latest = await asyncio.wait_for(self.produce(), SNAPSHOT_TIMEOUT_S)
             except Exception as e:  # the page shows it; the member goes on
                 log.warning("console view failed", exc_info=True)
-                self.latest = b"event: failure\ndata: " + json.dumps(str(e) or type(e).__name__).encode() + b"\n\n"
+                reason = json.dumps(str(e) or type(e).__name__).encode()
+                self.latest = b"event: failure\ndata: " + reason + b"\n\n"
             fresh, self._fresh = self._fresh, asyncio.Event()
             fresh.set()
             # the period between two views, not a synchronisation
