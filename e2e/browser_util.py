@@ -112,7 +112,7 @@ class Browser:
         if url is None:
             self.close()
             raise AssertionError("chromium did not start:\n" + "".join(seen[-20:]))
-        self.ws = connect(url, max_size=None, open_timeout=30)
+        self.ws = connect(url, max_size=None, open_timeout=30).__enter__()  # closed in close()
         return self
 
     def __exit__(self, *exc: object) -> None:
