@@ -198,6 +198,17 @@ def test_member_page_marks_the_leader_and_follows_a_new_one(tmp_path: Path, brow
         page.screenshot(SHOTS / "member.png")
         loads = page.eval("performance.getEntriesByType('navigation').length")
 
+        # The leader's own page has the replication progress of every member.
+        lpage = browser.new_page(1400, 1000)
+        lpage.goto(f"http://127.0.0.1:{ports[old.name]}/dashboard")
+        lpage.wait_for("(rows => rows.length === 3 && rows.every(r => Number(r.dataset.match) >= 50 "
+                       "&& r.dataset.state === 'replicate'))"
+                       "([...document.querySelectorAll('#progress tbody tr')])",
+                       WAIT_S, "the leader's progress table")
+        lpage.wait_for("Number(document.body.dataset.updates) >= 3", WAIT_S, "a few live updates")
+        lpage.screenshot(SHOTS / "member-leader.png")
+        assert page_errors(lpage) == []
+
         old.popen.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         old.popen.wait()  # type: ignore[union-attr]
         page.wait_for(f"{leader_row_js()} && !{leader_row_js(old.name)}", WAIT_S,

@@ -27,12 +27,12 @@ const DS = {
     return s.querySelector(".body");
   },
 
-  // Replace a container's content with a table. columns: [{key, title, num, render(row)}].
+  // Replace a container's content with a table. columns: [{key, title, num, wrap, render(row)}].
   table(container, id, columns, rows, rowAttrs) {
     const head = DS.el("tr", null, ...columns.map(c => DS.el("th", {class: c.num ? "num" : null}, c.title)));
     const body = rows.map(r => DS.el("tr", rowAttrs ? rowAttrs(r) : null, ...columns.map(c => {
       const v = c.render ? c.render(r) : r[c.key];
-      return DS.el("td", {class: c.num ? "num" : null}, v);
+      return DS.el("td", {class: c.num ? "num" : c.wrap ? "wrap" : null}, v);
     })));
     const t = DS.el("table", {id}, DS.el("thead", null, head), DS.el("tbody", null, ...body));
     container.replaceChildren(t);
@@ -59,8 +59,10 @@ const DS = {
 
   bar(fraction, label) {
     const f = Math.max(0, Math.min(1, fraction || 0));
-    return DS.el("div", {class: "bar" + (f > 0.9 ? " hot" : ""), "data-fraction": f.toFixed(3)},
-                 DS.el("span", {style: null}), DS.el("em", null, label));
+    return DS.el("div", {class: "barcell"},
+                 DS.el("div", {class: "bar" + (f > 0.9 ? " hot" : ""), "data-fraction": f.toFixed(3)},
+                       DS.el("span")),
+                 DS.el("em", null, label));
   },
 
   // Widths are set through CSSOM (allowed by the page's Content-Security-Policy).

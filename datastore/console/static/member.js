@@ -31,7 +31,7 @@ function renderMember(v) {
       {title: "behind", num: true, render: p => DS.num(p.lag, 0)},
       {title: "in flight", num: true, key: "inflight"},
       {title: "active", render: p => p.active ? "yes" : DS.el("span", {class: "bad"}, "no")},
-    ], v.progress, p => ({"data-name": p.name}));
+    ], v.progress, p => ({"data-name": p.name, "data-match": p.match, "data-state": p.state}));
   } else {
     prog.replaceChildren(DS.el("p", {class: "note", id: "progress-note"},
       "This member is not the leader: match and next indexes are on the leader's console" +

@@ -27,7 +27,7 @@ function renderOperator(v) {
       {title: "condition", key: "type"},
       {title: "status", render: k => DS.el("span", {class: (k.type === "Degraded") === (k.status === "True") ? "bad" : "ok"}, k.status)},
       {title: "reason", key: "reason"},
-      {title: "message", key: "message"},
+      {title: "message", key: "message", wrap: true},
       {title: "since", key: "lastTransitionTime"},
     ], st.conditions, k => ({"data-type": k.type, "data-status": k.status, "data-reason": k.reason}));
 
@@ -39,21 +39,19 @@ function renderOperator(v) {
       {title: "leader", render: m => m.isLeader ? DS.el("span", {class: "badge leader"}, "leader") : ""},
       {title: "health", render: m => DS.el("span", {class: m.healthy ? "ok" : "bad"}, m.healthy ? "healthy" : "not healthy")},
     ], st.members, m => ({"data-name": m.name, class: m.isLeader ? "leader" : null}));
-    const work = DS.el("div");
-    members.append(DS.el("h2", null, "Processes"), work);
-    DS.table(work, id + "workloads", [
+    DS.table(DS.section(id + "workloads-sec", "Processes"), id + "workloads", [
       {title: "slot", key: "name"},
       {title: "phase", key: "phase"},
       {title: "restarts", num: true, key: "restarts"},
       {title: "data", render: w => w.has_data ? "yes" : "no"},
     ], c.workloads);
 
-    const actions = DS.section(id + "actions", "The planner's last decisions");
+    const actions = DS.section(id + "actions", "The planner's last decisions", true);
     DS.table(actions, id + "action-table", [
       {title: "time", render: a => DS.time(a.time)},
       {title: "action", render: a => DS.el("span", {class: "badge"}, a.kind)},
       {title: "outcome", key: "outcome"},
-      {title: "reason", render: a => a.reason + (a.message ? " (" + a.message + ")" : "")},
+      {title: "reason", wrap: true, render: a => a.reason + (a.message ? " (" + a.message + ")" : "")},
     ], c.actions, a => ({"data-kind": a.kind, "data-outcome": a.outcome}));
 
     const events = DS.section(id + "events", "Events", true);
@@ -62,7 +60,7 @@ function renderOperator(v) {
         {title: "time", render: e => DS.time(e.time)},
         {title: "action", key: "kind"},
         {title: "outcome", render: e => DS.el("span", {class: e.outcome === "failed" || e.outcome === "degraded" ? "bad" : null}, e.outcome)},
-        {title: "message", key: "message"},
+        {title: "message", key: "message", wrap: true},
       ], c.events, e => ({"data-kind": e.kind}));
     } else {
       events.replaceChildren(DS.el("p", {class: "note"}, "No events yet."));
