@@ -49,6 +49,16 @@ def http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dict[st
     return int(lines[0].split(" ")[1]), headers, body
 
 
+def open_stream(port: int) -> tuple[socket.socket, bytes]:
+    """A GET of the event stream, read up to its first event (or the whole refusal)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"GET /dashboard/api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while b"data: " not in first and (chunk := s.recv(65536)):
+        first += chunk
+    return s, first
+
+
 def get(port: int, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     return http(port, f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
 
@@ -136,15 +146,13 @@ def test_console_streams_are_capped_and_end_with_their_client(member: tuple[Serv
     streams = []
     try:
         for _ in range(8):
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(b"GET /dashboard/api/events HTTP/1.1\r\nHost: x\r\n\r\n")
-            first = b""
-            while b"data: " not in first:
-                first += s.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200 OK") and b"text/event-stream" in first
+            s, first = open_stream(port)
             streams.append(s)
-        status, _, body = get(port, "/dashboard/api/events")
-        assert status == 503 and b"too many console streams" in body, (status, body)
+            assert first.startswith(b"HTTP/1.1 200 OK") and b"text/event-stream" in first, first
+        s, refused = open_stream(port)
+        streams.append(s)
+        assert refused.startswith(b"HTTP/1.1 503") and b"too many console streams" in refused, refused
+        s.close()
         assert snapshot(port)["console_streams"] == 8
         for s in streams[:5]:
             s.close()
