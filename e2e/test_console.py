@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from browser_util import ARTIFACTS, Browser, Page
 from cluster_util import Cluster, wait_for
 
 from datastore.client import SyncClient
+from datastore.testing.certs import CertAuthority
 from datastore.testing.procs import ServerProc, datastore_proc, free_port, free_port_block
 from kvscheduler import objects as obj
 
@@ -163,6 +165,48 @@ def test_console_streams_are_capped_and_end_with_their_client(member: tuple[Serv
         for s in streams:
             s.close()
     wait_for(lambda: snapshot(port)["console_streams"] == 0, WAIT_S, "every stream to end")
+
+
+def tls_get(port: int, ctx: ssl.SSLContext) -> bytes:
+    """The start of the answer to GET /dashboard over TLS; b"" when refused."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(65536)
+    except (ssl.SSLError, ConnectionError):
+        return b""
+
+
+def test_console_over_https_is_tls_with_the_client_certificate(tmp_path: Path) -> None:
+    """An https metrics URL serves the console over TLS, with the client certificate demanded
+    as for /metrics; plain HTTP gets no page."""
+    ca = CertAuthority(tmp_path / "ca", "ca")
+    server, client = ca.issue("server"), ca.issue("client", server=False)
+    port = free_port()
+    p = datastore_proc(tmp_path, "t0", extra=[*server.flags(), f"--trusted-ca-file={ca.cert}",
+                                              "--client-cert-auth", f"--listen-metrics-urls=https://127.0.0.1:{port}"])
+    p.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca.cert))
+        ctx.load_cert_chain(str(client.cert), str(client.key))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /dashboard/api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = b""
+            while b"data: " not in first and (chunk := s.recv(65536)):
+                first += chunk
+        assert first.startswith(b"HTTP/1.1 200 OK") and b'"kind":"member"' in first, first
+        assert tls_get(port, ctx).startswith(b"HTTP/1.1 200 OK")
+        no_cert = ssl.create_default_context(cafile=str(ca.cert))
+        assert not tls_get(port, no_cert).startswith(b"HTTP/1.1 200")
+        try:
+            plain = http(port, b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n")
+        except (ValueError, IndexError, OSError):
+            plain = None  # not an HTTP answer at all
+        assert plain is None or plain[0] != 200
+    finally:
+        p.stop()
 
 
 # ---- the browser -----------------------------------------------------------------------------
