@@ -96,3 +96,27 @@ def test_producer_runs_only_while_watched() -> None:
         assert task.done() and c.events.latest is None and calls >= 2
         await c.close()
     asyncio.run(main())
+
+
+def test_static_files_ship_with_the_package_and_nothing_is_remote() -> None:
+    import re
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((repo / "pyproject.toml").read_text())
+    assert "static/*" in data["tool"]["setuptools"]["package-data"]["datastore.console"]
+    static = resources.files("datastore.console") / "static"
+    names = {f.name for f in static.iterdir()}
+    page = (static / "page.html").read_text()
+    for view in ("member", "operator", "scheduler"):
+        assert f"{view}.js" in names
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert ref.startswith("data:") or ref.removeprefix("/dashboard/static/").replace(
+            "{{view}}", "member") in names, ref  # every asset is ours, none from elsewhere
+    # the vendored chart library: its licence beside it, the note names the same version
+    version = re.match(r"/\*! https://github.com/leeoniya/uPlot \(v([\d.]+)\)",
+                       (static / "uPlot.iife.min.js").read_text())
+    assert version is not None and "uPlot.LICENSE.txt" in names
+    assert f"uplot@{version.group(1)}" in (static / "VENDORED.md").read_text()
