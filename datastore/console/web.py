@@ -209,23 +209,26 @@ class Console:
             return
         self.streams += 1
         self.events.subscribe()
+        loop = asyncio.get_running_loop()
         gone = asyncio.ensure_future(_until_eof(reader))
+        nxt: asyncio.Future[bytes] | None = None
         try:
             writer.write(_head(200, "text/event-stream", b"X-Accel-Buffering: no\r\n", None)
                          + b"retry: 2000\n\n")
-            deadline = asyncio.get_running_loop().time() + MAX_STREAM_S
+            deadline = loop.time() + MAX_STREAM_S
             seen: bytes | None = None
-            while asyncio.get_running_loop().time() < deadline:
+            while loop.time() < deadline:
                 nxt = asyncio.ensure_future(self.events.next(seen))
-                await asyncio.wait({nxt, gone}, timeout=MAX_STREAM_S,
+                await asyncio.wait({nxt, gone}, timeout=deadline - loop.time(),
                                    return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():
-                    nxt.cancel()
                     break  # the client went away (or the stream is old enough)
                 seen = nxt.result()
                 writer.write(seen)
                 await asyncio.wait_for(writer.drain(), DRAIN_TIMEOUT_S)
         finally:
+            if nxt is not None:
+                nxt.cancel()
             gone.cancel()
             self.streams -= 1
             self.events.unsubscribe()
