@@ -122,6 +122,19 @@ def test_console_is_read_only_and_refuses_bad_input(member: tuple[ServerProc, in
     assert snapshot(port)["kind"] == "member"
 
 
+def test_console_is_also_on_the_client_http_urls(tmp_path: Path) -> None:
+    """Wherever /metrics is served: --listen-client-http-urls too."""
+    port = free_port()
+    p = datastore_proc(tmp_path, "h0", extra=[f"--listen-client-http-urls=http://127.0.0.1:{port}"])
+    p.start()
+    try:
+        assert get(port, "/metrics")[0] == 200
+        assert get(port, "/dashboard")[0] == 200 and snapshot(port)["kind"] == "member"
+        assert get(port, "/dashboard", "POST")[0] == 405
+    finally:
+        p.stop()
+
+
 def test_console_shows_prefixes_and_counts_never_values(member: tuple[ServerProc, int]) -> None:
     p, port = member
     with SyncClient([p.endpoint]) as c:
