@@ -263,15 +263,24 @@ def test_member_page_marks_the_leader_and_follows_a_new_one(tmp_path: Path, brow
         page.screenshot(SHOTS / "member.png")
         loads = page.eval("performance.getEntriesByType('navigation').length")
 
-        # The leader's own page has the replication progress of every member.
+        # The leader's own page has the replication progress of every member, its watchers
+        # by prefix, and the rates of some load.
         lpage = browser.new_page(1400, 1000)
         lpage.goto(f"http://127.0.0.1:{ports[old.name]}/dashboard")
-        lpage.wait_for("(rows => rows.length === 3 && rows.every(r => Number(r.dataset.match) >= 50 "
-                       "&& r.dataset.state === 'replicate'))"
-                       "([...document.querySelectorAll('#progress tbody tr')])",
-                       WAIT_S, "the leader's progress table")
-        lpage.wait_for("Number(document.body.dataset.updates) >= 3", WAIT_S, "a few live updates")
-        lpage.screenshot(SHOTS / "member-leader.png")
+        with SyncClient([old.endpoint]) as c:
+            w = c.watch("/registry/configmaps/", prefix=True)
+            w.wait_created()
+            for i in range(300):
+                c.put(f"/registry/configmaps/default/cm-{i % 50}", f"v{i}")
+            lpage.wait_for("(rows => rows.length === 3 && rows.every(r => Number(r.dataset.match) >= 300 "
+                           "&& r.dataset.state === 'replicate'))"
+                           "([...document.querySelectorAll('#progress tbody tr')])",
+                           WAIT_S, "the leader's progress table")
+            lpage.wait_for("document.querySelector('#watch-prefixes td')?.textContent === "
+                           "'/registry/configmaps/'", WAIT_S, "the watcher by its prefix")
+            lpage.wait_for("Number(document.body.dataset.updates) >= 3", WAIT_S, "a few live updates")
+            lpage.screenshot(SHOTS / "member-leader.png")
+            w.cancel()
         assert page_errors(lpage) == []
 
         old.popen.send_signal(signal.SIGKILL)  # type: ignore[union-attr]

@@ -187,12 +187,12 @@ class MemberView:
     # ---- the view -----------------------------------------------------------------------
     async def view(self) -> dict[str, Any]:
         s = self.s
-        st = s.node.status()
         records = sorted(s.members.members.values(), key=lambda m: (m.name or "~", m.ID))
         self._forget_channels({m.client_urls[0] for m in records if m.client_urls})
         others = [m for m in records if s.member_id != m.ID]
         answers = dict(zip([m.ID for m in others],
                            await asyncio.gather(*(self._status(m) for m in others)), strict=True))
+        st = s.node.status()  # after the peers answered: this member's figures are as fresh
         alarms: dict[int, list[str]] = {}
         for a in s.alarms.list():
             alarms.setdefault(a.memberID, []).append(rpc.AlarmType.Name(a.alarm))
