@@ -75,10 +75,21 @@ def _start_watchdog(bound_s: float) -> None:
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
+def version_text() -> str:
+    """``datastore --version``: the release, and the etcd API version clients see."""
+    from datastore.server.features import release
+
+    return (f"datastore Version: {release()}\netcd API Version: {VERSION}\n"
+            f"Python Version: {sys.version.split()[0]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from datastore.logsetup import setup_logging
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # etcd --version
+        print(version_text())
+        return 0
     if not argv or argv[0].startswith("-"):
         argv = ["serve", *argv]  # like etcd: no subcommand means run the server
     parser = argparse.ArgumentParser(prog="datastore", description=__doc__)
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     if ns.cmd == "version":
-        print(f"datastore Version: {VERSION}")
+        print(version_text())
         return 0
     if ns.cmd == "bench":
         from datastore.bench import run as bench_run

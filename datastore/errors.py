@@ -6,9 +6,10 @@ clients match on (clientv3 maps a status back to its error by message alone, see
 ``rpctypes.Error``), so both must be byte-for-byte etcd's. The gRPC layer turns an
 ``EtcdError`` into ``context.abort(getattr(grpc.StatusCode, e.code), e.message)``.
 
-Codes are the 3.5 ones. etcd 3.6 changed three of them (``not capable``,
-``rpc not supported for learner`` and ``cluster version not found during downgrade`` became
-FAILED_PRECONDITION); 3.5 clients expect UNAVAILABLE, which is what is kept here.
+Codes are etcd 3.6's. 3.6 changed three of 3.5's: ``not capable``, ``rpc not supported for
+learner`` and ``cluster version not found during downgrade`` are FAILED_PRECONDITION there,
+UNAVAILABLE in 3.5 (retrying cannot help: the member stays a learner, the server lacks the
+capability). Clients match these errors by message, so 3.5 clients still recognise them.
 
 A few entries are not emitted by etcd 3.5.0 but are kept because clients know them
 (noted on each): they were added in later 3.5.x patch releases or on the main branch.
@@ -280,7 +281,7 @@ class ErrLeaderChanged(EtcdError):
 
 
 class ErrNotCapable(EtcdError):
-    code = "UNAVAILABLE"
+    code = "FAILED_PRECONDITION"  # 3.6 (3.5: UNAVAILABLE)
     message = "etcdserver: not capable"
 
 
@@ -323,7 +324,7 @@ class ErrCorrupt(EtcdError):
 # etcd spells the Go name ErrGPRCNotSupportedForLearner; only Status and serializable
 # Range are allowed on a learner.
 class ErrNotSupportedForLearner(EtcdError):
-    code = "UNAVAILABLE"
+    code = "FAILED_PRECONDITION"  # 3.6 (3.5: UNAVAILABLE)
     message = "etcdserver: rpc not supported for learner"
 
 
@@ -339,7 +340,7 @@ class ErrTimeoutLeaderTransfer(EtcdError):
 
 # --- downgrade -----------------------------------------------------------------------------
 class ErrClusterVersionUnavailable(EtcdError):
-    code = "UNAVAILABLE"
+    code = "FAILED_PRECONDITION"  # 3.6 (3.5: UNAVAILABLE)
     message = "etcdserver: cluster version not found during downgrade"
 
 

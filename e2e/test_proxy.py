@@ -409,3 +409,25 @@ def test_late_joiners_see_every_event_after_their_created_revision(tmp_path: Pat
     for created_rev, revs in results:
         assert revs == list(range(created_rev + 1, revs[-1] + 1)), (created_rev, revs[:5])
     assert metric(dmetrics, "etcd_debugging_mvcc_watcher_total") <= 1
+
+
+def test_range_stream_and_hashkv_through_the_proxy(tmp_path: Path, procs: list) -> None:
+    # kube-apiserver lists with KV.RangeStream: through the proxy it gets the member's chunks
+    d, _ = ds_with_metrics(tmp_path, procs)
+    proxy, _ = our_proxy(tmp_path, d.endpoint, procs)
+    kv = rpc_pb2_grpc.KVStub(d.channel())
+    for i in range(120):
+        kv.Put(rpc.PutRequest(key=b"rs/%03d" % i, value=b"v" * 2000))
+    req = rpc.RangeRequest(key=b"rs/", range_end=b"rs0")
+
+    def chunks(ch: grpc.Channel) -> list[list[bytes]]:
+        return [[k.key for k in c.range_response.kvs]
+                for c in rpc_pb2_grpc.KVStub(ch).RangeStream(req, timeout=30)]
+
+    with grpc.insecure_channel(proxy.endpoint) as pch:
+        via_proxy = chunks(pch)
+        direct = chunks(d.channel())
+        assert len(direct) > 1 and via_proxy == direct
+        hkv = rpc.HashKVRequest()
+        assert (rpc_pb2_grpc.MaintenanceStub(pch).HashKV(hkv, timeout=30).hash
+                == rpc_pb2_grpc.MaintenanceStub(d.channel()).HashKV(hkv, timeout=30).hash)

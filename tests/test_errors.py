@@ -29,12 +29,13 @@ from datastore import errors
         (errors.ErrUserNotFound, "FAILED_PRECONDITION", "etcdserver: user name not found"),
         (errors.ErrNoLeader, "UNAVAILABLE", "etcdserver: no leader"),
         (errors.ErrNotLeader, "FAILED_PRECONDITION", "etcdserver: not leader"),
-        # 3.5 codes; etcd 3.6 moved these three to FAILED_PRECONDITION.
-        (errors.ErrNotCapable, "UNAVAILABLE", "etcdserver: not capable"),
-        (errors.ErrNotSupportedForLearner, "UNAVAILABLE", "etcdserver: rpc not supported for learner"),
+        # etcd 3.6's codes for these three (3.5 said UNAVAILABLE).
+        (errors.ErrNotCapable, "FAILED_PRECONDITION", "etcdserver: not capable"),
+        (errors.ErrNotSupportedForLearner, "FAILED_PRECONDITION",
+         "etcdserver: rpc not supported for learner"),
         (
             errors.ErrClusterVersionUnavailable,
-            "UNAVAILABLE",
+            "FAILED_PRECONDITION",
             "etcdserver: cluster version not found during downgrade",
         ),
         (errors.ErrCorrupt, "DATA_LOSS", "etcdserver: corrupt cluster"),

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from datastore.metrics.hist import family
 from datastore.server.config import CLUSTER_VERSION, VERSION
+from datastore.server.features import release
 
 if TYPE_CHECKING:
     from datastore.server.etcdserver import EtcdServer
@@ -101,6 +102,13 @@ class MemberCollector(Collector):
         yield _info("etcd_cluster_version",
                     "Which version is running. 1 for 'cluster_version' label with current cluster "
                     "version", "cluster_version", CLUSTER_VERSION.rsplit(".", 1)[0])
+        # The datastore's own release and agreed cluster version (docs/upgrade.md), apart
+        # from the etcd API version above that clients see.
+        yield _info("datastore_server_release", "The datastore release this member runs.",
+                    "release", release())
+        yield _info("datastore_cluster_version",
+                    "The cluster version the members agreed on through the log.",
+                    "cluster_version", str(s.cluster_version))
         yield _info("etcd_server_id",
                     "Server or member ID in hexadecimal format. 1 for 'server_id' label with "
                     "current ID.", "server_id", f"{s.member_id:x}")

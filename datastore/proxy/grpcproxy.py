@@ -50,7 +50,7 @@ from datastore.client.connection import (
     moves_on,
     safe_to_retry,
 )
-from datastore.gateway.routes import ROUTES
+from datastore.gateway.routes import ROUTES, Route
 
 log = logging.getLogger("datastore.proxy")
 
@@ -243,6 +243,7 @@ class KeepAlives:
         self.keyed: dict[int, int] = {}
         self.queue: asyncio.Queue[int] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.failures = 0  # upstream streams lost in a row
 
     async def keep_alive(self, lease_id: int) -> rpc.LeaseKeepAliveResponse:
         self.proxy.stats.keepalive_requests += 1
@@ -304,6 +305,7 @@ class KeepAlives:
             response_deserializer=rpc.LeaseKeepAliveResponse.FromString)(requests())
         try:
             async for resp in call:
+                self.failures = 0
                 if resp.TTL > 0:
                     self.last[resp.ID] = (time.monotonic(), resp)
                 else:
@@ -317,9 +319,13 @@ class KeepAlives:
                 self.queue = asyncio.Queue()
                 for lease_id in self.pending:
                     self.queue.put_nowait(lease_id)
-                log.info("proxy keep-alive stream moves on", extra={
-                    "from": ep, "reason": e.details(), "waiting": len(self.pending)})
-                await asyncio.sleep(RESUME_BACKOFF_S[0])  # resume backoff, not synchronisation
+                # one line per outage, not one per retry; the pause doubles while it lasts
+                (log.info if self.failures == 0 else log.debug)(
+                    "proxy keep-alive stream moves on", extra={
+                        "from": ep, "reason": e.details(), "waiting": len(self.pending)})
+                pause = min(RESUME_BACKOFF_S[0] * 2 ** self.failures, RESUME_BACKOFF_S[1])
+                self.failures += 1
+                await asyncio.sleep(pause)  # resume backoff, not synchronisation
                 self.task = asyncio.get_running_loop().create_task(self._run())
                 return
             for f in [f for fs in self.pending.values() for f in fs]:
@@ -473,7 +479,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
         route = _BY_METHOD.get(method)
-        if route is None and method != "/etcdserverpb.Maintenance/HashKV":
+        if route is None:
             return None
         if method == WATCH:
             return grpc.stream_stream_rpc_method_handler(
@@ -483,8 +489,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(
                 self._keepalive, request_deserializer=rpc.LeaseKeepAliveRequest.FromString,
                 response_serializer=rpc.LeaseKeepAliveResponse.SerializeToString)
-        if route is None or route.kind == "unary":
-            req_type = route.request if route else rpc.HashKVRequest
+        if route.kind == "unary":
+            req_type = route.request
 
             async def unary(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
                 return await self._unary(method, raw, ctx)
@@ -631,7 +637,13 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 await ctx.abort(e.code(), e.details() or "")
 
 
-_BY_METHOD = {r.full_method: r for r in ROUTES.values()}
+# The gateway's routes, plus the methods etcd serves over gRPC only.
+_BY_METHOD = {r.full_method: r for r in ROUTES.values()} | {
+    "/etcdserverpb.Maintenance/HashKV": Route("/etcdserverpb.Maintenance/HashKV", rpc.HashKVRequest,
+                                              rpc.HashKVResponse, "unary"),
+    "/etcdserverpb.KV/RangeStream": Route("/etcdserverpb.KV/RangeStream", rpc.RangeRequest,
+                                          rpc.RangeStreamResponse, "server_stream"),
+}
 
 
 def _checked(t: Any) -> Callable[[bytes], bytes]:

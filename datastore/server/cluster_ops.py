@@ -48,6 +48,7 @@ from datastore.raft.types import (
     StateType,
 )
 from datastore.server import codec
+from datastore.server.features import ClusterVersion, DowngradeRefused, fatal_downgrade
 from datastore.server.membership import META_LOCAL_ID, compute_member_id
 from datastore.server.snapshot_image import (
     META_INSTALLED_SNAPSHOT,
@@ -115,6 +116,7 @@ class ClusterHost(Protocol):
     alarms: AlarmStore
     auth: AuthStore
     hub: WatchHub
+    cluster_version: ClusterVersion
     node: RawNode
     member_id: int
     leader_id: int
@@ -351,6 +353,11 @@ class ClusterOps:
             s.alarms._alarms.add((int.from_bytes(k[6:14], "big"), k[14]))
         s.applier.applied_index = applied
         s.auth.load()  # users, roles, enabled flag and revision came with the image
+        s.cluster_version.load()  # so did the agreed cluster version
+        try:
+            s.cluster_version.check_local("in a snapshot from the leader")
+        except DowngradeRefused as e:
+            fatal_downgrade(e)
         self._load_removed()
         hub = s.hub
         for w in list(hub.synced_watchers()):  # they missed events: replay from disk

@@ -215,7 +215,8 @@ _BOOL: dict = {"type": parse_bool, "nargs": "?", "const": True, "default": False
 
 # ---- flags from environment variables (etcd's pkg/flags.SetFlagsFromEnv) -----------------
 ENV_PREFIXES = ("ETCD", "DATASTORE")
-INTERNAL_ENV = frozenset({"DATASTORE_FAILPOINT"})  # ours, read elsewhere: not flags
+# ours, read elsewhere (failpoint.py, features.RELEASE_ENV): not flags
+INTERNAL_ENV = frozenset({"DATASTORE_FAILPOINT", "DATASTORE_TEST_RELEASE"})
 
 
 def flag_env_names(option: str) -> list[str]:

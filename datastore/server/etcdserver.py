@@ -49,10 +49,12 @@ from datastore.server.cluster_ops import ClusterOps, join_existing
 from datastore.server.compactor import run_compactor
 from datastore.server.config import Config
 from datastore.server.failpoint import failpoint
+from datastore.server.features import ClusterVersion, DowngradeRefused, fatal_downgrade
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
 from datastore.server.raftlog import DurableStorage
 from datastore.server.snapshot_image import recover_install
 from datastore.server.stats import SLOW_APPLY_S, ServerStats
+from datastore.server.version_monitor import VersionMonitor
 from datastore.storage.backend import (
     CORRUPT_ACTION,
     WAL_FAMILIES,
@@ -110,6 +112,9 @@ class EtcdServer:
             self.applier = Applier(self.backend, self.kv, self.lessor, self.hub, self.alarms,
                                    self.auth)
             self.members = Membership(self.backend)
+            self.cluster_version = ClusterVersion(self.backend)
+            self.cluster_version.check_local("recorded in the data dir")
+            self.applier.register("cluster_version_set", self._apply_cluster_version)
             self.storage = DurableStorage(self.wal)
             self._bootstrap()
             self._finish_snapshot_install()
@@ -151,6 +156,12 @@ class EtcdServer:
         self.metrics_exposition: Exposition | None = None  # its registry, built at the first scrape
         self.transport = None  # peer transport: multi-member clusters plug in here
         self.cluster_ops = ClusterOps(self)  # conf changes, snapshots, publish
+
+    def _apply_cluster_version(self, req: object, wb: object, out: object) -> None:
+        try:
+            self.cluster_version.apply(req, wb, out)  # type: ignore[arg-type]
+        except DowngradeRefused as e:
+            fatal_downgrade(e)
 
     # ---- bootstrap -------------------------------------------------------------------
     def _bootstrap(self) -> None:
@@ -225,7 +236,8 @@ class EtcdServer:
             self.node.campaign()  # a single voter need not wait out an election timeout
         loop = asyncio.get_running_loop()
         for coro in (self._run(), self._ticker(), self.hub.run(), self._lease_loop(),
-                     self._progress_loop(), run_compactor(self), self._compaction_loop()):
+                     self._progress_loop(), run_compactor(self), self._compaction_loop(),
+                     VersionMonitor(self).run()):
             self._tasks.append(loop.create_task(coro))
         self._wake.set()
 

@@ -115,6 +115,7 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
     delay = _chunk_delay()
     progress = _Progress("send", to=f"{peer_id:x}", index=prep.meta.index)
     channel: grpc.aio.Channel | None = None
+    call: grpc.aio.StreamUnaryCall | None = None
     ok = False
     try:
         channel = await open_peer_channel(url, s.cfg.peer_tls)
@@ -139,8 +140,11 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
     except asyncio.CancelledError:
         raise
     except Exception as e:  # peer down, restarted, refused the image...
-        log.warning("sending a snapshot failed",
-                    extra={"to": f"{peer_id:x}", "index": prep.meta.index, "error": str(e)})
+        if await _unimplemented(call):  # a release from before streamed snapshots
+            t.snapshots_unsupported(peer_id)
+        else:
+            log.warning("sending a snapshot failed",
+                        extra={"to": f"{peer_id:x}", "index": prep.meta.index, "error": str(e)})
     finally:
         with contextlib.suppress(Exception):
             await loop.run_in_executor(pool, chunks.close)  # closes the checkpoint's db
@@ -152,6 +156,17 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
             with contextlib.suppress(Exception):
                 s.node.report_unreachable(peer_id)
         t.report_snapshot(peer_id, ok)
+
+
+async def _unimplemented(call: grpc.aio.StreamUnaryCall | None) -> bool:
+    """Did the peer answer UNIMPLEMENTED? A write usually fails first ("RPC already
+    finished", "Internal error from Core"), so wait briefly for the call's own status
+    rather than trust the exception."""
+    if call is None:
+        return False
+    with contextlib.suppress(Exception):
+        return await asyncio.wait_for(call.code(), 2.0) == grpc.StatusCode.UNIMPLEMENTED
+    return False
 
 
 # ---- receiver ---------------------------------------------------------------------------

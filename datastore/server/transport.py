@@ -45,6 +45,7 @@ from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
 from datastore.server.crl import CheckedRegistrar, RevocationList
+from datastore.server.features import format_level, release
 from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from datastore.lease.lessor import Lessor
     from datastore.raft.rawnode import RawNode
     from datastore.server.config import Config
+    from datastore.server.features import ClusterVersion
     from datastore.server.membership import Membership
     from datastore.server.snapshot_image import Checkpoints
     from datastore.server.stats import ServerStats
@@ -67,6 +69,10 @@ BACKOFF_MAX_S = 1.0
 PROBE_INTERVAL_S = 0.5
 RTT_PROBE_S = 4.0  # etcd's proberInterval (ConnReadTimeout - 1 s)
 RTT_BUCKETS = exponential_buckets(0.0001, 2, 16)
+# A peer that cannot receive streamed snapshots (a release before 0.13) is asked again
+# after this long, or as soon as it reports a release (it was upgraded); meanwhile
+# one warning per interval says why it stays behind, instead of a transfer per retry.
+SNAPSHOT_UNSUPPORTED_RETRY_S = 30.0
 # The detail of the FAILED_PRECONDITION a removed member's stream gets (etcd: 410 Gone).
 ERR_REMOVED = "the member has been permanently removed from the cluster"
 GRPC_OPTIONS = [
@@ -100,6 +106,7 @@ class PeerHost(Protocol):
     leader_id: int
     is_leader: bool
     members: Membership
+    cluster_version: ClusterVersion
     node: RawNode
     lessor: Lessor
     stats: ServerStats
@@ -175,6 +182,9 @@ class _Peer:
                     await task
 
     def _start_snapshot(self, m: Message) -> None:
+        if self.t.snapshot_refused(self.id):
+            self.t.report_snapshot(self.id, False)  # raft asks again; we answer the same
+            return
         if self.snap_task is not None and not self.snap_task.done():
             # raft sends one at a time; a repeat (progress reset) waits for the running one
             log.debug("snapshot to %x already in flight", self.id)
@@ -297,8 +307,11 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
 
     async def Members(self, r: pb.MembersRequest, ctx: grpc.aio.ServicerContext) -> pb.MembersResponse:
         s = self.t.server
+        cv = s.cluster_version.level
         return pb.MembersResponse(cluster_id=s.cluster_id,
-                                  members=[m.SerializeToString() for m in s.members.members.values()])
+                                  members=[m.SerializeToString() for m in s.members.members.values()],
+                                  release=release(),
+                                  cluster_version=format_level(cv) if cv is not None else "")
 
     async def LeaseRenew(self, r: pb.LeaseRenewRequest,
                          ctx: grpc.aio.ServicerContext) -> pb.LeaseRenewResponse:
@@ -340,6 +353,8 @@ class PeerTransport:
         self.disconnects: dict[int, int] = {}
         self.rtt: dict[int, Histogram] = {}
         self._last_heartbeat: dict[int, float] = {}
+        self.no_snapshots_until: dict[int, float] = {}  # peer -> monotonic time
+        self._snapshot_warned: dict[int, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -402,7 +417,8 @@ class PeerTransport:
         p = self.peers.pop(peer_id, None)
         self.last_heard.pop(peer_id, None)
         for counts in (self.sent_bytes, self.received_bytes, self.sent_failures, self.disconnects,
-                       self.rtt, self._last_heartbeat):
+                       self.rtt, self._last_heartbeat, self.no_snapshots_until,
+                       self._snapshot_warned):
             counts.pop(peer_id, None)  # type: ignore[attr-defined]
         if p is not None:
             for task in p.tasks():
@@ -439,6 +455,26 @@ class PeerTransport:
             if m.type == MsgType.MsgSnap:
                 self.report_snapshot(peer_id, False)
         self.server.wake()
+
+    def snapshots_unsupported(self, peer_id: int) -> None:
+        """The peer answered SendSnapshot with UNIMPLEMENTED: it runs a release from before
+        streamed snapshots, which no leader of this release can bring up to date."""
+        self.no_snapshots_until[peer_id] = time.monotonic() + SNAPSHOT_UNSUPPORTED_RETRY_S
+        self.snapshot_refused(peer_id)
+
+    def snapshot_refused(self, peer_id: int) -> bool:
+        """True while ``peer_id`` cannot take a snapshot; warns once per interval."""
+        now = time.monotonic()
+        if now >= self.no_snapshots_until.get(peer_id, 0.0):
+            return False
+        if now - self._snapshot_warned.get(peer_id, -SNAPSHOT_UNSUPPORTED_RETRY_S) \
+                >= SNAPSHOT_UNSUPPORTED_RETRY_S:
+            self._snapshot_warned[peer_id] = now
+            log.warning("cannot send a snapshot: the member runs a release that cannot "
+                        "receive streamed snapshots (before 0.13.0); it stays behind until "
+                        "it is upgraded", extra={"to": f"{peer_id:x}",
+                                                 "retry_in_s": SNAPSHOT_UNSUPPORTED_RETRY_S})
+        return True
 
     def report_snapshot(self, peer_id: int, ok: bool) -> None:
         with contextlib.suppress(Exception):

@@ -60,6 +60,7 @@ class Ref:
     assets: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     source_module: str = ""  # copied from the module cache at `version`; tests built in it
     overlay: dict[str, str] = field(default_factory=dict)  # our file → the file it replaces
+    suite: bool = True  # the test suite runs it; False: only the benchmarks do
 
     @property
     def module_dir(self) -> Path:
@@ -94,7 +95,8 @@ REFS: tuple[Ref, ...] = (
     Ref("etcd37", "v3.7.0", {"etcd37": "./cmd/etcd"}, extra_files=("cmd/etcd/main.go",)),
     # the bbolt version etcd 3.6.16 links: its `bbolt check` judges our snapshot files
     Ref("bbolt", "v1.4.3", {"bbolt": "go.etcd.io/bbolt/cmd/bbolt"}),
-    Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True),
+    # an anchor of the benchmarks only; its cgo SQLite build is a third of a cold build
+    Ref("kine", "v0.17.5", {"kine": "github.com/k3s-io/kine"}, cgo=True, suite=False),
     Ref("storagetests", "v0.37.2", {}, test_packages={
         "etcd3.test": "./pkg/storage/etcd3",
         "cacher.test": "./pkg/storage/cacher",
@@ -253,14 +255,16 @@ def _copy_source(ref: Ref, dest: Path, env: dict[str, str]) -> Path:
     return dest
 
 
-def build_all(names: list[str] | None = None, log: Callable[[str], None] = print) -> int:
-    """Build (or reuse) every reference, or those named; returns a process exit code."""
+def build_all(names: list[str] | None = None, log: Callable[[str], None] = print,
+              suite_only: bool = False) -> int:
+    """Build (or reuse) every reference, or those named, or (``suite_only``) those the
+    test suite runs; returns a process exit code."""
     try:
         go = go_version()
     except RefError as e:
         print(f"build_refs: error: {e}", file=sys.stderr)
         return 2
-    refs = [r for r in REFS if not names or r.name in names]
+    refs = [r for r in REFS if (not names or r.name in names) and (r.suite or not suite_only)]
     log(f"reference programs ({go}), cache {cache_root()}")
     t0 = time.monotonic()
     for i, ref in enumerate(refs, 1):

@@ -23,6 +23,7 @@ class PodState:
     mod_revision: int
     requests: Resources
     assumed: str | None = None  # node chosen by us, bind not yet observed
+    raw: bytes = b""  # the stored JSON: our writes patch it, keeping fields the model lacks
 
     @property
     def node_name(self) -> str | None:
@@ -86,9 +87,9 @@ class Cache:
             else:
                 ni.remove(req)
 
-    def set_pod(self, key: str, pod: k8s.V1Pod, mod_revision: int) -> PodState:
+    def set_pod(self, key: str, pod: k8s.V1Pod, mod_revision: int, raw: bytes = b"") -> PodState:
         old = self.pods.get(key)
-        st = PodState(pod, mod_revision, pod_requests(pod))
+        st = PodState(pod, mod_revision, pod_requests(pod), raw=raw)
         if old is not None:
             self._account(old.placed_on, old.requests, -1)
             if st.node_name is None:

@@ -215,6 +215,30 @@ def bound(pod: k8s.V1Pod, node_name: str) -> k8s.V1Pod:
     return new
 
 
+def stored_with(raw: bytes, new: k8s.V1Pod) -> bytes:
+    """The stored pod ``raw`` with only what the scheduler writes taken from ``new``:
+    ``spec.nodeName``, ``metadata.annotations`` and the ``PodScheduled`` condition.
+
+    Everything else stays byte-for-byte as its writer left it, including fields this
+    client's models do not know (a newer API server's), which a decode/encode would drop.
+    """
+    d = json.loads(raw)
+    n = to_dict(new)
+    node = n.get("spec", {}).get("nodeName")
+    if node:
+        d.setdefault("spec", {})["nodeName"] = node
+    annotations = n.get("metadata", {}).get("annotations")
+    if annotations:
+        d.setdefault("metadata", {})["annotations"] = annotations
+    mine = [c for c in n.get("status", {}).get("conditions", []) if c.get("type") == "PodScheduled"]
+    if mine:
+        status = d.setdefault("status", {})
+        status.setdefault("phase", "Pending")
+        status["conditions"] = [c for c in status.get("conditions") or []
+                                if c.get("type") != "PodScheduled"] + mine
+    return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
+
+
 def unschedulable(pod: k8s.V1Pod, message: str) -> k8s.V1Pod:
     """The pod with PodScheduled=False, reason Unschedulable, and why."""
     cond = k8s.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable", message=message,

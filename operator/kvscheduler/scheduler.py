@@ -41,7 +41,7 @@ from datastore.client.recipes import Election, Informer, Session
 from datastore.client.txn import Compare, op_get, op_put
 from kvscheduler import objects as obj
 from kvscheduler.algorithm import schedule
-from kvscheduler.cache import Cache
+from kvscheduler.cache import Cache, PodState
 from kvscheduler.metrics import Attempts
 from kvscheduler.workqueue import SchedulingQueue
 
@@ -128,7 +128,7 @@ class Scheduler:
         old = self.cache.pods.get(key)
         if old is not None and old.mod_revision > kv.mod_revision:
             return  # already saw a newer version (re-read after a bind conflict)
-        st = self.cache.set_pod(key, pod, kv.mod_revision)
+        st = self.cache.set_pod(key, pod, kv.mod_revision, bytes(kv.value))
         if self.is_pending(pod):
             # Our own status write (or any change that leaves the spec as it was) keeps a
             # parked pod parked; anything else may change the outcome.
@@ -303,14 +303,14 @@ class Scheduler:
             raise
         if d.node is not None:
             self.cache.assume(key, d.node)
-            self._spawn(self._bind(key, st.pod, st.mod_revision, d.node, t0), sem)
+            self._spawn(self._bind(key, st, d.node, t0), sem)
             return True
         self.attempts.done("unschedulable", time.perf_counter() - t0)
         self.queue.park_unschedulable(key)
         cond = obj.pod_condition(st.pod, "PodScheduled")
         if cond is not None and cond.status == "False" and cond.message == d.message:
             return False  # already says so: no write
-        self._spawn(self._mark_unschedulable(key, st.pod, st.mod_revision, d.message), sem)
+        self._spawn(self._mark_unschedulable(key, st, d.message), sem)
         return True
 
     def _spawn(self, coro: Any, sem: asyncio.Semaphore) -> None:
@@ -377,12 +377,14 @@ class Scheduler:
         self._wake.set()
         return None
 
-    async def _bind(self, key: str, pod: k8s.V1Pod, mod_revision: int, node: str,
-                    t0: float | None = None) -> None:
+    def _rewritten(self, st: PodState, new: k8s.V1Pod) -> bytes:
+        return obj.stored_with(st.raw, new) if st.raw else obj.encode(new)
+
+    async def _bind(self, key: str, st: PodState, node: str, t0: float | None = None) -> None:
         t0 = time.perf_counter() if t0 is None else t0  # the attempt's start (its decision)
-        new = obj.bound(pod, node)
+        new = obj.bound(st.pod, node)
         new.metadata.annotations = {**(new.metadata.annotations or {}), SCHEDULED_BY: self.identity}
-        resp = await self._write(key, mod_revision, obj.encode(new), "bind")
+        resp = await self._write(key, st.mod_revision, self._rewritten(st, new), "bind")
         # kube-scheduler: a bind that fails ends the attempt as an error
         self.attempts.done("scheduled" if resp is not None else "error", time.perf_counter() - t0)
         if resp is not None:
@@ -390,8 +392,9 @@ class Scheduler:
             self.queue.attempts.pop(key, None)
             logkv(logging.INFO, "bound", pod=key, node=node, revision=resp.header.revision)
 
-    async def _mark_unschedulable(self, key: str, pod: k8s.V1Pod, mod_revision: int, message: str) -> None:
-        resp = await self._write(key, mod_revision, obj.encode(obj.unschedulable(pod, message)), "status")
+    async def _mark_unschedulable(self, key: str, st: PodState, message: str) -> None:
+        new = obj.unschedulable(st.pod, message)
+        resp = await self._write(key, st.mod_revision, self._rewritten(st, new), "status")
         if resp is not None:
             self.stats.unschedulable_writes += 1
             logkv(logging.INFO, "unschedulable", pod=key, message=message)

@@ -24,6 +24,9 @@ def _err(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     # rejected up front by the member
     (grpc.StatusCode.UNAVAILABLE, etcd_errors.ErrNoLeader.message, True, True, True),
     (grpc.StatusCode.UNAVAILABLE, etcd_errors.ErrNotSupportedForLearner.message, True, True, True),
+    # etcd 3.6's (and ours) code for the learner refusal: the same failover
+    (grpc.StatusCode.FAILED_PRECONDITION, etcd_errors.ErrNotSupportedForLearner.message,
+     True, True, True),
     # the connection broke mid-call: a write may have been applied
     (grpc.StatusCode.UNAVAILABLE, "Socket closed", True, True, False),
     (grpc.StatusCode.UNAVAILABLE, etcd_errors.ErrTimeout.message, True, True, False),

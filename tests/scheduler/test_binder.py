@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from datastore.client import Client
@@ -16,7 +17,9 @@ async def _setup(endpoint: str) -> tuple[Client, Scheduler, Session, Election]:
     s = Scheduler(c, identity="t1", lease_ttl=5)
     await c.put(obj.node_key("n1"), obj.encode(obj.make_node("n1")))
     for i in range(3):
-        await c.put(obj.pod_key("default", f"p{i}"), obj.encode(obj.make_pod(f"p{i}")))
+        pod = json.loads(obj.encode(obj.make_pod(f"p{i}")))
+        pod["spec"]["futureField"] = i  # a newer API server's field, unknown to the models
+        await c.put(obj.pod_key("default", f"p{i}"), json.dumps(pod).encode())
     await s.nodes_inf.start()
     await s.pods_inf.start()
     await s.nodes_inf.wait_synced(30)
@@ -46,8 +49,10 @@ def test_bind_conflict_and_fence(datastore_server: Any) -> None:
             # 1. A bind from the current revision applies: nodeName, condition, annotation.
             st = s.cache.pods[_key(0)]
             s.cache.assume(_key(0), "n1")
-            await s._bind(_key(0), st.pod, st.mod_revision, "n1")
-            got = obj.decode_pod((await c.get(_key(0))).kvs[0].value)
+            await s._bind(_key(0), st, "n1")
+            raw = (await c.get(_key(0))).kvs[0].value
+            assert json.loads(raw)["spec"]["futureField"] == 0  # the write kept it
+            got = obj.decode_pod(raw)
             assert got.spec.node_name == "n1"
             assert obj.pod_condition(got, "PodScheduled").status == "True"
             assert got.metadata.annotations[SCHEDULED_BY] == "t1"
@@ -58,7 +63,7 @@ def test_bind_conflict_and_fence(datastore_server: Any) -> None:
             s.cache.assume(_key(1), "n1")
             changed = obj.make_pod("p1", labels={"touched": "yes"})
             rev = (await c.put(_key(1), obj.encode(changed))).header.revision
-            await s._bind(_key(1), st.pod, st.mod_revision, "n1")
+            await s._bind(_key(1), st, "n1")
             assert s.stats.bind_conflicts == 1
             after = (await c.get(_key(1))).kvs[0]
             assert after.mod_revision == rev and b"nodeName" not in after.value
@@ -71,7 +76,7 @@ def test_bind_conflict_and_fence(datastore_server: Any) -> None:
             await e.resign()
             st = s.cache.pods[_key(2)]
             s.cache.assume(_key(2), "n1")
-            await s._bind(_key(2), st.pod, st.mod_revision, "n1")
+            await s._bind(_key(2), st, "n1")
             assert s.stats.fenced == 1 and s._lost.is_set()
             assert b"nodeName" not in (await c.get(_key(2))).kvs[0].value
             assert s.cache.pods[_key(2)].assumed is None

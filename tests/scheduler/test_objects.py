@@ -78,3 +78,26 @@ def test_bound_and_unschedulable_conditions() -> None:
     d = json.loads(o.encode(b))
     assert d["spec"]["nodeName"] == "n1"
     assert d["status"]["conditions"][0]["lastTransitionTime"].endswith("+00:00")
+
+
+def test_scheduler_writes_keep_fields_the_models_do_not_know() -> None:
+    # A newer API server's pod: fields unknown to this client's models, at the top of the
+    # spec and inside another condition. Binding and marking unschedulable keep them.
+    stored = json.loads(o.encode(o.make_pod("p")))
+    stored["spec"]["futureField"] = {"x": 1}
+    stored["status"]["conditions"] = [{"type": "Ready", "status": "False", "observedGeneration": 3}]
+    stored["metadata"]["annotations"] = {"keep": "me"}
+    raw = json.dumps(stored).encode()
+    pod = o.decode_pod(raw)
+    marked = json.loads(o.stored_with(raw, o.unschedulable(pod, "no room")))
+    assert marked["spec"]["futureField"] == {"x": 1}
+    assert [c["type"] for c in marked["status"]["conditions"]] == ["Ready", "PodScheduled"]
+    assert marked["status"]["conditions"][0]["observedGeneration"] == 3
+    new = o.bound(o.decode_pod(json.dumps(marked)), "n1")
+    new.metadata.annotations = {**new.metadata.annotations, "by": "us"}
+    b = json.loads(o.stored_with(json.dumps(marked).encode(), new))
+    assert b["spec"]["nodeName"] == "n1" and b["spec"]["futureField"] == {"x": 1}
+    assert b["metadata"]["annotations"] == {"keep": "me", "by": "us"}
+    scheduled = [c for c in b["status"]["conditions"] if c["type"] == "PodScheduled"]
+    assert [c["status"] for c in scheduled] == ["True"]
+    assert b["status"]["conditions"][0] == {"type": "Ready", "status": "False", "observedGeneration": 3}

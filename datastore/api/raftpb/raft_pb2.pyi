@@ -129,12 +129,16 @@ class MembersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MembersResponse(_message.Message):
-    __slots__ = ("cluster_id", "members")
+    __slots__ = ("cluster_id", "members", "release", "cluster_version")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     cluster_id: int
     members: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, cluster_id: _Optional[int] = ..., members: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    release: str
+    cluster_version: str
+    def __init__(self, cluster_id: _Optional[int] = ..., members: _Optional[_Iterable[bytes]] = ..., release: _Optional[str] = ..., cluster_version: _Optional[str] = ...) -> None: ...
 
 class LeaseRenewRequest(_message.Message):
     __slots__ = ("ID",)
