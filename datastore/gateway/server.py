@@ -10,7 +10,8 @@ Errors are grpc-gateway's body ``{"error", "message", "code"}`` with the HTTP st
 ``{"result": ...}`` JSON object and a newline per chunk; a streaming request body is a
 sequence of JSON objects. The ``Authorization`` header becomes the ``token`` metadata.
 
-Any other path is handed to a fallback (the member's /health, /version, /metrics, ...).
+Any other path is handed to a fallback (the member's /health, /version, /metrics, ...),
+and ``/dashboard...`` to the console (:mod:`datastore.console.web`), which may stream.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 import grpc
@@ -31,6 +32,9 @@ from google.protobuf import json_format
 from google.protobuf import message as pbmessage
 
 from datastore.gateway.routes import Route, lookup
+
+if TYPE_CHECKING:
+    from datastore.console.web import Console
 
 log = logging.getLogger("datastore.gateway")
 
@@ -274,13 +278,14 @@ class Gateway:
 
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None,
                  fallback: Fallback | None = None, max_body: int = 8 * 1024 * 1024,
-                 options: list[tuple[str, Any]] | None = None) -> None:
+                 options: list[tuple[str, Any]] | None = None, console: Console | None = None) -> None:
         opts = [("grpc.max_receive_message_length", 2**31 - 1),
                 ("grpc.max_send_message_length", 2**31 - 1), *(options or [])]
         self.channel = (grpc.aio.secure_channel(target, credentials, options=opts)
                         if credentials is not None else
                         grpc.aio.insecure_channel(target, options=opts))
         self.fallback = fallback
+        self.console = console
         self.max_body = max_body
         self.servers: list[asyncio.Server] = []
         self._conns: set[asyncio.Task[None]] = set()
@@ -316,6 +321,8 @@ class Gateway:
         for t in list(self._conns):
             t.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
+        if self.console is not None:
+            await self.console.close()
         await self.channel.close()
 
     # ---- connections ------------------------------------------------------------
@@ -355,6 +362,9 @@ class Gateway:
                      writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         keep = req.keep_alive()
+        if self.console is not None and self.console.owns(req.path):
+            await self.console.serve(req.method, req.target, reader, writer)
+            return False  # the console answers one request per connection
         is_gw, route = lookup(req.path)
         if not is_gw:
             return await self._fallback(req, writer, keep)

@@ -57,6 +57,11 @@ class Lessor:
         self.granted = self.revoked = self.renewed = 0
         self.granted_ttls = Histogram(exponential_buckets(1, 2, 24))
 
+    @property
+    def attached_keys(self) -> int:
+        """Keys that carry a lease (the console shows it)."""
+        return len(self._key_lease)
+
     # ---- restore / leadership ------------------------------------------------------
     def restore(self) -> None:
         for _, raw in self.backend.scan("lease", b""):

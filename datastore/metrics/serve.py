@@ -1,17 +1,22 @@
 """A small HTTP/1.1 listener for the operator's and the scheduler's ``/metrics`` (and
-``/healthz``): one GET per connection. A request that is not HTTP gets 400, an unknown
-path 404, another method 405; a handler never sends a traceback."""
+``/healthz``, and their console at ``/dashboard``): one GET per connection. A request that
+is not HTTP gets 400, an unknown path 404, another method 405; a handler never sends a
+traceback. The console's live stream keeps its connection until the stream ends."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
 from datastore.metrics.registry import CONTENT_TYPE, Exposition
+
+if TYPE_CHECKING:
+    from datastore.console.web import Console
 
 log = logging.getLogger("datastore.metrics")
 
@@ -46,16 +51,31 @@ def respond(routes: dict[str, Route], request_line: bytes) -> tuple[int, str, st
         return 500, TEXT, "500 Internal Server Error\n"
 
 
-async def serve_http(host: str, port: int, routes: dict[str, Route]) -> asyncio.Server:
+def _console_request(console: Console | None, request_line: bytes) -> tuple[str, str] | None:
+    """(method, target) when the request is the console's."""
+    parts = request_line.decode("latin-1").split(" ")
+    if console is None or len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    return (parts[0], parts[1]) if console.owns(urlsplit(parts[1]).path) else None
+
+
+async def serve_http(host: str, port: int, routes: dict[str, Route],
+                     console: Console | None = None) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            status, ctype, body = respond(routes, head.split(b"\r\n", 1)[0])
+            line = head.split(b"\r\n", 1)[0]
+            mine = _console_request(console, line)
+            if console is not None and mine is not None:
+                await console.serve(*mine, reader, writer)
+                return
+            status, ctype, body = respond(routes, line)
             data = body.encode()
             writer.write(f"HTTP/1.1 {status} {_PHRASES[status]}\r\nContent-Type: {ctype}\r\n"
                          f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError,
+                ValueError):
             pass  # an abandoned or oversized request: just close
         finally:
             writer.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -228,6 +228,16 @@ class WatchHub:
             yield from ws
         for ws in self._ranges.values():
             yield from ws
+
+    def watcher_groups(self) -> Iterator[tuple[bytes, bytes | None, int]]:
+        """(key, end, count) of every watched key or range (the console counts by these),
+        without visiting each synced watcher."""
+        for key, ws in self._by_key.items():
+            yield key, None, len(ws)
+        for (key, end), ws in self._ranges.items():
+            yield key, end, len(ws)
+        for w in self.unsynced:
+            yield w.key, w.end, 1
 
     # ---- fed by apply ---------------------------------------------------------------
     def notify(self, rev: int, events: list[Event]) -> None:

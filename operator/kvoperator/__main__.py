@@ -40,17 +40,23 @@ def _local(ns: argparse.Namespace) -> int:
                                         "metrics_addr": ns.metrics_addr})
 
     async def run(stop: asyncio.Event) -> None:
+        from datastore.console.web import Console
+        from kvoperator.console import operator_view
+
         server = None
+        console = Console("operator", operator_view(lambda: [rec]))
         if ns.metrics_addr:
             from datastore.metrics.serve import metrics_route, serve_http
 
             host, port = split_addr(ns.metrics_addr, "--metrics-addr")
-            server = await serve_http(host, port, {"/metrics": metrics_route(metrics.registry)})
+            server = await serve_http(host, port, {"/metrics": metrics_route(metrics.registry)},
+                                      console=console)
         try:
             await rec.run(stop)
         finally:
             if server is not None:
                 server.close()
+            await console.close()
     return asyncio.run(_run_until_signal(run))
 
 
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="member i: client port P+10i, peer P+10i+1, metrics P+10i+2")
     loc.add_argument("--interval", type=float, default=1.0, help="seconds between passes when idle")
     loc.add_argument("--metrics-addr", default="",
-                     help="HOST:PORT to serve /metrics (reconcile durations, actions, members) on")
+                     help="HOST:PORT to serve /metrics (reconcile durations, actions, members) and "
+                     "the console (/dashboard) on")
     loc.add_argument("--crd", default=None, help="validate the manifest against this CRD "
                      "(default: manifests/crd/datastoreclusters.yaml of the checkout, if there)")
     run = sub.add_parser("run", help="reconcile DatastoreCluster objects in a Kubernetes cluster")

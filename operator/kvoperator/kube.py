@@ -695,15 +695,21 @@ class KubeOperator:
 
 
 async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> asyncio.AbstractServer:
-    """``/healthz`` for the Deployment's probes (200 while reconcile passes keep running)
-    and ``/metrics`` (kvoperator.metrics), on the Deployment's ``http`` port."""
+    """``/healthz`` for the Deployment's probes (200 while reconcile passes keep running),
+    ``/metrics`` (kvoperator.metrics) and the console (``/dashboard``), on the Deployment's
+    ``http`` port."""
     from datastore.metrics.serve import metrics_route, serve_http
 
     def healthz() -> tuple[int, str, str]:
         ok = op.last_pass and time.monotonic() - op.last_pass < max(60.0, 6 * op.interval)
         return (200, "text/plain", "ok\n") if ok else (503, "text/plain", "no reconcile pass lately\n")
+    from datastore.console.web import Console
+    from kvoperator.console import operator_view
+
+    console = Console("operator", operator_view(lambda: list(op.reconcilers.values())))
     return await serve_http(host, port, {"/healthz": healthz,
-                                         "/metrics": metrics_route(op.metrics.registry)})
+                                         "/metrics": metrics_route(op.metrics.registry)},
+                            console=console)
 
 
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,

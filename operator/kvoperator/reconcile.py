@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvoperator")
 STATUS_TIMEOUT_S = 2.0
+HISTORY = 40  # decisions and events kept for the console
 
 
 class NotYet(Exception):
@@ -98,6 +100,13 @@ class Reconciler:
         self.last_action: Action | None = None
         self.last_observed: Observed | None = None
         self._last_wait = ""  # the last NotYet reason recorded as an Event (once per reason)
+        # What the console shows: the spec and status of the last pass, the planner's recent
+        # decisions (each change of decision, and every action carried out) and the Events.
+        self.last_spec: ClusterSpec | None = None
+        self.last_status: dict[str, Any] | None = None
+        self.passes = 0
+        self.actions: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.events: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     async def reconcile_once(self) -> Action | None:
         if self.metrics is None:
@@ -129,13 +138,32 @@ class Reconciler:
             if self.metrics is not None:
                 self.metrics.acted(self.cluster, a, outcome)
         elif a.kind is ActionKind.DEGRADED and (a.kind, a.reason + outcome) != self._last_logged:
-            await self.p.record(a, "degraded", a.reason)  # a Warning Event, once per new reason
+            await self._record(a, "degraded", a.reason)  # a Warning Event, once per new reason
+        self._remember(a, outcome, message)
         self._log(a, outcome, message)
         prev = await self.p.previous_status()
         st = build_status(o, a, now_rfc3339(), (prev or {}).get("conditions", []))
+        self.last_spec, self.last_status, self.passes = spec, st, self.passes + 1
         if not same_status(prev, st):
             await self.p.publish_status(st)
         return a
+
+    def _remember(self, a: Action, outcome: str, message: str) -> None:
+        last = self.actions[-1] if self.actions else None
+        same = last is not None and (last["kind"], last["reason"], last["outcome"]) == (
+            a.kind.value, a.reason, outcome)
+        if not a.changes_something and last is not None and same:
+            last["until"] = time.time()  # the same wait or steady state, still
+            return
+        self.actions.append({"time": time.time(), "kind": a.kind.value, "reason": a.reason,
+                             "outcome": outcome, "message": message if message != a.reason else "",
+                             "ordinal": a.ordinal, "condition": a.condition})
+
+    async def _record(self, a: Action, outcome: str, message: str) -> None:
+        """An Event (Kubernetes) or nothing (local); kept for the console either way."""
+        self.events.append({"time": time.time(), "kind": a.kind.value, "outcome": outcome,
+                            "message": message})
+        await self.p.record(a, outcome, message)
 
     def _log(self, a: Action, outcome: str, message: str) -> None:
         key = (a.kind, a.reason + outcome)
@@ -180,7 +208,7 @@ class Reconciler:
                                      a.initial_cluster_state or "existing")
             elif k is ActionKind.ADD_LEARNER:
                 m = await self.api.member_add_learner(self._endpoints(o), p.peer_url(i))
-                await p.record(a, "done", f"{a.reason}; MemberAdd gave ID {m.ID:x}")
+                await self._record(a, "done", f"{a.reason}; MemberAdd gave ID {m.ID:x}")
                 return "done", f"MemberAdd gave ID {m.ID:x}"
             elif k is ActionKind.PROMOTE:
                 assert a.member_id is not None
@@ -196,18 +224,18 @@ class Reconciler:
         except NotYet as e:
             if str(e) != self._last_wait:
                 self._last_wait = str(e)
-                await p.record(a, "waiting", f"{a.reason}: waiting: {e}")
+                await self._record(a, "waiting", f"{a.reason}: waiting: {e}")
             return "waiting", str(e)
         except ClusterAPIError as e:
             if k is ActionKind.PROMOTE and NOT_IN_SYNC in e.details:
                 return "retry", "the learner is not in sync with the leader yet; promoting again next pass"
-            await p.record(a, "failed", f"{a.reason}: {e}")
+            await self._record(a, "failed", f"{a.reason}: {e}")
             return "failed", str(e)
         except (OSError, RuntimeError) as e:
-            await p.record(a, "failed", f"{a.reason}: {e}")
+            await self._record(a, "failed", f"{a.reason}: {e}")
             return "failed", str(e)
         self._last_wait = ""
-        await p.record(a, "done", a.reason)
+        await self._record(a, "done", a.reason)
         return "done", a.reason
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from datastore.client import Client
+from datastore.console.web import Console
 from datastore.metrics.serve import metrics_route, serve_http, split_addr
 from kvscheduler import objects as obj
+from kvscheduler.console import scheduler_view
 from kvscheduler.metrics import scheduler_registry
 from kvscheduler.scheduler import ELECTION_PREFIX, Scheduler, default_identity
 
@@ -36,16 +38,18 @@ async def _run(a: argparse.Namespace) -> None:
         s = Scheduler(c, scheduler_name=a.scheduler_name, identity=a.identity, election=a.election,
                       lease_ttl=a.lease_ttl, max_inflight=a.max_inflight)
         server = None
+        console = Console("scheduler", scheduler_view(s))
         if a.metrics_addr:
             host, port = split_addr(a.metrics_addr, "--metrics-addr")
             server = await serve_http(host, port, {
                 "/metrics": metrics_route(scheduler_registry(s)),
-                "/healthz": lambda: (200, "text/plain; charset=utf-8", "ok\n")})
+                "/healthz": lambda: (200, "text/plain; charset=utf-8", "ok\n")}, console=console)
         try:
             await s.run(stop)
         finally:
             if server is not None:
                 server.close()
+            await console.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--max-inflight", type=int, default=32, help="bind Txns in flight at once")
     r.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
     r.add_argument("--metrics-addr", default="",
-                   help="HOST:PORT to serve /metrics (kube-scheduler's names) and /healthz on")
+                   help="HOST:PORT to serve /metrics (kube-scheduler's names), /healthz and the "
+                        "console (/dashboard) on")
     r.add_argument("--log-level", default="info")
     d = sub.add_parser("demo", help="start a datastore (or use --endpoints), create nodes and pods, schedule")
     d.add_argument("--endpoints", default=None, help="use this datastore/etcd instead of an embedded one")

@@ -129,7 +129,7 @@ class Scheduler:
         if old is not None and old.mod_revision > kv.mod_revision:
             return  # already saw a newer version (re-read after a bind conflict)
         st = self.cache.set_pod(key, pod, kv.mod_revision, bytes(kv.value))
-        if self._is_pending(pod):
+        if self.is_pending(pod):
             # Our own status write (or any change that leaves the spec as it was) keeps a
             # parked pod parked; anything else may change the outcome.
             if key in self.queue.unschedulable and old is not None and old.pod.spec == pod.spec:
@@ -163,7 +163,7 @@ class Scheduler:
     def is_leader(self) -> bool:
         return self.leading.is_set()
 
-    def _is_pending(self, pod: k8s.V1Pod) -> bool:
+    def is_pending(self, pod: k8s.V1Pod) -> bool:
         return (not pod.spec.node_name and obj.scheduler_name(pod) == self.scheduler_name
                 and not obj.is_terminal(pod) and not pod.metadata.deletion_timestamp)
 
@@ -258,7 +258,7 @@ class Scheduler:
                 await asyncio.wait_for(self._changed.wait(), 0.05)
         self.queue.clear()
         for key, st in self.cache.pods.items():
-            if self._is_pending(st.pod):
+            if self.is_pending(st.pod):
                 self.queue.add(key)
 
     async def _lead(self, session: Session) -> None:
@@ -292,7 +292,7 @@ class Scheduler:
     def _decide(self, key: str, sem: asyncio.Semaphore) -> bool:
         """Decide one pod; returns True when a write task took over the semaphore slot."""
         st = self.cache.pods.get(key)
-        if st is None or not self._is_pending(st.pod) or st.assumed is not None:
+        if st is None or not self.is_pending(st.pod) or st.assumed is not None:
             return False
         self.stats.decisions += 1
         t0 = time.perf_counter()
@@ -368,7 +368,7 @@ class Scheduler:
               actual_mod_revision=pod_r.kvs[0].mod_revision if pod_r.kvs else 0)
         if pod_r.kvs:
             self._pod_set(pod_r.kvs[0])  # re-read: decide again from the current object
-            if key in self.cache.pods and self._is_pending(self.cache.pods[key].pod):
+            if key in self.cache.pods and self.is_pending(self.cache.pods[key].pod):
                 self.queue.add(key)
         else:
             self._forget_pod(key)  # deleted meanwhile
