@@ -231,6 +231,7 @@ class _Peer:
                     await call.write(batch)
                     sent = self.t.sent_bytes
                     sent[self.id] = sent.get(self.id, 0) + batch.ByteSize()
+                    self.t.count(self.t.sent_batches, self.t.sent_messages, self.id, len(pending))
                     if not self.active_since:
                         self.active_since = time.monotonic()
                     backoff = BACKOFF_MIN_S
@@ -288,6 +289,7 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
                 self.t.last_heard[frm] = time.monotonic()
                 got = self.t.received_bytes
                 got[frm] = got.get(frm, 0) + batch.ByteSize()
+                self.t.count(self.t.received_batches, self.t.received_messages, frm, len(msgs))
                 s.receive(msgs)
         return pb.SendAck()
 
@@ -340,6 +342,16 @@ class PeerTransport:
         self.disconnects: dict[int, int] = {}
         self.rtt: dict[int, Histogram] = {}
         self._last_heartbeat: dict[int, float] = {}
+        # stream writes and the raft messages in them (what batching saves is visible here)
+        self.sent_batches: dict[int, int] = {}
+        self.sent_messages: dict[int, int] = {}
+        self.received_batches: dict[int, int] = {}
+        self.received_messages: dict[int, int] = {}
+
+    @staticmethod
+    def count(batches: dict[int, int], messages: dict[int, int], peer: int, n: int) -> None:
+        batches[peer] = batches.get(peer, 0) + 1
+        messages[peer] = messages.get(peer, 0) + n
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -402,7 +414,8 @@ class PeerTransport:
         p = self.peers.pop(peer_id, None)
         self.last_heard.pop(peer_id, None)
         for counts in (self.sent_bytes, self.received_bytes, self.sent_failures, self.disconnects,
-                       self.rtt, self._last_heartbeat):
+                       self.rtt, self._last_heartbeat, self.sent_batches, self.sent_messages,
+                       self.received_batches, self.received_messages):
             counts.pop(peer_id, None)  # type: ignore[attr-defined]
         if p is not None:
             for task in p.tasks():
