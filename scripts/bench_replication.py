@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -46,6 +47,21 @@ def leader_index(cluster: Cluster) -> int:
             if st.leader == st.header.member_id:
                 return i
     return -1
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (comm) of a process, from /proc."""
+    out: dict[str, float] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            st = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = st[st.index("(") + 1:st.rindex(")")]
+        f = st[st.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tck
+    return out
 
 
 def peer_counts(urls: list[str]) -> dict[str, float]:
@@ -77,22 +93,27 @@ def run_one(target: str, args: argparse.Namespace, round_no: int) -> dict[str, A
     out: dict[str, Any] = {"target": target.split("=")[0], "round": round_no}
     try:
         cluster.start(args.start_timeout)
-        cfg = BenchConfig(endpoints=cluster.endpoints, workload="put", clients=args.clients,
+        eps = cluster.endpoints
+        if args.leader_only:  # followers then do replication work only
+            eps = [eps[leader_index(cluster)]]
+        cfg = BenchConfig(endpoints=eps, workload="put", clients=args.clients,
                           duration=args.duration, warmup=args.warmup, val_size=args.val_size,
                           progress="none")
         marks: dict[str, tuple[float, list[float]]] = {}
         spies: list[subprocess.Popen[bytes]] = []
+        threads: dict[str, list[dict[str, float]]] = {}
 
         def on_phase(phase: str) -> None:
             pids = [m.popen.pid for m in cluster.members if m.popen is not None]
             marks[phase] = (time.monotonic(), [proc_cpu_seconds(p) for p in pids])
+            threads[phase] = [thread_cpu(p) for p in pids]
             if phase == "load-start" and args.py_spy and kind == "datastore":
                 Path(args.py_spy).mkdir(parents=True, exist_ok=True)
                 for m, p in zip(cluster.members, pids, strict=True):
                     spies.append(subprocess.Popen(
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(p),
                          "-d", str(int(args.duration)), "-r", "200", "--format", "raw",
-                         "--nonblocking",
+                         "--nonblocking", "--gil",
                          "-o", f"{args.py_spy}/{out['target']}-r{round_no}-{m.name}.txt"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
@@ -109,6 +130,11 @@ def run_one(target: str, args: argparse.Namespace, round_no: int) -> dict[str, A
         ops = s["ops_per_s"] * (t1 - t0)  # warm-up included, as bench_compare counts CPU
         per = [(b - a) / max(ops, 1) * 1e6 for a, b in zip(c0, c1, strict=True)]
         fol = [u for i, u in enumerate(per) if i != lead]
+        # µs per put by thread name: the leader's, and one follower's
+        for role, i in (("leader", lead), ("follower", (lead + 1) % 3)):
+            a, b = threads["load-start"][i], threads["load-end"][i]
+            out[f"{role}_threads"] = {k: round((v - a.get(k, 0)) / max(ops, 1) * 1e6, 1)
+                                      for k, v in sorted(b.items()) if v - a.get(k, 0) > 0}
         out.update(ops_per_s=s["ops_per_s"], p99_ms=s["latency_ms"]["p99"], errors=s["errors"],
                    leader=lead, leader_us=per[lead] if lead >= 0 else None,
                    follower_us=statistics.mean(fol) if fol else None, cluster_us=sum(per),
@@ -139,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--datastore-arg", action="append", default=[])
+    p.add_argument("--leader-only", action="store_true",
+                   help="clients talk to the leader only (followers' CPU is replication alone)")
     p.add_argument("--py-spy", help="record raw py-spy stacks of every datastore member here")
     p.add_argument("--json-out", type=Path)
     a = p.parse_args(argv)

@@ -109,6 +109,9 @@ class MemberCollector(Collector):
                      s.storage.cache_bytes)
         yield _gauge("datastore_raft_log_cache_entries",
                      "Raft log entries held in memory.", s.storage.cache_entries)
+        yield _counter("datastore_raft_log_disk_read_entries_total",
+                       "Raft log entries read back from disk (older than the memory held).",
+                       s.storage.disk_read_entries)
         yield _gauge("os_fd_used", "The number of used file descriptors.", _open_fds())
         yield _gauge("os_fd_limit", "The file descriptor limit.",
                      resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -77,6 +77,7 @@ class DurableStorage:
         self._cache: list[Entry] = []
         self._cache_lo = self.snap_meta.index + 1
         self.cache_bytes = 0
+        self.disk_read_entries = 0  # entries read back from disk (catch-up of a slow peer)
         self._load_tail()
         # Multi-member clusters: produces the snapshot a leader sends (state image at the
         # applied index); without it, the bare compaction point (single member).
@@ -159,8 +160,10 @@ class DurableStorage:
                 break  # a hole: reported below
             size += len(e.data) + ENTRY_OVERHEAD
             if out and max_size is not None and size > max_size:
+                self.disk_read_entries += len(out)
                 return out
             out.append(e)
+        self.disk_read_entries += len(out)
         if len(out) == hi - lo:
             return out
         if lo <= self.snap_meta.index:

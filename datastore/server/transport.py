@@ -44,6 +44,7 @@ from datastore.api.raftpb import raft_pb2_grpc
 from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
+from datastore.server.coalesce import coalesce
 from datastore.server.crl import CheckedRegistrar, RevocationList
 from datastore.server.snapshot_stream import receive_snapshot, send_snapshot
 from datastore.server.tlsutil import TLSInfo, is_secure, open_channel, open_channel_sync
@@ -223,7 +224,7 @@ class _Peer:
                     for m in pending:
                         if m.type == MsgType.MsgSnap:
                             self._start_snapshot(m)
-                    pending = [m for m in pending if m.type != MsgType.MsgSnap]
+                    pending = coalesce([m for m in pending if m.type != MsgType.MsgSnap])
                     if not pending:
                         continue
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
