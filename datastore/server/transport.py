@@ -136,7 +136,10 @@ class _Peer:
         self.t = t
         self.id = peer_id
         self.urls = list(urls)
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
+        # None is the idle probe (_probe_if_idle): no timer per wait, one per interval
+        self.queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUE_SIZE)
+        self.last_write = 0.0
+        self._probe_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.snap_task: asyncio.Task[None] | None = None  # the snapshot being streamed
         self.active_since = 0.0  # monotonic time of the current healthy stream, 0 if down
@@ -193,9 +196,20 @@ class _Peer:
         msgs = [first]
         while True:
             try:
-                msgs.append(self.queue.get_nowait())
+                m = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 return msgs
+            if m is not None:
+                msgs.append(m)
+
+    def _probe_if_idle(self) -> asyncio.TimerHandle:
+        """Every PROBE_INTERVAL_S: an empty batch if nothing was written meanwhile."""
+        if time.monotonic() - self.last_write >= PROBE_INTERVAL_S and self.queue.empty():
+            self.queue.put_nowait(None)
+        return asyncio.get_running_loop().call_later(PROBE_INTERVAL_S, self._rearm_probe)
+
+    def _rearm_probe(self) -> None:
+        self._probe_timer = self._probe_if_idle()
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -213,11 +227,12 @@ class _Peer:
                 # An empty batch opens the stream at once and, when idle, probes it: the
                 # strict reconfig check counts peers with a healthy stream as started.
                 await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
-                self.active_since = time.monotonic()
+                self.active_since = self.last_write = time.monotonic()
+                self._probe_timer = self._probe_if_idle()
                 while True:
-                    try:
-                        first = await asyncio.wait_for(self.queue.get(), PROBE_INTERVAL_S)
-                    except TimeoutError:
+                    first = await self.queue.get()
+                    if first is None:
+                        self.last_write = time.monotonic()
                         await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
                         continue
                     pending = self._take_all(first)
@@ -229,6 +244,7 @@ class _Peer:
                         continue
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
                                             messages=[codec.message_to_pb(m) for m in pending])
+                    self.last_write = time.monotonic()
                     await call.write(batch)
                     sent = self.t.sent_bytes
                     sent[self.id] = sent.get(self.id, 0) + batch.ByteSize()
@@ -245,6 +261,9 @@ class _Peer:
                     if call is not None and call.done() and await call.details() == ERR_REMOVED:
                         self.t.server.cluster_ops.removed_by_peer()
             finally:
+                if self._probe_timer is not None:
+                    self._probe_timer.cancel()
+                    self._probe_timer = None
                 if self.active_since:
                     self.t.disconnects[self.id] = self.t.disconnects.get(self.id, 0) + 1
                 self.active_since = 0.0
@@ -258,7 +277,9 @@ class _Peer:
             # Drop what queued up while disconnected: raft retransmits what matters.
             dropped = []
             while not self.queue.empty():
-                dropped.append(self.queue.get_nowait())
+                m = self.queue.get_nowait()
+                if m is not None:
+                    dropped.append(m)
             if dropped:
                 self.t.report_failure(self.id, dropped)
             await asyncio.sleep(backoff)  # reconnect backoff (not test synchronisation)
