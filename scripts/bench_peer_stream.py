@@ -46,7 +46,7 @@ async def _grpc_side(role: str, my_port: int, peer_port: int, n: int, entries: i
     inbox: asyncio.Queue[pb.MessageBatch] = asyncio.Queue()
 
     class Svc(raft_pb2_grpc.RaftTransportServicer):
-        async def Send(self, requests: AsyncIterator[pb.MessageBatch],  # noqa: N802
+        async def Send(self, requests: AsyncIterator[pb.MessageBatch],
                        ctx: grpc.aio.ServicerContext) -> pb.SendAck:
             async for b in requests:
                 inbox.put_nowait(b)

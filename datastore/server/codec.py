@@ -16,7 +16,6 @@ from datastore.raft.types import (
     SnapshotMetadata,
 )
 
-
 # Enum members by value: indexing a tuple costs a fraction of calling the enum class,
 # which shows on the follower's per-entry decode.
 _ENTRY_TYPES = tuple(EntryType)
