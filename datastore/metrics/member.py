@@ -197,6 +197,9 @@ class MemberCollector(Collector):
                       t.sent_batches)
         yield by_peer("datastore_network_peer_sent_messages_total",
                       "Raft messages sent to peers.", "To", t.sent_messages)
+        yield by_peer("datastore_network_peer_superseded_messages_total",
+                      "Raft messages not sent because a later one to the same peer, in the same "
+                      "write, said the same (acks, commit-only appends).", "To", t.superseded)
         yield by_peer("datastore_network_peer_received_batches_total",
                       "Stream reads from peers.", "From", t.received_batches)
         yield by_peer("datastore_network_peer_received_messages_total",

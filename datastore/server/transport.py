@@ -239,7 +239,11 @@ class _Peer:
                     for m in pending:
                         if m.type == MsgType.MsgSnap:
                             self._start_snapshot(m)
-                    pending = coalesce([m for m in pending if m.type != MsgType.MsgSnap])
+                    queued = [m for m in pending if m.type != MsgType.MsgSnap]
+                    pending = coalesce(queued)
+                    if len(pending) < len(queued):
+                        sup = self.t.superseded
+                        sup[self.id] = sup.get(self.id, 0) + len(queued) - len(pending)
                     if not pending:
                         continue
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
@@ -369,6 +373,7 @@ class PeerTransport:
         self.sent_messages: dict[int, int] = {}
         self.received_batches: dict[int, int] = {}
         self.received_messages: dict[int, int] = {}
+        self.superseded: dict[int, int] = {}  # messages coalesce() left out
 
     @staticmethod
     def count(batches: dict[int, int], messages: dict[int, int], peer: int, n: int) -> None:
@@ -437,7 +442,7 @@ class PeerTransport:
         self.last_heard.pop(peer_id, None)
         for counts in (self.sent_bytes, self.received_bytes, self.sent_failures, self.disconnects,
                        self.rtt, self._last_heartbeat, self.sent_batches, self.sent_messages,
-                       self.received_batches, self.received_messages):
+                       self.received_batches, self.received_messages, self.superseded):
             counts.pop(peer_id, None)  # type: ignore[attr-defined]
         if p is not None:
             for task in p.tasks():
