@@ -89,7 +89,8 @@ def run_one(target: str, args: argparse.Namespace, round_no: int) -> dict[str, A
             m.argv += ["--listen-metrics-urls", metrics[m.name]]
     if src:
         for m in cluster.members:
-            m.env["PYTHONPATH"] = src  # the other tree's datastore package wins
+            # the other tree's datastore package wins (and not the current directory's)
+            m.env.update(PYTHONPATH=src, PYTHONSAFEPATH="1")
     out: dict[str, Any] = {"target": target.split("=")[0], "round": round_no}
     try:
         cluster.start(args.start_timeout)
