@@ -115,6 +115,14 @@ class MemberCollector(Collector):
         yield _info("etcd_server_id",
                     "Server or member ID in hexadecimal format. 1 for 'server_id' label with "
                     "current ID.", "server_id", f"{s.member_id:x}")
+        yield _gauge("datastore_raft_log_cache_bytes",
+                     "Memory held by the newest raft log entries (older ones are on disk only).",
+                     s.storage.cache_bytes)
+        yield _gauge("datastore_raft_log_cache_entries",
+                     "Raft log entries held in memory.", s.storage.cache_entries)
+        yield _counter("datastore_raft_log_disk_read_entries_total",
+                       "Raft log entries read back from disk (older than the memory held).",
+                       s.storage.disk_read_entries)
         yield _gauge("os_fd_used", "The number of used file descriptors.", _open_fds())
         yield _gauge("os_fd_limit", "The file descriptor limit.",
                      resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -195,6 +203,18 @@ class MemberCollector(Collector):
                       "The total number of bytes received from peers.", "From", t.received_bytes)
         yield by_peer("etcd_network_peer_sent_failures_total", "The total number of send failures "
                       "from peers.", "To", t.sent_failures)
+        yield by_peer("datastore_network_peer_sent_batches_total",
+                      "Stream writes to peers (each carries one or more raft messages).", "To",
+                      t.sent_batches)
+        yield by_peer("datastore_network_peer_sent_messages_total",
+                      "Raft messages sent to peers.", "To", t.sent_messages)
+        yield by_peer("datastore_network_peer_superseded_messages_total",
+                      "Raft messages not sent because a later one to the same peer, in the same "
+                      "write, said the same (acks, commit-only appends).", "To", t.superseded)
+        yield by_peer("datastore_network_peer_received_batches_total",
+                      "Stream reads from peers.", "From", t.received_batches)
+        yield by_peer("datastore_network_peer_received_messages_total",
+                      "Raft messages received from peers.", "From", t.received_messages)
         yield family("etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram "
                      "between peers", ["To"],
                      (([f"{peer:x}"], h) for peer, h in sorted(t.rtt.items())))

@@ -16,13 +16,20 @@ from datastore.raft.types import (
     SnapshotMetadata,
 )
 
+# Enum members by value: indexing a tuple costs a fraction of calling the enum class,
+# which shows on the follower's per-entry decode.
+_ENTRY_TYPES = tuple(EntryType)
+_MSG_TYPES = tuple(MsgType)
+assert all(t.value == i for i, t in enumerate(_ENTRY_TYPES))
+assert all(t.value == i for i, t in enumerate(_MSG_TYPES))
+
 
 def entry_to_pb(e: Entry) -> pb.Entry:
-    return pb.Entry(term=e.term, index=e.index, type=int(e.type), data=e.data)
+    return pb.Entry(term=e.term, index=e.index, type=e.type, data=e.data)
 
 
 def entry_from_pb(p: pb.Entry) -> Entry:
-    return Entry(p.term, p.index, EntryType(p.type), p.data)
+    return Entry(p.term, p.index, _ENTRY_TYPES[p.type], p.data)
 
 
 def encode_entry(e: Entry) -> bytes:
@@ -69,21 +76,27 @@ def conf_change_from_pb(p: pb.ConfChange) -> ConfChange:
 
 
 def message_to_pb(m: Message) -> pb.Message:
-    out = pb.Message(type=int(m.type), to=m.to, term=m.term, log_term=m.log_term,
+    out = pb.Message(type=m.type, to=m.to, term=m.term, log_term=m.log_term,
                      index=m.index, commit=m.commit, reject=m.reject,
-                     reject_hint=m.reject_hint, context=m.context,
-                     entries=[entry_to_pb(e) for e in m.entries])
+                     reject_hint=m.reject_hint, context=m.context)
     setattr(out, "from", m.frm)  # "from" is a Python keyword
+    if m.entries:
+        add = out.entries.add  # built in place: no pb.Entry copied into the list
+        for e in m.entries:
+            add(term=e.term, index=e.index, type=e.type, data=e.data)
     if m.snapshot is not None:
         out.snapshot.CopyFrom(snapshot_to_pb(m.snapshot))
     return out
 
 
 def message_from_pb(p: pb.Message) -> Message:
+    t = p.type
+    ets = _ENTRY_TYPES
     return Message(
-        type=MsgType(p.type), to=p.to, frm=getattr(p, "from"), term=p.term,
-        log_term=p.log_term, index=p.index,
-        entries=tuple(entry_from_pb(e) for e in p.entries), commit=p.commit,
+        type=_MSG_TYPES[t] if t < len(_MSG_TYPES) else MsgType(t), to=p.to,
+        frm=getattr(p, "from"), term=p.term, log_term=p.log_term, index=p.index,
+        entries=tuple([Entry(e.term, e.index, ets[e.type], e.data) for e in p.entries]),
+        commit=p.commit,
         snapshot=snapshot_from_pb(p.snapshot) if p.HasField("snapshot") else None,
         reject=p.reject, reject_hint=p.reject_hint, context=p.context,
     )

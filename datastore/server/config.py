@@ -36,6 +36,7 @@ class Config:
     max_txn_ops: int = 128
     snapshot_count: int = 100_000
     snapshot_catchup_entries: int = 5_000
+    raft_log_cache_bytes: int = 8 << 20  # newest raft entries kept in memory (the rest on disk)
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"
     compaction_batch_limit: int = 1000  # revisions looked at per physical compaction batch
@@ -142,6 +143,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a("--snapshot-count", type=int, default=100_000)
     a("--experimental-snapshot-catchup-entries", type=int, default=5_000,
       help="entries kept after a log compaction for slow followers to catch up")
+    a("--raft-log-cache-bytes", type=int, default=8 << 20,
+      help="memory for the newest raft log entries; older ones are read from disk")
     a("--auto-compaction-mode", default="periodic", choices=["periodic", "revision"])
     a("--auto-compaction-retention", default="0")
     a("--experimental-compaction-batch-limit", type=int, default=1000,
@@ -307,6 +310,7 @@ def _config(ns: argparse.Namespace) -> Config:
         max_txn_ops=ns.max_txn_ops,
         snapshot_count=ns.snapshot_count,
         snapshot_catchup_entries=ns.experimental_snapshot_catchup_entries,
+        raft_log_cache_bytes=max(1, ns.raft_log_cache_bytes),
         auto_compaction_mode=ns.auto_compaction_mode,
         auto_compaction_retention=ns.auto_compaction_retention,
         compaction_batch_limit=max(1, ns.experimental_compaction_batch_limit),

@@ -115,7 +115,7 @@ class EtcdServer:
             self.cluster_version = ClusterVersion(self.backend)
             self.cluster_version.check_local("recorded in the data dir")
             self.applier.register("cluster_version_set", self._apply_cluster_version)
-            self.storage = DurableStorage(self.wal)
+            self.storage = DurableStorage(self.wal, cfg.raft_log_cache_bytes)
             self._bootstrap()
             self._finish_snapshot_install()
             self.lessor.restore()
@@ -131,7 +131,9 @@ class EtcdServer:
         self.node = RawNode(RaftConfig(
             id=self.member_id, storage=self.storage, applied=self.applier.applied_index,
             election_tick=cfg.election_ticks, heartbeat_tick=1,
-            check_quorum=True, pre_vote=True))
+            check_quorum=True, pre_vote=True,
+            # committed entries handed to apply at once, like the log cache: bounded memory
+            max_committed_size_per_ready=min(max(cfg.raft_log_cache_bytes, 1 << 20), 64 << 20)))
         self.leader_id = 0
         self.is_leader = False
         self._io = ThreadPoolExecutor(1, thread_name_prefix="raft-io")

@@ -44,6 +44,7 @@ from datastore.api.raftpb import raft_pb2_grpc
 from datastore.metrics.hist import Histogram, exponential_buckets
 from datastore.raft.types import Message, MsgType
 from datastore.server import codec
+from datastore.server.coalesce import coalesce
 from datastore.server.crl import CheckedRegistrar, RevocationList
 from datastore.server.features import format_level, release
 from datastore.server.snapshot_stream import SnapshotStats, receive_snapshot, send_snapshot
@@ -142,7 +143,10 @@ class _Peer:
         self.t = t
         self.id = peer_id
         self.urls = list(urls)
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
+        # None is the idle probe (_probe_if_idle): no timer per wait, one per interval
+        self.queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUE_SIZE)
+        self.last_write = 0.0
+        self._probe_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.snap_task: asyncio.Task[None] | None = None  # the snapshot being streamed
         self.active_since = 0.0  # monotonic time of the current healthy stream, 0 if down
@@ -202,9 +206,20 @@ class _Peer:
         msgs = [first]
         while True:
             try:
-                msgs.append(self.queue.get_nowait())
+                m = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 return msgs
+            if m is not None:
+                msgs.append(m)
+
+    def _probe_if_idle(self) -> asyncio.TimerHandle:
+        """Every PROBE_INTERVAL_S: an empty batch if nothing was written meanwhile."""
+        if time.monotonic() - self.last_write >= PROBE_INTERVAL_S and self.queue.empty():
+            self.queue.put_nowait(None)
+        return asyncio.get_running_loop().call_later(PROBE_INTERVAL_S, self._rearm_probe)
+
+    def _rearm_probe(self) -> None:
+        self._probe_timer = self._probe_if_idle()
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -222,25 +237,32 @@ class _Peer:
                 # An empty batch opens the stream at once and, when idle, probes it: the
                 # strict reconfig check counts peers with a healthy stream as started.
                 await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
-                self.active_since = time.monotonic()
+                self.active_since = self.last_write = time.monotonic()
+                self._probe_timer = self._probe_if_idle()
                 while True:
-                    try:
-                        first = await asyncio.wait_for(self.queue.get(), PROBE_INTERVAL_S)
-                    except TimeoutError:
+                    first = await self.queue.get()
+                    if first is None:
+                        self.last_write = time.monotonic()
                         await call.write(pb.MessageBatch(cluster_id=self.t.server.cluster_id))
                         continue
                     pending = self._take_all(first)
                     for m in pending:
                         if m.type == MsgType.MsgSnap:
                             self._start_snapshot(m)
-                    pending = [m for m in pending if m.type != MsgType.MsgSnap]
+                    queued = [m for m in pending if m.type != MsgType.MsgSnap]
+                    pending = coalesce(queued)
+                    if len(pending) < len(queued):
+                        sup = self.t.superseded
+                        sup[self.id] = sup.get(self.id, 0) + len(queued) - len(pending)
                     if not pending:
                         continue
                     batch = pb.MessageBatch(cluster_id=self.t.server.cluster_id,
                                             messages=[codec.message_to_pb(m) for m in pending])
+                    self.last_write = time.monotonic()
                     await call.write(batch)
                     sent = self.t.sent_bytes
                     sent[self.id] = sent.get(self.id, 0) + batch.ByteSize()
+                    self.t.count(self.t.sent_batches, self.t.sent_messages, self.id, len(pending))
                     if not self.active_since:
                         self.active_since = time.monotonic()
                     backoff = BACKOFF_MIN_S
@@ -253,6 +275,9 @@ class _Peer:
                     if call is not None and call.done() and await call.details() == ERR_REMOVED:
                         self.t.server.cluster_ops.removed_by_peer()
             finally:
+                if self._probe_timer is not None:
+                    self._probe_timer.cancel()
+                    self._probe_timer = None
                 if self.active_since:
                     self.t.disconnects[self.id] = self.t.disconnects.get(self.id, 0) + 1
                 self.active_since = 0.0
@@ -266,7 +291,9 @@ class _Peer:
             # Drop what queued up while disconnected: raft retransmits what matters.
             dropped = []
             while not self.queue.empty():
-                dropped.append(self.queue.get_nowait())
+                m = self.queue.get_nowait()
+                if m is not None:
+                    dropped.append(m)
             if dropped:
                 self.t.report_failure(self.id, dropped)
             await asyncio.sleep(backoff)  # reconnect backoff (not test synchronisation)
@@ -298,6 +325,7 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
                 self.t.last_heard[frm] = time.monotonic()
                 got = self.t.received_bytes
                 got[frm] = got.get(frm, 0) + batch.ByteSize()
+                self.t.count(self.t.received_batches, self.t.received_messages, frm, len(msgs))
                 s.receive(msgs)
         return pb.SendAck()
 
@@ -356,6 +384,17 @@ class PeerTransport:
         self._last_heartbeat: dict[int, float] = {}
         self.no_snapshots_until: dict[int, float] = {}  # peer -> monotonic time
         self._snapshot_warned: dict[int, float] = {}
+        # stream writes and the raft messages in them (what batching saves is visible here)
+        self.sent_batches: dict[int, int] = {}
+        self.sent_messages: dict[int, int] = {}
+        self.received_batches: dict[int, int] = {}
+        self.received_messages: dict[int, int] = {}
+        self.superseded: dict[int, int] = {}  # messages coalesce() left out
+
+    @staticmethod
+    def count(batches: dict[int, int], messages: dict[int, int], peer: int, n: int) -> None:
+        batches[peer] = batches.get(peer, 0) + 1
+        messages[peer] = messages.get(peer, 0) + n
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -419,7 +458,8 @@ class PeerTransport:
         self.last_heard.pop(peer_id, None)
         for counts in (self.sent_bytes, self.received_bytes, self.sent_failures, self.disconnects,
                        self.rtt, self._last_heartbeat, self.no_snapshots_until,
-                       self._snapshot_warned):
+                       self._snapshot_warned, self.sent_batches, self.sent_messages,
+                       self.received_batches, self.received_messages, self.superseded):
             counts.pop(peer_id, None)  # type: ignore[attr-defined]
         if p is not None:
             for task in p.tasks():

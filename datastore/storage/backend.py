@@ -156,6 +156,18 @@ class Backend:
         # checksum fails: without this check a damaged file would look like a shorter one.
         it.status()
 
+    def scan_back(self, cf: str, lo: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (key, value) for key >= lo from the last key down, in reverse byte order."""
+        it = self._cf[cf].iter()
+        it.seek_to_last()
+        while it.valid():
+            k = it.key()
+            if k < lo:
+                return
+            yield k, it.value()
+            it.prev()
+        it.status()
+
     def size(self) -> int:
         """Bytes the database occupies: SST files plus memtables (what the quota counts).
 
