@@ -50,4 +50,4 @@ fi
 .venv/bin/python scripts/build_refs.py --suite
 
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -m "not slow" "$@"
+.venv/bin/python -m pytest -m "not slow" --durations=15 "$@"
