@@ -74,7 +74,16 @@ class MethodTable(grpc.GenericRpcHandler):
     def per_call(self, method: str) -> grpc.RpcMethodHandler:
         """``method``'s handler choosing the role per call, for a method served outside
         ``service`` (registered with grpc by name, see api/acceptors.py)."""
-        return per_call(self._normal[method], self._learner[method], self._is_learner)
+        h = per_call(self._normal[method], self._learner[method], self._is_learner)
+        metrics, kind = self._metrics, self._kinds[method]
+        if metrics is None:
+            return h
+        inner = h.unary_unary
+
+        async def counted(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
+            metrics.client_request(kind, ctx.invocation_metadata())  # as service() counts
+            return await inner(raw, ctx)
+        return h._replace(unary_unary=counted)  # type: ignore[attr-defined]
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         table = self._learner if self._is_learner() else self._normal
