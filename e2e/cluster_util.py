@@ -42,6 +42,27 @@ def status(proc: ServerProc, timeout: float = 1.0) -> pb.StatusResponse:
         return rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=timeout)
 
 
+def put(proc: ServerProc, key: bytes, value: bytes) -> None:
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value), timeout=10)
+
+
+def values(proc: ServerProc, prefix: bytes) -> dict[bytes, bytes]:
+    """The member's own (serializable) view of the keys under ``prefix``."""
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.KVStub(ch).Range(
+            pb.RangeRequest(key=prefix, range_end=end, serializable=True), timeout=10)
+    return {kv.key: kv.value for kv in r.kvs}
+
+
+def hash_kv(proc: ServerProc) -> tuple[int, int]:
+    """(revision, hash) of the member's store at its current revision."""
+    with grpc.insecure_channel(proc.endpoint) as ch:
+        r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=0), timeout=10)
+    return r.header.revision, r.hash
+
+
 class Cluster:
     """N datastore members started with one --initial-cluster."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Cluster, status, wait_for
+from cluster_util import Cluster, hash_kv, put, status, values, wait_for
 from e2e_util import target_is_etcd
 from release_util import Release, previous_release, use_head
 
@@ -51,23 +51,6 @@ def peer_versions(proc: ServerProc) -> tuple[str, str]:
     return r.release, r.cluster_version
 
 
-def put(proc: ServerProc, key: bytes, value: bytes) -> None:
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value), timeout=10)
-
-
-def values(proc: ServerProc, prefix: bytes) -> dict[bytes, bytes]:
-    end = prefix[:-1] + bytes([prefix[-1] + 1])
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        r = rpc_pb2_grpc.KVStub(ch).Range(
-            pb.RangeRequest(key=prefix, range_end=end, serializable=True), timeout=10)
-    return {kv.key: kv.value for kv in r.kvs}
-
-
-def hash_kv(proc: ServerProc) -> tuple[int, int]:
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=0), timeout=10)
-    return r.header.revision, r.hash
 
 
 class Writer:

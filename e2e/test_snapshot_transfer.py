@@ -17,11 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Cluster, status, wait_for
+from cluster_util import Cluster, hash_kv, put, status, values, wait_for
 from e2e_util import target_is_etcd
 
-from datastore.api.etcdserverpb import rpc_pb2 as pb
-from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.raftpb import raft_pb2, raft_pb2_grpc
 from datastore.raft.types import ConfState, Message, MsgType, Snapshot, SnapshotMetadata
 from datastore.server import codec
@@ -37,23 +35,6 @@ SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "256",
 VALUE = b"v" * 100
 
 
-def put(proc: ServerProc, key: bytes, value: bytes = VALUE) -> None:
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=key, value=value), timeout=10)
-
-
-def values(proc: ServerProc, prefix: bytes) -> dict[bytes, bytes]:
-    end = prefix[:-1] + bytes([prefix[-1] + 1])
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        r = rpc_pb2_grpc.KVStub(ch).Range(
-            pb.RangeRequest(key=prefix, range_end=end, serializable=True), timeout=10)
-    return {kv.key: kv.value for kv in r.kvs}
-
-
-def hash_kv(proc: ServerProc) -> tuple[int, int]:
-    with grpc.insecure_channel(proc.endpoint) as ch:
-        r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(pb.HashKVRequest(revision=0), timeout=10)
-    return r.header.revision, r.hash
 
 
 def log_lines(proc: ServerProc, msg: str, **fields: object) -> list[dict[str, object]]:
@@ -87,12 +68,12 @@ def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, Serve
     """Stop a follower and write enough that it needs a snapshot; returns (it, leader)."""
     leader = c.leader()
     lagging = c.followers()[0]
-    put(leader, b"k/early")
+    put(leader, b"k/early", VALUE)
     acked[b"k/early"] = VALUE
     lagging.stop()
     for i in range(150):
         key = f"k/{i:04d}".encode()
-        put(leader, key)
+        put(leader, key, VALUE)
         acked[key] = VALUE
     return lagging, leader
 
@@ -127,7 +108,7 @@ def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
                  "the sender to see the transfer fail")
         for i in range(20):  # writes while it is down
             key = f"k/late{i:02d}".encode()
-            put(c.leader(), key)
+            put(c.leader(), key, VALUE)
             acked[key] = VALUE
         lagging.launch()
         lagging.wait_ready()
@@ -157,7 +138,7 @@ def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
                  "the snapshot from the new leader installed")
         for i in range(20):
             key = f"k/late{i:02d}".encode()
-            put(new_leader, key)
+            put(new_leader, key, VALUE)
             acked[key] = VALUE
         sender.launch()
         sender.wait_ready()
@@ -194,7 +175,7 @@ def test_crash_midway_through_install_recovers(tmp_path: Path) -> None:
             p.launch()
         for p in others:
             p.wait_ready()
-        put(c.leader(), b"k/after")
+        put(c.leader(), b"k/after", VALUE)
         acked[b"k/after"] = VALUE
         converged(c, acked)
     finally:
@@ -207,7 +188,7 @@ def test_receiver_refuses_a_truncated_or_corrupt_image(tmp_path: Path) -> None:
     its sender dies, so the receiver must not trust the end of the stream)."""
     ds = datastore_proc(tmp_path, "one").start()
     try:
-        put(ds, b"k/keep")
+        put(ds, b"k/keep", VALUE)
         st = status(ds)
         mid, cid = st.header.member_id, st.header.cluster_id
         meta = SnapshotMetadata(ConfState(voters=(mid,)), index=10_000, term=10_000)

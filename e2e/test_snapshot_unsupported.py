@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 import pytest
-from cluster_util import Cluster, wait_for
+from cluster_util import Cluster, hash_kv, put, values, wait_for
 from e2e_util import target_is_etcd
-from test_rolling_upgrade import hash_kv, log_count, put, values
+from test_rolling_upgrade import log_count
 
 from datastore.api.raftpb import raft_pb2
 from datastore.testing.procs import ServerProc, free_port
