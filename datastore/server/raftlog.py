@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 
 from datastore.api.raftpb import raft_pb2 as pb
-from datastore.raft.storage import ENTRY_OVERHEAD
+from datastore.raft.storage import ENTRY_OVERHEAD, limit_size
 from datastore.raft.types import (
     CompactedError,
     ConfState,
@@ -142,12 +142,12 @@ class DurableStorage:
                 raise UnavailableError(hi)
             cache_lo = self._cache_lo
             if lo >= cache_lo:
-                return _limit(self._cache[lo - cache_lo:hi - cache_lo], max_size)
+                return limit_size(self._cache[lo - cache_lo:hi - cache_lo], max_size)
             cached = self._cache[:hi - cache_lo] if hi > cache_lo else []
         # Older than the cache: read back from disk (outside the lock: save may go on).
         ents = self._read(lo, min(hi, cache_lo), max_size)
         if cached and ents[-1].index == cache_lo - 1:
-            ents = _limit(ents + cached, max_size)
+            ents = limit_size(ents + cached, max_size)
         return ents
 
     def _read(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
@@ -287,14 +287,3 @@ class DurableStorage:
         self._put_snap_meta(wb)
         self.b.write(wb, sync=False)
 
-
-def _limit(ents: list[Entry], max_size: int | None) -> list[Entry]:
-    """The longest prefix within ``max_size`` bytes, but never empty (raft's rule)."""
-    if max_size is None or len(ents) <= 1:
-        return ents
-    size = 0
-    for n, e in enumerate(ents):
-        size += len(e.data) + ENTRY_OVERHEAD
-        if size > max_size and n > 0:
-            return ents[:n]
-    return ents
