@@ -270,8 +270,9 @@ def test_a_stream_behind_sends_one_response_per_watcher(ds: Callable[..., Server
         q.put(None)
 
 
-def _watch_on(stub: rpc_pb2_grpc.WatchStub, *reqs: pb.WatchRequest
+def _watch_on(stub: rpc_pb2_grpc.WatchStub, *reqs: pb.WatchRequest, timeout: float = 60
               ) -> tuple[Iterator[pb.WatchResponse], queue.Queue[pb.WatchRequest | None]]:
+    """A Watch stream fed from a queue: put more requests on it, None ends the stream."""
     q: queue.Queue[pb.WatchRequest | None] = queue.Queue()
     for r in reqs:
         q.put(r)
@@ -280,20 +281,12 @@ def _watch_on(stub: rpc_pb2_grpc.WatchStub, *reqs: pb.WatchRequest
         while (r := q.get()) is not None:
             yield r
 
-    return stub.Watch(gen(), timeout=60), q
+    return stub.Watch(gen(), timeout=timeout), q
 
 
 def _watch(c: Client, *reqs: pb.WatchRequest) -> tuple[Iterator[pb.WatchResponse],
                                                        queue.Queue[pb.WatchRequest | None]]:
-    q: queue.Queue[pb.WatchRequest | None] = queue.Queue()
-    for r in reqs:
-        q.put(r)
-
-    def gen() -> Iterator[pb.WatchRequest]:
-        while (r := q.get()) is not None:
-            yield r
-
-    return c.watch.Watch(gen(), timeout=30), q
+    return _watch_on(c.watch, *reqs, timeout=30)
 
 
 def test_progress_notify_and_request_progress(ds: Callable[..., ServerProc]) -> None:
