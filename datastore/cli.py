@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from datastore.logsetup import exit_now
 from datastore.server.config import (
     VERSION,
     add_serve_arguments,
@@ -68,9 +69,7 @@ def _start_watchdog(bound_s: float) -> None:
         time.sleep(bound_s)  # a deadline, not synchronisation
         log.error("shutdown did not finish in time; exiting without finishing it",
                   extra={"bound_s": bound_s})
-        for h in logging.getLogger().handlers:
-            h.flush()
-        os._exit(1)
+        exit_now(1)
 
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 

@@ -30,6 +30,7 @@ from datastore.api.raftpb import raft_pb2 as raft_pb
 from datastore.auth.store import AuthStore
 from datastore.auth.tokens import new_token_provider
 from datastore.lease.lessor import Lessor
+from datastore.logsetup import exit_now
 from datastore.mvcc.kvstore import KVStore
 from datastore.mvcc.watchable import WatchHub
 from datastore.raft.core import Config as RaftConfig
@@ -83,9 +84,7 @@ def fatal_disk_error(what: str, err: BaseException) -> NoReturn:
                  extra={"error": str(err), "action": "check the disk (free space, I/O "
                         "errors in the kernel log), then restart the member: it recovers "
                         "from its durable raft log"})
-    for h in logging.getLogger().handlers:
-        h.flush()
-    os._exit(1)
+    exit_now(1)
 
 
 class EtcdServer:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
+from datastore.logsetup import exit_now
+
 FAILPOINT_ENV = "DATASTORE_FAILPOINT"
 
 log = logging.getLogger("datastore.server")
@@ -15,6 +17,4 @@ def failpoint(name: str) -> None:
     """Crash the process here if the test-only env var names this point."""
     if os.environ.get(FAILPOINT_ENV) == name:
         log.warning("failpoint %s: exiting", name)
-        for h in logging.getLogger().handlers:
-            h.flush()
-        os._exit(97)
+        exit_now(97)

@@ -32,6 +32,7 @@ from typing import NoReturn
 from rocksdict import WriteBatch
 
 from datastore.api.internalpb.internal_pb2 import ClusterVersionSetRequest
+from datastore.logsetup import exit_now
 from datastore.storage.backend import Backend
 
 log = logging.getLogger("datastore.server")
@@ -93,9 +94,7 @@ def fatal_downgrade(err: DowngradeRefused) -> NoReturn:
     """Stop a running member that learned a cluster version above its release (etcd
     panics): one line saying what to do, no traceback."""
     log.critical(str(err))
-    for h in logging.getLogger().handlers:
-        h.flush()
-    os._exit(1)
+    exit_now(1)
 
 
 class ClusterVersion:
