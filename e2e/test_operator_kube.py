@@ -214,10 +214,13 @@ def test_kube_platform_scales_and_heals_real_members(h: Harness) -> None:
     assert etcdctl(h.endpoint(0), "get", "before", "--print-value-only").stdout.strip() == b"1"
 
     # the cluster deleted: its objects go with it (owner references), the operator lets go
+    assert h.kube.refused == []  # the PDB patches included (a 422 for both fields set)
     h.kube.admin.custom.delete_namespaced_custom_object("datastore.dev", "v1alpha1", NS, "datastoreclusters",
                                                          "db")
     h.drive(lambda: not h.pods() and not h.kube.store["pvc"] and KEY not in h.op.reconcilers, "cleanup")
-    assert h.kube.refused == []  # the PDB patches included (a 422 for both fields set)
+    # a pass that read the cluster just before the delete may find it gone when it writes
+    # the status (as against a real API server); that is the only refusal allowed here
+    assert {r[:2] for r in h.kube.refused} <= {("patch_namespaced_custom_object_status", 404)}
     check_rbac(h.kube.permissions_used())
 
 

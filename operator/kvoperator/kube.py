@@ -589,9 +589,19 @@ class KubernetesPlatform:
         return (obj or {}).get("status")
 
     async def publish_status(self, status: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(self.k.custom.patch_namespaced_custom_object_status, specmod.GROUP,
-                                specmod.VERSION, self.namespace, specmod.PLURAL, self.name,
-                                {"status": dict(status)})
+        if self.crs.get(self.namespace, self.name) is None:
+            return  # deleted since this pass read it: nothing to report to
+        try:
+            await asyncio.to_thread(self.k.custom.patch_namespaced_custom_object_status,
+                                    specmod.GROUP, specmod.VERSION, self.namespace, specmod.PLURAL,
+                                    self.name, {"status": dict(status)})
+        except Exception as e:
+            if _status_of(e) != 404:
+                raise
+            # deleted between the watch's last word and this patch: the next pass lets go
+            log.info("cluster deleted before its status was written",
+                     extra={"cluster": self.name, "namespace": self.namespace})
+            return
         obj = self.crs.get(self.namespace, self.name)
         if obj is not None:  # our own write: the watch will confirm it; keep the cache current
             obj["status"] = dict(status)
