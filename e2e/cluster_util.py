@@ -5,6 +5,7 @@ Every wait is a condition polled with a deadline (never a sleep as synchronisati
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -129,3 +130,46 @@ class Cluster:
                               peer_port=pp, initial_cluster=spec, state="existing")
         self.all_procs.append(proc)
         return proc
+
+
+def log_lines(proc: ServerProc, msg: str, **fields: object) -> list[dict[str, object]]:
+    """The member's structured log records with this message (and these field values)."""
+    out = []
+    for line in proc.log_path.read_text(errors="replace").splitlines():
+        if msg not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by kill -9, or not ours
+        if rec.get("msg") == msg and all(rec.get(k) == v for k, v in fields.items()):
+            out.append(rec)
+    return out
+
+
+def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
+    return bool(log_lines(proc, msg, **fields))
+
+
+# A tiny raft log, so that a member that was down needs a snapshot to catch up ...
+SMALL_LOG = ["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]
+# ... and a slow stream (test-only knobs: ~80 chunks of 256 bytes, 50 ms apart), so that a
+# transfer is still in progress when a test sees its first progress line.
+SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "256",
+               "DATASTORE_SNAPSHOT_CHUNK_DELAY_S": "0.05"}
+LAG_VALUE = b"v" * 100
+
+
+def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, ServerProc]:
+    """Stop a follower and write enough (under ``k/``) that it needs a snapshot; returns
+    (it, leader). ``acked`` gets every acknowledged write."""
+    leader = c.leader()
+    lagging = c.followers()[0]
+    put(leader, b"k/early", LAG_VALUE)
+    acked[b"k/early"] = LAG_VALUE
+    lagging.stop()
+    for i in range(150):
+        key = f"k/{i:04d}".encode()
+        put(leader, key, LAG_VALUE)
+        acked[key] = LAG_VALUE
+    return lagging, leader

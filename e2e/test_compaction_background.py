@@ -9,12 +9,11 @@ after its first batch and a ``finished`` line after its last.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
-from cluster_util import wait_for
+from cluster_util import log_lines, wait_for
 from e2e_util import Client
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
@@ -29,17 +28,6 @@ RESUMED = "resuming scheduled compaction"
 # state (only the first batch is waited for, so the pause costs the test nothing)
 SLOW = ["--experimental-compaction-batch-limit", "4",
         "--experimental-compaction-sleep-interval", "1s"]
-
-
-def log_lines(p: ServerProc, msg: str) -> list[dict[str, object]]:
-    out = []
-    for line in p.log_path.read_text(errors="replace").splitlines():
-        if msg in line:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return [o for o in out if o.get("msg") == msg]
 
 
 def history(c: Client) -> int:

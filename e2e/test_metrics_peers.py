@@ -16,9 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Cluster, status, wait_for
+from cluster_util import SLOW_STREAM, SMALL_LOG, Cluster, lag_behind, log_lines, status, wait_for
 from e2e_util import target_is_etcd
-from test_snapshot_transfer import SLOW_STREAM, SMALL_LOG, lag_behind, log_lines
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc

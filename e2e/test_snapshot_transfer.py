@@ -12,12 +12,24 @@ HashKV, every acknowledged write present. Every wait polls a condition.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Cluster, hash_kv, put, status, values, wait_for
+from cluster_util import (
+    LAG_VALUE,
+    SLOW_STREAM,
+    SMALL_LOG,
+    Cluster,
+    hash_kv,
+    lag_behind,
+    log_has,
+    log_lines,
+    put,
+    status,
+    values,
+    wait_for,
+)
 from e2e_util import target_is_etcd
 
 from datastore.api.raftpb import raft_pb2, raft_pb2_grpc
@@ -27,29 +39,6 @@ from datastore.server.snapshot_image import _REC
 from datastore.testing.procs import ServerProc, datastore_proc
 
 pytestmark = pytest.mark.skipif(target_is_etcd(), reason="datastore clusters only")
-
-SMALL_LOG = ["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]
-# ~80 chunks of 256 bytes, 50 ms apart: a transfer takes a few seconds.
-SLOW_STREAM = {"DATASTORE_SNAPSHOT_CHUNK_BYTES": "256",
-               "DATASTORE_SNAPSHOT_CHUNK_DELAY_S": "0.05"}
-VALUE = b"v" * 100
-
-
-
-
-def log_lines(proc: ServerProc, msg: str, **fields: object) -> list[dict[str, object]]:
-    out = []
-    for line in proc.log_path.read_text(errors="replace").splitlines():
-        if f'"msg": "{msg}"' not in line:
-            continue
-        rec = json.loads(line)
-        if all(rec.get(k) == v for k, v in fields.items()):
-            out.append(rec)
-    return out
-
-
-def log_has(proc: ServerProc, msg: str, **fields: object) -> bool:
-    return bool(log_lines(proc, msg, **fields))
 
 
 def incoming(proc: ServerProc) -> list[str]:
@@ -62,20 +51,6 @@ def start_cluster(tmp_path: Path) -> Cluster:
     for p in c.procs:
         p.env.update(SLOW_STREAM)
     return c.start()
-
-
-def lag_behind(c: Cluster, acked: dict[bytes, bytes]) -> tuple[ServerProc, ServerProc]:
-    """Stop a follower and write enough that it needs a snapshot; returns (it, leader)."""
-    leader = c.leader()
-    lagging = c.followers()[0]
-    put(leader, b"k/early", VALUE)
-    acked[b"k/early"] = VALUE
-    lagging.stop()
-    for i in range(150):
-        key = f"k/{i:04d}".encode()
-        put(leader, key, VALUE)
-        acked[key] = VALUE
-    return lagging, leader
 
 
 def start_receiving(c: Cluster, lagging: ServerProc) -> ServerProc:
@@ -108,8 +83,8 @@ def test_receiver_killed_mid_transfer_recovers(tmp_path: Path) -> None:
                  "the sender to see the transfer fail")
         for i in range(20):  # writes while it is down
             key = f"k/late{i:02d}".encode()
-            put(c.leader(), key, VALUE)
-            acked[key] = VALUE
+            put(c.leader(), key, LAG_VALUE)
+            acked[key] = LAG_VALUE
         lagging.launch()
         lagging.wait_ready()
         assert log_has(lagging, "discarding snapshot images not installed")
@@ -138,8 +113,8 @@ def test_sender_killed_mid_transfer_recovers(tmp_path: Path) -> None:
                  "the snapshot from the new leader installed")
         for i in range(20):
             key = f"k/late{i:02d}".encode()
-            put(new_leader, key, VALUE)
-            acked[key] = VALUE
+            put(new_leader, key, LAG_VALUE)
+            acked[key] = LAG_VALUE
         sender.launch()
         sender.wait_ready()
         converged(c, acked)
@@ -175,8 +150,8 @@ def test_crash_midway_through_install_recovers(tmp_path: Path) -> None:
             p.launch()
         for p in others:
             p.wait_ready()
-        put(c.leader(), b"k/after", VALUE)
-        acked[b"k/after"] = VALUE
+        put(c.leader(), b"k/after", LAG_VALUE)
+        acked[b"k/after"] = LAG_VALUE
         converged(c, acked)
     finally:
         c.stop()
@@ -188,7 +163,7 @@ def test_receiver_refuses_a_truncated_or_corrupt_image(tmp_path: Path) -> None:
     its sender dies, so the receiver must not trust the end of the stream)."""
     ds = datastore_proc(tmp_path, "one").start()
     try:
-        put(ds, b"k/keep", VALUE)
+        put(ds, b"k/keep", LAG_VALUE)
         st = status(ds)
         mid, cid = st.header.member_id, st.header.cluster_id
         meta = SnapshotMetadata(ConfState(voters=(mid,)), index=10_000, term=10_000)
@@ -204,7 +179,7 @@ def test_receiver_refuses_a_truncated_or_corrupt_image(tmp_path: Path) -> None:
                 with pytest.raises(grpc.RpcError) as ei:
                     stub.SendSnapshot(iter(chunks), timeout=10)
                 assert ei.value.code() == grpc.StatusCode.DATA_LOSS
-        assert values(ds, b"k/") == {b"k/keep": VALUE}
+        assert values(ds, b"k/") == {b"k/keep": LAG_VALUE}
         assert status(ds).leader == mid
         assert incoming(ds) == []
     finally:
