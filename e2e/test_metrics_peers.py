@@ -91,6 +91,11 @@ def test_snapshot_transfer_families(cluster: tuple[Cluster, dict[str, str]]) -> 
     before = transfers_seen(lagging)
     lagging.launch()
     first = by_hex[receiving(lagging, before)]
+    # in flight at both ends while it streams (the slow stream lasts seconds)
+    assert count(scrape(bases[first.name]), "etcd_network_snapshot_send_inflights_total",
+                 To=lag) == 1
+    assert count(scrape(bases[lagging.name]), "etcd_network_snapshot_receive_inflights_total",
+                 From=hexid[first.name]) == 1
     lagging.kill()
     # (raft tries again while the receiver is down: one failure or more)
     wait_for(lambda: count(scrape(bases[first.name]), "etcd_network_snapshot_send_failures",
@@ -117,6 +122,8 @@ def test_snapshot_transfer_families(cluster: tuple[Cluster, dict[str, str]]) -> 
     assert count(sent, "etcd_network_snapshot_send_success", To=lag) == 1
     assert count(sent, "etcd_network_snapshot_send_total_duration_seconds_count", To=lag) == 1
     assert count(sent, "etcd_network_snapshot_send_failures", To=lag) == 0
+    assert count(sent, "etcd_network_snapshot_send_inflights_total", To=lag) == 0
+    assert count(got, "etcd_network_snapshot_receive_inflights_total", From=frm) == 0
 
     # etcd's names (the counters without _total), types, label names and buckets
     for text, label in ((sent, "To"), (got, "From")):

@@ -248,6 +248,15 @@ class MemberCollector(Collector):
             for peer, n in sorted(counts.items()):
                 c.add_metric([peer], n)
             yield c
+        for name, doc, label, counts in (
+                ("etcd_network_snapshot_send_inflights_total",
+                 "Total number of inflight snapshot sends", "To", snap.sending),
+                ("etcd_network_snapshot_receive_inflights_total",
+                 "Total number of inflight snapshot receives", "From", snap.receiving)):
+            g = GaugeMetricFamily(name, doc, labels=[label])
+            for peer, n in sorted(counts.items()):
+                g.add_metric([peer], n)
+            yield g
         yield family("etcd_network_snapshot_send_total_duration_seconds",
                      "Total latency distributions of v3 snapshot sends", ["To"],
                      (([peer], h) for peer, h in sorted(snap.send_seconds.items())))

@@ -80,6 +80,12 @@ class SnapshotStats:
         self.received: dict[str, int] = {}
         self.receive_failures: dict[str, int] = {}
         self.receive_seconds: dict[str, Histogram] = {}
+        self.sending: dict[str, int] = {}  # transfers in flight now, by peer
+        self.receiving: dict[str, int] = {}
+
+    @staticmethod
+    def in_flight(counts: dict[str, int], peer: str, delta: int) -> None:
+        counts[peer] = counts.get(peer, 0) + delta
 
     @staticmethod
     def _done(ok: bool, peer: str, start: float, counts: dict[str, int],
@@ -155,6 +161,7 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
     channel: grpc.aio.Channel | None = None
     call: grpc.aio.StreamUnaryCall | None = None
     ok = False
+    t.snapshots.in_flight(t.snapshots.sending, f"{peer_id:x}", 1)
     try:
         channel = await open_peer_channel(url, s.cfg.peer_tls)
         call = raft_pb2_grpc.RaftTransportStub(channel).SendSnapshot()
@@ -186,6 +193,7 @@ async def send_snapshot(t: PeerTransport, peer_id: int, url: str, m: Message) ->
             log.warning("sending a snapshot failed",
                         extra={"to": f"{peer_id:x}", "index": prep.meta.index, "error": str(e)})
     finally:
+        t.snapshots.in_flight(t.snapshots.sending, f"{peer_id:x}", -1)
         with contextlib.suppress(Exception):
             await loop.run_in_executor(pool, chunks.close)  # closes the checkpoint's db
         pool.shutdown(wait=False)
@@ -241,6 +249,7 @@ async def receive_snapshot(t: PeerTransport, requests: AsyncIterator[pb.Snapshot
     log.info("receiving a snapshot", extra={"frm": f"{m.frm:x}", "index": meta.index,
                                              "term": meta.term})
     installed = False
+    t.snapshots.in_flight(t.snapshots.receiving, frm, 1)
     try:
         h = hashlib.sha256()
         end: pb.SnapshotChunk | None = None
@@ -277,6 +286,7 @@ async def receive_snapshot(t: PeerTransport, requests: AsyncIterator[pb.Snapshot
         await ctx.abort(grpc.StatusCode.DATA_LOSS, f"snapshot not received: {e}")
         raise  # abort raises; this is for the type checker
     finally:
+        t.snapshots.in_flight(t.snapshots.receiving, frm, -1)
         if not installed:
             await loop.run_in_executor(pool, writer.abort)
         pool.shutdown(wait=False)
