@@ -89,7 +89,9 @@ def _restore(ns: argparse.Namespace) -> int:
     try:
         with Progress("restoring", mode=ns.progress, interval=ns.progress_interval) as progress:
             done = restore_snapshot(ns.file, config_from_args(ns),
-                                    skip_hash_check=ns.skip_hash_check, progress=progress)
+                                    skip_hash_check=ns.skip_hash_check, progress=progress,
+                                    bump_revision=ns.bump_revision,
+                                    mark_compacted=ns.mark_compacted)
             progress.summary(done.summary())
     except KeyboardInterrupt:  # the restore removed what it had written
         print("datastore: interrupted; nothing was restored", file=sys.stderr)
@@ -123,6 +125,14 @@ def _main(argv: list[str] | None = None) -> int:
     restore.add_argument("file")
     restore.add_argument("--skip-hash-check", action="store_true",
                          help="restore a db file copied from a data dir (it has no trailing hash)")
+    restore.add_argument("--bump-revision", type=int, default=0, metavar="N",
+                         help="how much to increase the latest revision after restore (with "
+                              "--mark-compacted: clients' old revisions then read as compacted, "
+                              "so watches and informers start over instead of going back)")
+    restore.add_argument("--mark-compacted", action="store_true",
+                         help="mark the latest revision after restore as the point of "
+                              "scheduled compaction (required if --bump-revision > 0, "
+                              "disallowed otherwise)")
     restore.add_argument("--progress", choices=("auto", "tty", "lines", "none"), default="auto",
                          help="progress on stderr: live if stderr is a terminal, else a line "
                               "every few seconds (default auto); the summary line is always printed")

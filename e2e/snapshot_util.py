@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ class Conn:
         self.lease = g.LeaseStub(self.ch)
         self.maint = g.MaintenanceStub(self.ch)
         self.auth = g.AuthStub(self.ch)
+        self.watch = g.WatchStub(self.ch)
         self.md: tuple[tuple[str, str], ...] = ()
 
     def login(self) -> None:
@@ -94,6 +97,21 @@ class Conn:
 
     def call(self, stub: Any, method: str, req: Any) -> Any:
         return getattr(stub, method)(req, metadata=self.md, timeout=10)
+
+    def watch_until_canceled(self, create: pb.WatchCreateRequest) -> pb.WatchResponse:
+        """Open a watch (the request side held open) and return its cancel response."""
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.WatchRequest]:
+            yield pb.WatchRequest(create_request=create)
+            done.wait(30)
+
+        call = self.watch.Watch(requests(), metadata=self.md, timeout=30)
+        try:
+            return next(r for r in call if r.canceled)
+        finally:
+            done.set()
+            call.cancel()
 
     def close(self) -> None:
         self.ch.close()

@@ -275,7 +275,7 @@ class KVStore:
         physically removed compacted revisions agree. Returns (hash, compact, hash rev).
         """
         cur = self.current_rev
-        if 0 < rev <= self.compact_rev:
+        if 0 < rev < self.compact_rev:  # etcd 3.5+: the compaction revision itself hashes
             raise errors.ErrCompacted()
         if rev > cur:
             raise errors.ErrFutureRev()

@@ -57,10 +57,17 @@ class Restored:
 
 
 def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
-                     progress: Progress | None = None) -> Restored:
+                     progress: Progress | None = None, bump_revision: int = 0,
+                     mark_compacted: bool = False) -> Restored:
     """Restore ``file`` into ``cfg``'s data dir; ``progress`` (if given) is told about the
-    hash check and the import as they go."""
+    hash check and the import as they go. ``bump_revision`` and ``mark_compacted`` are
+    etcdutl's pair: both or neither."""
     t0 = time.monotonic()
+    if bump_revision < 0:
+        raise ValueError(f"invalid argument \"{bump_revision}\" for \"--bump-revision\" flag: "
+                         "it is the (non-negative) amount to add to the latest revision")
+    if (bump_revision == 0) == mark_compacted:  # etcdutl's words, its flag name included
+        raise ValueError("--mark-compacted required if --revision-bump > 0")
     src = Path(file)
     data = Path(cfg.resolved_data_dir)
     try:
@@ -81,9 +88,13 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
     stats = None
     try:
         if framing.is_legacy_tar(src):
+            if bump_revision:
+                raise ValueError(f"{src}: --bump-revision needs an etcd-format snapshot, and "
+                                 "this is an older datastore tar snapshot (restore it, start "
+                                 "the member and save a new one first)")
             _restore_tar(src, db_size, data)
         else:
-            stats = _restore_bbolt(src, db_size, data, progress)
+            stats = _restore_bbolt(src, db_size, data, progress, bump_revision)
     except BaseException:
         if created:
             shutil.rmtree(data, ignore_errors=True)
@@ -104,7 +115,8 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
     return Restored(src, data, time.monotonic() - t0, stats)
 
 
-def _restore_bbolt(src: Path, db_size: int, data: Path, progress: Progress | None) -> ImportStats:
+def _restore_bbolt(src: Path, db_size: int, data: Path, progress: Progress | None,
+                   bump_revision: int) -> ImportStats:
     partial = data / PARTIAL
     backend = Backend(partial)
     try:
@@ -117,7 +129,7 @@ def _restore_bbolt(src: Path, db_size: int, data: Path, progress: Progress | Non
                     progress.update(min(reader.pages_read, total),
                                     f"{st.revisions:,} key revisions", total=total,
                                     description="restoring")
-            stats = import_etcd_db(reader, backend, on_progress)
+            stats = import_etcd_db(reader, backend, on_progress, bump_revision)
     finally:
         backend.close()
     partial.rename(data / "state")

@@ -79,10 +79,16 @@ PROGRESS_EVERY = 1024  # key revisions between calls of ``on_progress``
 
 
 def import_etcd_db(reader: BoltReader, backend: Backend,
-                   on_progress: Callable[[ImportStats], None] | None = None) -> ImportStats:
+                   on_progress: Callable[[ImportStats], None] | None = None,
+                   bump_revision: int = 0) -> ImportStats:
     """Copy what an etcd member serves from ``reader`` into the empty ``backend``;
     ``on_progress(stats)`` is called every ``PROGRESS_EVERY`` key revisions (the key
-    bucket is nearly all of a snapshot) and once at the end."""
+    bucket is nearly all of a snapshot) and once at the end.
+
+    ``bump_revision`` > 0 is etcdutl's ``--bump-revision N --mark-compacted``: the latest
+    revision in the key bucket plus N becomes the current revision and the scheduled
+    compaction point, so every client's old revision reads and watches as compacted
+    (informers relist) instead of seeing the revision go back."""
     buckets = dict(reader.buckets())
     missing = [b.decode() for b in (L.KEY, L.META) if b not in buckets]
     if missing:
@@ -116,6 +122,13 @@ def import_etcd_db(reader: BoltReader, backend: Backend,
             finished = L.compact_rev_from(meta[L.FINISHED_COMPACT])
     except ValueError as e:
         raise SnapshotFormatError(f"bucket meta: {e}") from None
+    if bump_revision > 0:
+        log.info("bumping latest revision", extra={
+            "latest_revision": last_main, "bump_amount": bump_revision,
+            "new_latest_revision": last_main + bump_revision})
+        last_main += bump_revision
+        scheduled = last_main  # compacted from the start (resumed as the member loads)
+        log.info("marking revision compacted", extra={"revision": last_main})
     if scheduled >= 0:
         out.put("meta", META_SCHEDULED, i64(scheduled))
     if finished >= 0:
