@@ -19,7 +19,7 @@ import grpc
 from datastore import errors as etcd_errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
-from datastore.client.connection import CALL_METADATA, Pool, Retry, TLSConfig
+from datastore.client.connection import Metadata, Pool, Retry, TLSConfig
 from datastore.client.errors import ClientError
 from datastore.client.keepalive import KeepAlive, LostCallback
 from datastore.client.requests import KeyLike, delete_request, put_request, range_request
@@ -33,8 +33,12 @@ class Client:
     """An etcd v3 client for one cluster, given some of its members' client endpoints."""
 
     def __init__(self, endpoints: Sequence[str] | str, timeout: float = 5.0,
-                 tls: TLSConfig | None = None) -> None:
-        self.pool = Pool(endpoints, tls, timeout)
+                 tls: TLSConfig | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
+        """With ``user`` and ``password``, the client logs in on its first call and sends
+        the token with every request and stream, logging in again when a member refuses
+        it (expired, or issued before a restart or an auth change), as clientv3 does."""
+        self.pool = Pool(endpoints, tls, timeout, user, password)
         self.timeout = timeout
         # Background streams this client started, ended by close().
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
@@ -60,9 +64,8 @@ class Client:
 
     async def _unary(self, stub: Any, method: str, req: Any, policy: Retry,
                      endpoint: str | None = None, budget: float | None = None) -> Any:
-        async def invoke(ch: grpc.aio.Channel, t: float) -> Any:
-            return await getattr(stub(ch), method)(req, timeout=t,
-                                                   metadata=CALL_METADATA.get() or None)
+        async def invoke(ch: grpc.aio.Channel, t: float, md: Metadata) -> Any:
+            return await getattr(stub(ch), method)(req, timeout=t, metadata=md)
         return await self.pool.call(invoke, policy, endpoint, budget)
 
     # ---- KV -------------------------------------------------------------------------------

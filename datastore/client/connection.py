@@ -31,6 +31,7 @@ from datastore.client.errors import ClientClosedError, from_rpc_error
 
 log = logging.getLogger("datastore.client")
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...] | None
 
 # gRPC metadata sent with every call made from the current task (and tasks it starts):
 # a server-side user of this client (the Lock/Election services) forwards its caller's
@@ -58,6 +59,14 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+
+
+# The member refused the token, not the request: log in again and resend (clientv3's
+# shouldRefreshToken). "user name is empty" counts only for a client that has a password.
+_TOKEN_REFUSED = frozenset({
+    etcd_errors.ErrInvalidAuthToken.message,
+    etcd_errors.ErrAuthOldRevision.message,
+})
 
 
 class Retry(enum.Enum):
@@ -103,11 +112,18 @@ def safe_to_retry(e: grpc.RpcError, policy: Retry) -> bool:
     return not_sent(e)
 
 
+def token_refused(details: str, has_password: bool) -> bool:
+    """Does this error (or watch cancel reason) say the token, not the request, was bad?"""
+    return any(m in details for m in _TOKEN_REFUSED) or (
+        has_password and etcd_errors.ErrUserEmpty.message in details)
+
+
 class Pool:
-    """The endpoints of one Client and a channel to each."""
+    """The endpoints of one Client, a channel to each, and its auth token if it logs in."""
 
     def __init__(self, endpoints: Sequence[str] | str, tls: TLSConfig | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, user: str | None = None,
+                 password: str | None = None) -> None:
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not eps:
             raise ValueError("Client needs at least one endpoint, e.g. ['127.0.0.1:2379']")
@@ -118,6 +134,12 @@ class Pool:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.learners: set[str] = set()  # endpoints that refused a request as a learner
         self.closed = False
+        if (user is None) != (password is None):
+            raise ValueError("give both user and password, or neither")
+        self.credentials = (user, password) if user is not None else None
+        self._token: str | None = None
+        self._login: asyncio.Task[str] | None = None  # the one login in flight
+        self.logins = 0  # Authenticate calls made (for observability and tests)
 
     @property
     def current(self) -> str:
@@ -152,26 +174,78 @@ class Pool:
         log.info("client endpoint failover", extra={
             "failed": endpoint, "next": self.current, "reason": why})
 
+    async def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The metadata to send: a forwarded caller's (CALL_METADATA), else this client's
+        token, logging in first if it has none (concurrent callers share one login)."""
+        forwarded = CALL_METADATA.get()
+        if forwarded or self.credentials is None:
+            return forwarded or None
+        if self._token is None:
+            if self._login is None or self._login.done():
+                self._login = asyncio.get_running_loop().create_task(self._authenticate())
+            await asyncio.shield(self._login)
+        assert self._token is not None
+        return (("token", self._token),)
+
+    def forget_token(self, md: tuple[tuple[str, str], ...] | None) -> bool:
+        """The member refused the token sent in ``md``: the next call logs in again.
+        False when this client has no password to log in with."""
+        if self.credentials is None:
+            return False
+        sent = dict(md or ()).get("token")
+        if sent is not None and sent == self._token:
+            self._token = None
+        return True
+
+    async def _authenticate(self) -> str:
+        from datastore.api.etcdserverpb import rpc_pb2 as rpc
+        from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
+
+        assert self.credentials is not None
+        name, password = self.credentials
+        req = rpc.AuthenticateRequest(name=name, password=password)
+
+        async def invoke(ch: grpc.aio.Channel, t: float, _md: object) -> rpc.AuthenticateResponse:
+            return await stubs.AuthStub(ch).Authenticate(req, timeout=t)
+        r = await self.call(invoke, Retry.REPEATABLE, login=False)
+        self.logins += 1
+        self._token = r.token
+        return r.token
+
     async def close(self) -> None:
         self.closed = True
         chans, self._channels = list(self._channels.values()), {}
         for ch in chans:
             await ch.close()
 
-    async def call(self, invoke: Callable[[grpc.aio.Channel, float], Awaitable[T]], policy: Retry,
-                   endpoint: str | None = None, budget: float | None = None) -> T:
-        """Run ``invoke(channel, per_try_timeout)`` with failover and etcd's retry rule.
+    async def call(self, invoke: Callable[[grpc.aio.Channel, float, Metadata], Awaitable[T]],
+                   policy: Retry, endpoint: str | None = None, budget: float | None = None,
+                   login: bool = True) -> T:
+        """Run ``invoke(channel, per_try_timeout, metadata)`` with failover and etcd's
+        retry rule. A refused token is renewed and the call resent once: the member
+        refused it before running anything.
 
         With ``endpoint`` set, only that member is asked (no failover)."""
         deadline = time.monotonic() + (self.timeout if budget is None else budget)
         backoff = BACKOFF_START
         tried_this_round = 0
+        relogged = False
         while True:
             ep = strip_scheme(endpoint) if endpoint else self.current
+            if not login:
+                md = None
+            elif self.credentials is None:
+                md = CALL_METADATA.get() or None
+            else:
+                md = await self.metadata()
             remaining = deadline - time.monotonic()
             try:
-                return await invoke(self.channel(ep), max(remaining, 0.001))
+                return await invoke(self.channel(ep), max(remaining, 0.001), md)
             except grpc.aio.AioRpcError as e:
+                if (login and not relogged and token_refused(e.details() or "", True)
+                        and self.forget_token(md)):
+                    relogged = True
+                    continue
                 err = from_rpc_error(e, ep)
                 if endpoint is None and (moves_on(e) or e.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
                     # A member that let the deadline pass may be cut off from the cluster:

@@ -20,7 +20,7 @@ import grpc
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
 from datastore.client.connection import BACKOFF_MAX, BACKOFF_START, Pool
-from datastore.client.errors import ClientClosedError
+from datastore.client.errors import ClientClosedError, ClientError
 
 log = logging.getLogger("datastore.client")
 LostCallback = Callable[[int], Awaitable[object] | object]
@@ -67,6 +67,8 @@ class KeepAlive:
                 why = "stream closed"
             except ClientClosedError:
                 return
+            except ClientError as e:  # logging in failed: retried like a broken stream
+                why = str(e)
             except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
                 # InvalidStateError: grpc refuses a write on a call that already ended.
                 why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) \
@@ -82,7 +84,8 @@ class KeepAlive:
 
     async def _stream(self, ep: str) -> bool:
         """Renew over one stream until it breaks; True once the lease is lost."""
-        call = stubs.LeaseStub(self.pool.channel(ep)).LeaseKeepAlive()
+        call = stubs.LeaseStub(self.pool.channel(ep)).LeaseKeepAlive(
+            metadata=await self.pool.metadata())
         try:
             while True:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=self.lease_id))

@@ -27,14 +27,15 @@ class SyncClient:
     """Same methods as ``Client``, blocking. Close it (or use ``with``) to stop its thread."""
 
     def __init__(self, endpoints: Sequence[str] | str, timeout: float = 5.0,
-                 tls: TLSConfig | None = None) -> None:
+                 tls: TLSConfig | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="datastore-client",
                                         daemon=True)
         self._thread.start()
 
         async def make() -> Client:
-            return Client(endpoints, timeout=timeout, tls=tls)
+            return Client(endpoints, timeout=timeout, tls=tls, user=user, password=password)
         self.aio: Client = self.run(make())
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:

@@ -22,7 +22,14 @@ import grpc
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc as stubs
 from datastore.api.mvccpb.kv_pb2 import Event
-from datastore.client.connection import BACKOFF_MAX, BACKOFF_START, CALL_METADATA, Pool, moves_on
+from datastore.client.connection import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    Metadata,
+    Pool,
+    moves_on,
+    token_refused,
+)
 from datastore.client.errors import ClientError, CompactedError
 from datastore.client.requests import KeyLike, key_range
 
@@ -63,6 +70,7 @@ class Watch:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._served = False  # the current stream got its watch created
         self._progress_requested = False
+        self._relogged = False  # the last stream was re-created for a refused token
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __aiter__(self) -> Watch:
@@ -128,6 +136,8 @@ class Watch:
                 try:
                     if await self._stream(ep):
                         return
+                    if self._relogged:
+                        continue  # the same member, with a fresh token
                     why = "stream closed by the server"
                     backoff = BACKOFF_START
                 except asyncio.InvalidStateError:  # grpc refuses a write on an ended call
@@ -156,7 +166,8 @@ class Watch:
 
     async def _stream(self, ep: str) -> bool:
         """Run one stream on ``ep``; True when the watch is over (error or compaction queued)."""
-        call = stubs.WatchStub(self.pool.channel(ep)).Watch(metadata=CALL_METADATA.get() or None)
+        md = await self.pool.metadata()
+        call = stubs.WatchStub(self.pool.channel(ep)).Watch(metadata=md)
         self._call = call
         try:
             await call.write(self._create_request())
@@ -172,7 +183,7 @@ class Watch:
                     self.created.set()
                     continue
                 if resp.canceled or resp.compact_revision:
-                    return self._canceled(resp, ep)
+                    return self._canceled(resp, ep, md)
                 if resp.fragment:
                     fragments.append(resp)
                     continue
@@ -183,13 +194,18 @@ class Watch:
             call.cancel()
             self._call = None
 
-    def _canceled(self, resp: rpc.WatchResponse, ep: str) -> bool:
+    def _canceled(self, resp: rpc.WatchResponse, ep: str, md: Metadata) -> bool:
         if resp.compact_revision:
             self._queue.put_nowait(CompactedError(resp.compact_revision, endpoint=ep))
             return True
         reason = resp.cancel_reason or "watch canceled by the server"
         if "no leader" in reason:
             return False  # resume on another member
+        if (resp.created and not self._relogged and token_refused(reason, True)
+                and self.pool.forget_token(md)):
+            self._relogged = True  # once per refusal: a fresh token that fails is an error
+            return False  # re-created at once with a fresh token
+        self._relogged = False
         self._queue.put_nowait(ClientError(grpc.StatusCode.CANCELLED, reason, ep))
         return True
 
