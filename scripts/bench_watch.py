@@ -16,6 +16,11 @@ Scenarios: ``a`` 1,000 watchers at 40 w/s; ``b`` 1,000 at 10 w/s; ``c`` 10,000 a
 ``d`` 1,000 watchers that all start 5,000 revisions back (catch-up from history) while
 writes go on at 10 w/s: also reported, when every watcher had the whole history.
 
+The watch load comes from one Go process (``tools/refs/watchload``, built by
+``python scripts/build_refs.py watchload``): Python client processes
+(``--client python``) saturate before either server at these rates, and then it is their
+queueing that the latencies measure.
+
     python scripts/bench_watch.py                       # a, b, c; 10 s each
     python scripts/bench_watch.py --scenarios a --duration 20
     python scripts/bench_watch.py --repeat 3 --servers etcd,datastore,before \\
@@ -30,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +49,7 @@ import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2
 from datastore.bench.wire import PUT, WATCH, prefix_end
+from datastore.testing import refs
 from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc
 
 PREFIX = b"/registry/bench/"
@@ -283,6 +290,32 @@ def run_one(proc: ServerProc, watchers: int, rate: float, history: int, duration
     }
 
 
+def run_one_go(proc: ServerProc, watchers: int, rate: float, history: int, duration: float,
+               per_stream: int, drain_s: float) -> dict[str, Any]:
+    """The same load from the Go watch client (tools/refs/watchload): watchers, writer
+    and latencies in one Go process; the server's CPU is read around its load phase."""
+    argv = [str(refs.binary("watchload")), "-endpoint", proc.endpoint, "-watchers", str(watchers),
+            "-per-stream", str(per_stream), "-streams-per-conn", str(STREAMS_PER_CHANNEL),
+            "-rate", str(rate), "-duration", f"{duration}s", "-history", str(history),
+            "-drain", f"{drain_s}s"]
+    pid = proc.popen.pid  # type: ignore[union-attr]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"watchload did not get its watchers created: {line!r}")
+        log("watchers created", server=proc.kind, watchers=watchers, client="go")
+        cpu0 = cpu_seconds(pid)
+        out = p.stdout.readline()
+        cpu = cpu_seconds(pid) - cpu0
+        if p.wait(60) != 0 or not out:
+            raise RuntimeError(f"watchload exited {p.returncode}")
+    row = json.loads(out)
+    row.update(server=proc.kind, watchers=watchers, rate_asked=rate, history=history,
+               server_cpu_s=round(cpu, 2))
+    return row
+
+
 def start_server(kind: str, base: Path, before_src: str | None) -> ServerProc:
     if kind == "etcd":
         p = etcd_proc(base, extra=["--quota-backend-bytes", str(8 << 30)])
@@ -331,7 +364,15 @@ def main() -> int:
                     help="source tree of the 'before' datastore (run with it on PYTHONPATH)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per scenario and server")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--client", choices=("go", "python"), default="go",
+                    help="the watch load: Go (tools/refs/watchload, built by "
+                         "scripts/build_refs.py watchload; default) or Python client processes")
     args = ap.parse_args()
+    if args.client == "go":
+        try:
+            refs.binary("watchload")
+        except refs.RefError as e:
+            raise SystemExit(f"{e}\n(or run with --client python)") from None
     rows = []
     kinds = args.servers.split(",")
     for rep in range(args.repeat):  # interleaved, so load changes hit every server alike
@@ -343,15 +384,20 @@ def main() -> int:
                     try:
                         log("run", scenario=sc, server=kind, watchers=watchers, rate=rate,
                             rep=rep, loadavg=os.getloadavg()[0])
-                        row = run_one(proc, watchers, rate, history, args.duration,
-                                      args.per_stream, args.procs, args.drain)
+                        if args.client == "go":
+                            row = run_one_go(proc, watchers, rate, history, args.duration,
+                                             args.per_stream, args.drain)
+                        else:
+                            row = run_one(proc, watchers, rate, history, args.duration,
+                                          args.per_stream, args.procs, args.drain)
                     finally:
                         proc.stop()
                 row.update(scenario=sc, server=kind, rep=rep)
                 log("result", **row)
                 rows.append(row)
     med = summarize(rows)
-    print(f"median of {args.repeat} run(s) each; events summed over the runs")
+    print(f"median of {args.repeat} run(s) each; events summed over the runs; "
+          f"{args.client} watch client")
     print("| scenario | server | watchers | w/s asked | w/s held | events delivered/expected "
           "| events/response | p50 ms | p99 ms | max ms | server cpu s | history caught up s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

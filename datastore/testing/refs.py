@@ -117,6 +117,9 @@ REFS: tuple[Ref, ...] = (
     }, ldflags=_kube_ldflags(KUBE_VERSION)),
     # Our own client-go load generator for scripts/bench_controlplane.py (main.go is ours).
     Ref("kubeload", "v0.37.2", {"kubeload": "."}, extra_files=("main.go",)),
+    # Our own watch fan-out load (scripts/bench_watch.py --client go; main.go is ours), on
+    # etcd's generated API: a Python client would be what limits the measurement.
+    Ref("watchload", "v3.6.16", {"watchload": "."}, extra_files=("main.go",), suite=False),
 )
 
 
