@@ -399,3 +399,10 @@ _BY_MESSAGE: dict[str, type[EtcdError]] = {c.message: c for c in ALL_ERRORS}
 def by_message(msg: str) -> type[EtcdError] | None:
     """The error class whose etcd message is exactly ``msg`` (as clientv3's rpctypes.Error does)."""
     return _BY_MESSAGE.get(msg)
+
+
+def wants_credentials(details: str) -> bool:
+    """A refusal for want of a user (no token, or one the member does not accept): the
+    member answered. With auth on, etcd 3.5.28+/3.6 and the datastore keep even Status
+    to users, so a readiness probe or a peer view must read this as "up"."""
+    return ErrUserEmpty.message in details or ErrInvalidAuthToken.message in details

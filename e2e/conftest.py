@@ -40,13 +40,15 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def pair_factory(tmp_path: Path) -> Iterator[PairFactory]:
-    """``make(extra=[...]) -> (etcd, target)``, started in parallel; stopped at teardown."""
+def pair_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PairFactory]:
+    """``make(extra=[...]) -> (etcd, target)``, started in parallel; stopped at teardown.
+    The etcd is the release the test module's ``ORACLE`` names, else DS_ORACLE's."""
     procs: list[ServerProc] = []
+    version = getattr(request.module, "ORACLE", None)
 
     def make(extra: Sequence[str] = ()) -> tuple[ServerProc, ServerProc]:
         n = len(procs)
-        oracle = make_proc("etcd", tmp_path / f"oracle{n}", extra)
+        oracle = make_proc("etcd", tmp_path / f"oracle{n}", extra, oracle=version)
         target = make_proc("target", tmp_path / f"target{n}", extra)
         procs.extend((oracle, target))
         oracle.launch()

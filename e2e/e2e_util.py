@@ -26,6 +26,26 @@ TARGET: str = os.environ.get("DS_TARGET", "datastore").strip().lower() or "datas
 if TARGET not in ("datastore", "etcd"):
     raise RuntimeError(f"DS_TARGET must be 'datastore' or 'etcd', not {TARGET!r}")
 
+#: The oracle of the differential tests: Debian's etcd 3.4 (default) or the built 3.6
+#: (``DS_ORACLE=3.6``; scripts/build_refs.py builds it).
+ORACLE: str = os.environ.get("DS_ORACLE", "3.4").strip() or "3.4"
+if ORACLE not in ("3.4", "3.6"):
+    raise RuntimeError(f"DS_ORACLE must be '3.4' or '3.6', not {ORACLE!r}")
+
+
+def oracle_binary(version: str | None = None) -> str | None:
+    """The etcd binary of an oracle release (None: Debian's 3.4, on PATH); by default
+    the one DS_ORACLE names. A test module that follows a later release's rules sets
+    ``ORACLE = "3.6"`` (the pair fixtures read it)."""
+    if (version or ORACLE) == "3.4":
+        return None
+    from datastore.testing import refs
+    try:
+        return str(refs.binary("etcd"))
+    except refs.RefError as e:  # CI builds it (scripts/test.sh): never a silent skip
+        raise AssertionError(str(e)) from None
+
+
 #: Member name used for both oracle and target, so `member list` output is comparable.
 NODE_NAME = "node0"
 
@@ -37,13 +57,15 @@ def target_is_etcd() -> bool:
     return TARGET == "etcd"
 
 
-def make_proc(kind: str, base: Path, extra: Sequence[str] = ()) -> ServerProc:
-    """A not-yet-started server of the given kind ("etcd", "datastore" or "target")."""
+def make_proc(kind: str, base: Path, extra: Sequence[str] = (),
+              oracle: str | None = None) -> ServerProc:
+    """A not-yet-started server of the given kind ("etcd", "datastore" or "target");
+    ``oracle`` picks the etcd release ("3.4" or "3.6"; default DS_ORACLE)."""
     if kind == "target":
         kind = TARGET
     base.mkdir(parents=True, exist_ok=True)
     if kind == "etcd":
-        return etcd_proc(base, name=NODE_NAME, extra=list(extra))
+        return etcd_proc(base, name=NODE_NAME, extra=list(extra), binary=oracle_binary(oracle))
     if kind == "datastore":
         return datastore_proc(base, name=NODE_NAME, extra=list(extra))
     raise ValueError(kind)

@@ -31,6 +31,7 @@ from datastore.testing.procs import (
     ETCD_BIN,
     ETCDCTL_BIN,
     ServerProc,
+    auth_refusal,
     datastore_proc,
     etcd_proc,
     etcdctl,
@@ -59,7 +60,9 @@ class Proc:
                 with grpc.insecure_channel(self.endpoint) as ch:
                     rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc.StatusRequest(), timeout=1)
                 return self
-            except grpc.RpcError:
+            except grpc.RpcError as e:
+                if auth_refusal(e):  # answered (the member has auth on: Status is for users)
+                    return self
                 time.sleep(0.05)  # poll interval of the condition above
         raise TimeoutError(f"{self.endpoint} not serving: {self.log.read_text()[-2000:]}")
 

@@ -10,7 +10,7 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.status import abort
-from datastore.auth.grpcctx import require_admin
+from datastore.auth.grpcctx import forward_credentials, require_admin, require_auth_info
 from datastore.server.etcdserver import EtcdServer
 
 
@@ -32,11 +32,12 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     async def MemberList(self, r: rpc.MemberListRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.MemberListResponse:
-        if r.linearizable:
-            try:
+        try:
+            if r.linearizable:
                 await self.s.read_barrier()
-            except errors.EtcdError as e:
-                await abort(ctx, e)
+            await require_auth_info(self.s, ctx)  # any user (etcd 3.5.29+)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
         return rpc.MemberListResponse(header=self.s.header(), members=self.s.members.to_pb())
 
     async def MemberAdd(self, r: rpc.MemberAddRequest,
@@ -72,6 +73,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                             ctx: grpc.aio.ServicerContext) -> rpc.MemberPromoteResponse:
         try:
             await require_admin(self.s, ctx)
+            forward_credentials(self.s, ctx)  # a follower asks the leader as the caller
             members = await self.s.cluster_ops.promote_member(r.ID)
         except errors.EtcdError as e:
             await abort(ctx, e)

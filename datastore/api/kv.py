@@ -12,7 +12,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
-from datastore.auth.grpcctx import auth_info, check_fresh, with_header
+from datastore.auth.grpcctx import auth_info, check_fresh, require_admin, with_header
 from datastore.server.applier import (
     is_plain_range,
     is_txn_readonly,
@@ -193,9 +193,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     async def Compact(self, r: rpc.CompactionRequest,
                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
-        return await respond(ctx, self.s, self._compact(r))
+        return await respond(ctx, self.s, self._compact(r, ctx))
 
-    async def _compact(self, r: rpc.CompactionRequest) -> rpc.CompactionResponse:
+    async def _compact(self, r: rpc.CompactionRequest,
+                       ctx: grpc.aio.ServicerContext) -> rpc.CompactionResponse:
+        await require_admin(self.s, ctx)  # root's alone once auth is on (etcd 3.5.28+)
         resp = await self.s.propose(InternalRaftRequest(compaction=r))
         if r.physical:
             # etcd: answer once the deleted revisions are gone, and make that durable so a

@@ -1,8 +1,14 @@
-"""etcdserverpb.Lease: grant/revoke go through the log; keep-alives renew on the leader."""
+"""etcdserverpb.Lease: grant/revoke go through the log; keep-alives renew on the leader.
+
+With auth on, every lease call needs an authenticated user, and a user other than root
+may renew a lease only if it may write every key the lease holds, and see a lease's keys
+(time-to-live with keys, the lease list) only if it may read them: the rules etcd 3.5.28+
+and 3.6 apply (before them a lease id was enough).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -11,7 +17,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
-from datastore.auth.grpcctx import with_header
+from datastore.auth.grpcctx import require_auth_info, with_header
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
 
@@ -22,10 +28,11 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseGrant(self, r: rpc.LeaseGrantRequest,
                          ctx: grpc.aio.ServicerContext) -> rpc.LeaseGrantResponse:
-        return await respond(ctx, self.s, self._grant(r))
+        return await respond(ctx, self.s, self._grant(r, ctx))
 
-    async def _grant(self, r: rpc.LeaseGrantRequest) -> object:
+    async def _grant(self, r: rpc.LeaseGrantRequest, ctx: grpc.aio.ServicerContext) -> object:
         await check_quota(self.s, 64)
+        await require_auth_info(self.s, ctx)
         req = rpc.LeaseGrantRequest(TTL=r.TTL, ID=r.ID or self.s.new_lease_id())
         return await self.s.propose(InternalRaftRequest(lease_grant=req))
 
@@ -34,14 +41,37 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return await respond(ctx, self.s, self._revoke(r, ctx))
 
     async def _revoke(self, r: rpc.LeaseRevokeRequest, ctx: grpc.aio.ServicerContext) -> object:
+        await require_auth_info(self.s, ctx)
         # apply checks write permission on every key attached to the lease (etcd)
         req = await with_header(self.s, ctx, InternalRaftRequest(lease_revoke=r))
         return await self.s.propose(req)
+
+    async def _check_keys(self, ctx: grpc.aio.ServicerContext, lease_ids: Iterable[int],
+                          write: bool) -> int:
+        """etcd's checkLeaseRenew / checkLeaseTimeToLive / checkLeaseLeases: root may; any
+        other user needs write (renew) or read permission on every key the leases hold.
+        Returns the auth revision checked at (0 with auth off)."""
+        store = self.s.auth
+        if not store.enabled:
+            return 0
+        rev = store.revision
+        ai = await require_auth_info(self.s, ctx)
+        if store.is_admin(ai):
+            return rev
+        check = store.check_put if write else store.check_read_key
+        for lid in lease_ids:
+            le = self.s.lessor.lookup(lid)
+            for key in sorted(le.keys) if le is not None else ():
+                check(ai, key)
+        if rev != store.revision:
+            raise errors.ErrAuthOldRevision()
+        return rev
 
     async def LeaseKeepAlive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
         async for r in requests:
             try:
+                await self._check_keys(ctx, (r.ID,), write=True)
                 if self.s.is_leader or self.s.transport is None:
                     ttl = self.s.lessor.renew(r.ID)
                 else:  # etcd forwards a follower's keep-alive to the leader
@@ -56,6 +86,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                               ctx: grpc.aio.ServicerContext) -> rpc.LeaseTimeToLiveResponse:
         s = self.s
         try:
+            await require_auth_info(s, ctx)
+            rev = await self._check_keys(ctx, (r.ID,), write=False) if r.keys else 0
             if s.transport is None or s.is_leader:
                 await s.read_barrier()
                 got = s.lease_ttl_local(r.ID, r.keys)
@@ -63,6 +95,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 # Only the leader tracks expiry (a follower's lessor would report the full
                 # TTL): etcd forwards TimeToLive to the leader.
                 got = await s.transport.lease_time_to_live(r.ID, r.keys, s.request_timeout())
+            if r.keys and s.auth.enabled and rev != s.auth.revision:
+                raise errors.ErrAuthOldRevision()  # the keys were checked against older rules
         except errors.EtcdError as e:
             await abort(ctx, e)
         if got.TTL == -1:
@@ -74,6 +108,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                           ctx: grpc.aio.ServicerContext) -> rpc.LeaseLeasesResponse:
         try:
             await self.s.read_barrier()
+            await self._check_keys(ctx, list(self.s.lessor.leases), write=False)
         except errors.EtcdError as e:
             await abort(ctx, e)
         resp = rpc.LeaseLeasesResponse(header=self.s.header())

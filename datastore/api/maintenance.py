@@ -16,7 +16,7 @@ from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
-from datastore.auth.grpcctx import require_admin
+from datastore.auth.grpcctx import require_admin, require_auth_info
 from datastore.mvcc.kvstore import crc32c
 from datastore.server.config import VERSION
 from datastore.server.etcdserver import EtcdServer
@@ -41,6 +41,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     async def Status(self, r: rpc.StatusRequest, ctx: grpc.aio.ServicerContext) -> rpc.StatusResponse:
         s = self.s
+        await self._authenticated(ctx)
         st = s.node.status()
         return rpc.StatusResponse(
             header=s.header(), version=VERSION, dbSize=s.backend.size() + s.wal.size(),
@@ -51,6 +52,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             isLearner=s.member_id in s.storage.conf_state.learners)
 
     async def Alarm(self, r: rpc.AlarmRequest, ctx: grpc.aio.ServicerContext) -> rpc.AlarmResponse:
+        if r.action == rpc.AlarmRequest.GET:
+            await self._authenticated(ctx)  # listing alarms: any user (etcd 3.5.29+)
+        else:
+            await self._admin(ctx)
         # etcd 3.4 panics on an unknown action and stores an alarm type it does not know
         # (which then breaks Status and /health): refuse both before anything is written.
         if r.action not in (rpc.AlarmRequest.GET, rpc.AlarmRequest.ACTIVATE,
@@ -80,6 +85,12 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             stats.defrag_inflight = 0
         stats.defrag.observe(time.perf_counter() - t0)
         return rpc.DefragmentResponse()  # etcd's carries no header
+
+    async def _authenticated(self, ctx: grpc.aio.ServicerContext) -> None:
+        try:
+            await require_auth_info(self.s, ctx)
+        except errors.EtcdError as e:
+            await abort(ctx, e)
 
     async def _admin(self, ctx: grpc.aio.ServicerContext) -> None:
         """etcd's authMaintenanceServer: these calls are root's when auth is enabled."""

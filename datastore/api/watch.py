@@ -258,6 +258,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     kind = req.WhichOneof("request_union")
                     if kind == "create_request":
                         c = req.create_request
+                        if c.start_revision < 0:  # etcd 3.5.24+/3.6: never a resync from -1
+                            stream.deny(errors.ErrCompacted.message)
+                            continue
                         if self.s.auth.enabled:
                             reason = await stream.refusal(c, ctx)
                             if reason:

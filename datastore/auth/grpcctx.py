@@ -97,6 +97,17 @@ async def with_header(s: EtcdServer, ctx: grpc.aio.ServicerContext,
     return req
 
 
+async def require_auth_info(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> AuthInfo | None:
+    """Any authenticated caller (etcd 3.5.28+/3.6's requireAuthInfo: Status, the alarm
+    list, MemberList, lease grant/revoke/time-to-live); None while auth is off."""
+    if not s.auth.enabled:
+        return None
+    ai = await auth_info(s, ctx)
+    if ai is None:
+        raise errors.ErrUserEmpty()
+    return ai
+
+
 async def require_admin(s: EtcdServer, ctx: grpc.aio.ServicerContext) -> None:
     """The calls etcd keeps to root outside the log (maintenance, membership)."""
     if s.auth.enabled:

@@ -178,6 +178,17 @@ class AuthStore:
             elif kind == "request_txn":
                 self.check_txn(ai, op.request_txn)
 
+    def check_read_key(self, ai: AuthInfo | RequestHeader | None, key: bytes) -> None:
+        self._is_op_permitted(ai, key, b"", False)
+
+    def is_admin(self, ai: AuthInfo | RequestHeader | None) -> bool:
+        """etcd's IsAdminPermitted(ai) == nil (true with auth off)."""
+        try:
+            self.check_admin(ai)
+        except errors.EtcdError:
+            return False
+        return True
+
     def check_admin(self, ai: AuthInfo | RequestHeader | None) -> None:
         if not self.enabled:
             return

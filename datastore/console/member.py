@@ -25,6 +25,7 @@ import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.errors import wants_credentials
 
 if TYPE_CHECKING:
     from datastore.api.internalpb.internal_pb2 import MemberRecord
@@ -175,6 +176,8 @@ class MemberView:
             stub = rpc_pb2_grpc.MaintenanceStub(self._channel(m.client_urls[0]))
             return await stub.Status(rpc.StatusRequest(), timeout=PEER_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
+            if wants_credentials(e.details() or ""):  # it answered: with auth on, Status is for users only
+                return AUTH_ON
             return e.code().name.lower().replace("_", " ")
         except (OSError, ValueError) as e:  # an unreadable certificate file, a bad URL
             return str(e)
@@ -250,12 +253,17 @@ class MemberView:
                 "by_prefix": groups.most_common(TOP_PREFIXES)}
 
 
+AUTH_ON = "auth is on"  # a peer that refuses Status to the console, which has no user
+
+
 def _most_reported_leader(answers: Any) -> int:
     seen = Counter(a.leader for a in answers if not isinstance(a, str) and a.leader)
     return seen.most_common(1)[0][0] if seen else 0
 
 
 def _health(row: dict[str, Any]) -> str:
+    if row.get("error") == AUTH_ON:
+        return "answering (its figures need a user: auth is on)"
     if not row["reachable"]:
         return f"unreachable: {row['error']}"
     if row["alarms"]:

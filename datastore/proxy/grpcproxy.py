@@ -69,6 +69,7 @@ REPEATABLE = {RANGE, "/etcdserverpb.Lease/LeaseTimeToLive", "/etcdserverpb.Lease
               "/v3electionpb.Election/Leader"}
 _SKIP_MD = ("grpc-", ":", "user-agent", "content-type", "te")
 RESUME_BACKOFF_S = (0.05, 1.0)
+KEEPALIVE_IDLE_S = 60.0  # an auth token's shared keep-alive stream closes after this idle
 
 
 def _ident(b: bytes) -> bytes:
@@ -231,10 +232,15 @@ def _watch_key(c: rpc.WatchCreateRequest, token: Any) -> tuple[Any, ...]:
 
 # ---- keep-alives --------------------------------------------------------------------
 class KeepAlives:
-    """One upstream LeaseKeepAlive stream for every client; answers shared per lease."""
+    """One upstream LeaseKeepAlive stream for every client of one identity (anonymous, or
+    one auth token: the member checks who renews what); answers shared per lease. A
+    token's stream closes after ``KEEPALIVE_IDLE_S`` without requests."""
 
-    def __init__(self, proxy: GrpcProxy) -> None:
+    def __init__(self, proxy: GrpcProxy, token: str | None = None,
+                 metadata: list[tuple[str, Any]] | None = None) -> None:
         self.proxy = proxy
+        self.token = token
+        self.metadata = metadata or []
         self.pending: dict[int, list[asyncio.Future[rpc.LeaseKeepAliveResponse]]] = {}
         self.last: dict[int, tuple[float, rpc.LeaseKeepAliveResponse]] = {}
         # Keys the keyspace watch has seen attached to each lease, never more than the
@@ -294,15 +300,23 @@ class KeepAlives:
     async def _run(self) -> None:
         ep = self.proxy.pool.current
 
+        queue = self.queue
+
         async def requests() -> AsyncIterator[rpc.LeaseKeepAliveRequest]:
             while True:
-                lease_id = await self.queue.get()
+                try:
+                    lease_id = await asyncio.wait_for(queue.get(), KEEPALIVE_IDLE_S)
+                except TimeoutError:
+                    if self.token is not None and not self.pending:
+                        return  # an idle token's stream: closed (the member ends it too)
+                    continue
                 self.proxy.stats.keepalive_upstream += 1
                 yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
         call = self.proxy.pool.channel(ep).stream_stream(
             KEEPALIVE, request_serializer=rpc.LeaseKeepAliveRequest.SerializeToString,
-            response_deserializer=rpc.LeaseKeepAliveResponse.FromString)(requests())
+            response_deserializer=rpc.LeaseKeepAliveResponse.FromString)(
+                requests(), metadata=self.metadata)
         try:
             async for resp in call:
                 self.failures = 0
@@ -334,6 +348,13 @@ class KeepAlives:
             self.pending.clear()
         finally:
             call.cancel()
+        if self.pending:  # asked for while the stream was closing: a new one for them
+            self.queue = asyncio.Queue()
+            for lease_id in self.pending:
+                self.queue.put_nowait(lease_id)
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        elif self.token is not None and self.proxy.token_keepalives.get(self.token) is self:
+            del self.proxy.token_keepalives[self.token]
 
 
 # ---- serializable range cache -------------------------------------------------------
@@ -381,18 +402,18 @@ class RangeCache:
                     if resp.canceled:
                         log.info("proxy range cache disabled: its watch was refused",
                                  extra={"reason": resp.cancel_reason})
-                        self.proxy.keepalives.forget_all()
+                        self.proxy.forget_all_keepalives()
                         return
                     if resp.created:
                         if not start:  # not a resumption: nothing seen before counts
-                            self.proxy.keepalives.forget_all()
+                            self.proxy.forget_all_keepalives()
                         self.seen_rev = max(self.seen_rev, resp.header.revision)
                         self.live = True
                         pause = RESUME_BACKOFF_S[0]
                         continue
                     if resp.events:
                         self.invalidate()
-                        self.proxy.keepalives.seen(resp.events)
+                        self.proxy.keepalives_seen(resp.events)
                         self.seen_rev = max(self.seen_rev, resp.events[-1].kv.mod_revision)
             except grpc.aio.AioRpcError as e:
                 if moves_on(e):
@@ -443,7 +464,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
         self.pool = Pool(cfg.endpoints, tls=cfg.upstream_tls, timeout=cfg.dial_timeout)
         self.stats = Stats()
         self.broadcasts: dict[tuple[Any, ...], Broadcast] = {}
-        self.keepalives = KeepAlives(self)
+        self.keepalives = KeepAlives(self)  # anonymous callers
+        self.token_keepalives: dict[str, KeepAlives] = {}  # by auth token
         self.cache = RangeCache(self)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -470,7 +492,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
             await self.server.stop(grace=0.5)
         for b in list(self.broadcasts.values()):
             b.task.cancel()
-        for t in (self.keepalives.task, self.cache.task):
+        for t in (self.keepalives.task, self.cache.task,
+                  *(k.task for k in self.token_keepalives.values())):
             if t is not None:
                 t.cancel()
         await self.pool.close()
@@ -546,7 +569,9 @@ class GrpcProxy(grpc.GenericRpcHandler):
             if method in WRITES:
                 self.cache.invalidate()
                 if method == REVOKE:  # answered keep-alives for it are no longer true
-                    self.keepalives.last.pop(rpc.LeaseRevokeRequest.FromString(raw).ID, None)
+                    revoked = rpc.LeaseRevokeRequest.FromString(raw).ID
+                    for ka in self.all_keepalives():
+                        ka.last.pop(revoked, None)
             elif cacheable:
                 self.cache.store(raw, token, resp, gen)
             return resp
@@ -628,11 +653,32 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 self.stats.watchers -= 1
             mine.clear()
 
+    def all_keepalives(self) -> list[KeepAlives]:
+        return [self.keepalives, *self.token_keepalives.values()]
+
+    def forget_all_keepalives(self) -> None:
+        for ka in self.all_keepalives():
+            ka.forget_all()
+
+    def keepalives_seen(self, events: Iterable[Any]) -> None:
+        for ka in self.all_keepalives():
+            ka.seen(events)
+
+    def _keepalives_for(self, ctx: grpc.aio.ServicerContext) -> KeepAlives:
+        md = forwarded_metadata(ctx)
+        token = dict(md).get("token")
+        if token is None:
+            return self.keepalives
+        ka = self.token_keepalives.get(token)
+        if ka is None:
+            ka = self.token_keepalives[token] = KeepAlives(self, token, md)
+        return ka
+
     async def _keepalive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
                          ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
         async for req in requests:
             try:
-                yield await self.keepalives.keep_alive(req.ID)
+                yield await self._keepalives_for(ctx).keep_alive(req.ID)
             except grpc.aio.AioRpcError as e:
                 await ctx.abort(e.code(), e.details() or "")
 

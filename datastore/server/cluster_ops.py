@@ -36,6 +36,7 @@ from datastore import errors
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest, MemberRecord
+from datastore.client.connection import CALL_METADATA
 from datastore.mvcc.index import TreeIndex
 from datastore.raft.confchange import decode_conf_change
 from datastore.raft.types import (
@@ -532,8 +533,11 @@ class ClusterOps:
         # over the leader's client URL, with our client TLS settings when it is https
         async with await open_channel(lead.client_urls[0], s.cfg.client_tls) as ch:
             try:
+                # with the caller's token (etcd 3.5.28 fixed a promote from a follower
+                # failing under auth for want of it)
                 resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
-                    rpc.MemberPromoteRequest(ID=mid), timeout=CONF_CHANGE_TIMEOUT_S)
+                    rpc.MemberPromoteRequest(ID=mid), timeout=CONF_CHANGE_TIMEOUT_S,
+                    metadata=CALL_METADATA.get() or None)
             except grpc.aio.AioRpcError as e:
                 for cls in (errors.ErrLearnerNotReady, errors.ErrMemberNotLearner,
                             errors.ErrMemberNotFound, errors.ErrMemberNotEnoughStarted,

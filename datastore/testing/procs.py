@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from datastore.errors import wants_credentials
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -207,7 +208,12 @@ class ServerProc:
                     rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=0.3)
                     self._check_alive()  # someone else may own the port if we died
                     return self
-            except (grpc.RpcError, OSError) as e:  # OSError: reading a self-signed cert
+            except grpc.RpcError as e:
+                if auth_refusal(e):  # it answered: with auth on, Status is for users only
+                    self._check_alive()
+                    return self
+                last = e
+            except OSError as e:  # reading a self-signed cert
                 last = e
             time.sleep(0.02)  # poll interval of the condition above
         raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
@@ -260,6 +266,11 @@ def _cluster_flags(name: str, client_port: int, peer_port: int, initial_cluster:
         "--initial-cluster", initial_cluster or f"{name}={peer}",
         "--initial-cluster-state", state,
     ]
+
+
+def auth_refusal(e: grpc.RpcError) -> bool:
+    """A refusal for want of credentials (etcd 3.6 and the datastore guard Status so)."""
+    return wants_credentials(e.details() or "")  # type: ignore[attr-defined]
 
 
 def etcd_proc(base: Path, name: str = "etcd0", extra: list[str] | None = None,
