@@ -126,16 +126,31 @@ def test_datastore_snapshot_restores_into_etcd(version: str, procs: list[ServerP
     assert differences(want, got) == []
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_etcd_snapshot_restores_into_datastore(version: str, procs: list[ServerProc],
-                                                tmp_path: Path) -> None:
-    etcd = Etcd.get(version)
+def etcd_snapshot(etcd: Etcd, procs: list[ServerProc], tmp_path: Path
+                  ) -> tuple[ServerProc, dict, Path]:
+    """A real etcd of that release, populated and saved: (it, what it served, the file)."""
     src = etcd_proc(tmp_path / "etcd", name="node0")
     src.argv[0] = etcd.server
     start(procs, src)
     want = populated(src)
     snap = tmp_path / "etcd.snapshot"
     save_snapshot(etcd.ctl, src, snap)
+    return src, want, snap
+
+
+def next_put_revision(p: ServerProc) -> int:
+    c = Conn(p)
+    try:
+        c.login()
+        return c.call(c.kv, "Put", pb.PutRequest(key=b"next", value=b"1")).header.revision
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_etcd_snapshot_restores_into_datastore(version: str, procs: list[ServerProc],
+                                                tmp_path: Path) -> None:
+    _, want, snap = etcd_snapshot(Etcd.get(version), procs, tmp_path)
 
     target = datastore_proc(tmp_path / "ds", name="restored")
     run(datastore_restore_argv(snap, target))
@@ -143,13 +158,7 @@ def test_etcd_snapshot_restores_into_datastore(version: str, procs: list[ServerP
     got = served(target)
     assert differences(want, got) == []
     # and it goes on from there: the next write takes the next revision
-    c = Conn(target)
-    try:
-        c.login()
-        r = c.call(c.kv, "Put", pb.PutRequest(key=b"next", value=b"1"))
-        assert r.header.revision == want["revision"] + 1
-    finally:
-        c.close()
+    assert next_put_revision(target) == want["revision"] + 1
 
 
 def test_bump_revision_and_mark_compacted_as_etcdutl(procs: list[ServerProc],
@@ -160,12 +169,7 @@ def test_bump_revision_and_mark_compacted_as_etcdutl(procs: list[ServerProc],
     older revision refused as compacted, a watch from the old revision cancelled as
     compacted, and the next write at the revision after. The pair is both or neither."""
     etcd = Etcd.get("3.6")
-    src = etcd_proc(tmp_path / "etcd", name="node0")
-    src.argv[0] = etcd.server
-    start(procs, src)
-    before = populated(src)
-    snap = tmp_path / "etcd.snapshot"
-    save_snapshot(etcd.ctl, src, snap)
+    src, before, snap = etcd_snapshot(etcd, procs, tmp_path)
     src.stop()
     bump = ["--bump-revision", "1000", "--mark-compacted"]
 
@@ -192,10 +196,9 @@ def test_bump_revision_and_mark_compacted_as_etcdutl(procs: list[ServerProc],
         watch = c.watch_until_canceled(pb.WatchCreateRequest(
             key=b"k/", range_end=b"k0", start_revision=before["revision"]))
         assert watch.compact_revision == want["revision"]
-        r = c.call(c.kv, "Put", pb.PutRequest(key=b"next", value=b"1"))
-        assert r.header.revision == want["revision"] + 1
     finally:
         c.close()
+    assert next_put_revision(ours) == want["revision"] + 1
 
     # one without the other is refused with etcdutl's words, before anything is written
     for half in (bump[:2], bump[2:]):

@@ -18,6 +18,7 @@ from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
 from datastore.auth.grpcctx import require_auth_info, with_header
+from datastore.auth.tokens import AuthInfo
 from datastore.server.etcdserver import EtcdServer
 from datastore.server.quota import check_quota
 
@@ -46,32 +47,24 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         req = await with_header(self.s, ctx, InternalRaftRequest(lease_revoke=r))
         return await self.s.propose(req)
 
-    async def _check_keys(self, ctx: grpc.aio.ServicerContext, lease_ids: Iterable[int],
-                          write: bool) -> int:
-        """etcd's checkLeaseRenew / checkLeaseTimeToLive / checkLeaseLeases: root may; any
-        other user needs write (renew) or read permission on every key the leases hold.
-        Returns the auth revision checked at (0 with auth off)."""
+    def _check_keys(self, ai: AuthInfo | None, lease_ids: Iterable[int], write: bool) -> None:
+        """etcd's checkLeaseRenew / checkLeaseTimeToLive / checkLeaseLeases: root may (and
+        anyone while auth is off); any other user needs write (renew) or read permission
+        on every key the leases hold."""
         store = self.s.auth
-        if not store.enabled:
-            return 0
-        rev = store.revision
-        ai = await require_auth_info(self.s, ctx)
         if store.is_admin(ai):
-            return rev
+            return
         check = store.check_put if write else store.check_read_key
         for lid in lease_ids:
             le = self.s.lessor.lookup(lid)
             for key in sorted(le.keys) if le is not None else ():
                 check(ai, key)
-        if rev != store.revision:
-            raise errors.ErrAuthOldRevision()
-        return rev
 
     async def LeaseKeepAlive(self, requests: AsyncIterator[rpc.LeaseKeepAliveRequest],
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
         async for r in requests:
             try:
-                await self._check_keys(ctx, (r.ID,), write=True)
+                self._check_keys(await require_auth_info(self.s, ctx), (r.ID,), write=True)
                 if self.s.is_leader or self.s.transport is None:
                     ttl = self.s.lessor.renew(r.ID)
                 else:  # etcd forwards a follower's keep-alive to the leader
@@ -86,8 +79,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                               ctx: grpc.aio.ServicerContext) -> rpc.LeaseTimeToLiveResponse:
         s = self.s
         try:
-            await require_auth_info(s, ctx)
-            rev = await self._check_keys(ctx, (r.ID,), write=False) if r.keys else 0
+            ai = await require_auth_info(s, ctx)
+            rev = s.auth.revision if ai is not None else 0  # 0: auth was off
+            if r.keys:
+                self._check_keys(ai, (r.ID,), write=False)
             if s.transport is None or s.is_leader:
                 await s.read_barrier()
                 got = s.lease_ttl_local(r.ID, r.keys)
@@ -108,7 +103,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                           ctx: grpc.aio.ServicerContext) -> rpc.LeaseLeasesResponse:
         try:
             await self.s.read_barrier()
-            await self._check_keys(ctx, list(self.s.lessor.leases), write=False)
+            self._check_keys(await require_auth_info(self.s, ctx), self.s.lessor.leases,
+                             write=False)
         except errors.EtcdError as e:
             await abort(ctx, e)
         resp = rpc.LeaseLeasesResponse(header=self.s.header())

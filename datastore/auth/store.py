@@ -14,6 +14,7 @@ revision its credentials were checked at; one older than the store's is refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 import bcrypt
 from rocksdict import WriteBatch
@@ -158,8 +159,11 @@ class AuthStore:
     def check_delete(self, ai: AuthInfo | RequestHeader | None, key: bytes, range_end: bytes) -> None:
         self._is_op_permitted(ai, key, range_end, True)
 
-    def check_txn(self, ai: AuthInfo | RequestHeader | None, rt: rpc.TxnRequest) -> None:
-        """Every compare and every op of both branches, nested txns included."""
+    def check_txn(self, ai: AuthInfo | RequestHeader | None, rt: rpc.TxnRequest,
+                  lease_keys: Callable[[int], Iterable[bytes]] | None = None) -> None:
+        """Every compare and every op of both branches, nested txns included. With
+        ``lease_keys`` (apply), a put's lease too: writing every key it already holds,
+        as for a plain put (etcd 3.5.30+/3.6)."""
         for c in rt.compare:
             self.check_range(ai, c.key, c.range_end)
         for op in (*rt.success, *rt.failure):
@@ -167,16 +171,20 @@ class AuthStore:
             if kind == "request_range":
                 self.check_range(ai, op.request_range.key, op.request_range.range_end)
             elif kind == "request_put":
-                self.check_put(ai, op.request_put.key)
-                if op.request_put.prev_kv:
-                    self.check_range(ai, op.request_put.key, b"")
+                p = op.request_put
+                self.check_put(ai, p.key)
+                if lease_keys is not None and p.lease:
+                    for k in lease_keys(p.lease):
+                        self.check_put(ai, k)
+                if p.prev_kv:
+                    self.check_range(ai, p.key, b"")
             elif kind == "request_delete_range":
                 d = op.request_delete_range
                 if d.prev_kv:
                     self.check_range(ai, d.key, d.range_end)
                 self.check_delete(ai, d.key, d.range_end)
             elif kind == "request_txn":
-                self.check_txn(ai, op.request_txn)
+                self.check_txn(ai, op.request_txn, lease_keys)
 
     def check_read_key(self, ai: AuthInfo | RequestHeader | None, key: bytes) -> None:
         self._is_op_permitted(ai, key, b"", False)

@@ -61,11 +61,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
-# The member refused the token, not the request: log in again and resend (clientv3's
-# shouldRefreshToken). "user name is empty" counts only for a client that has a password.
+# The member refused the token, not the request: a client with a password logs in again
+# and resends (clientv3's shouldRefreshToken).
 _TOKEN_REFUSED = frozenset({
     etcd_errors.ErrInvalidAuthToken.message,
     etcd_errors.ErrAuthOldRevision.message,
+    etcd_errors.ErrUserEmpty.message,
 })
 
 
@@ -112,10 +113,10 @@ def safe_to_retry(e: grpc.RpcError, policy: Retry) -> bool:
     return not_sent(e)
 
 
-def token_refused(details: str, has_password: bool) -> bool:
-    """Does this error (or watch cancel reason) say the token, not the request, was bad?"""
-    return any(m in details for m in _TOKEN_REFUSED) or (
-        has_password and etcd_errors.ErrUserEmpty.message in details)
+def token_refused(details: str) -> bool:
+    """Does this error (or watch cancel reason) say the token, not the request, was bad?
+    Only a client with a password acts on it (``Pool.forget_token``)."""
+    return any(m in details for m in _TOKEN_REFUSED)
 
 
 class Pool:
@@ -242,7 +243,7 @@ class Pool:
             try:
                 return await invoke(self.channel(ep), max(remaining, 0.001), md)
             except grpc.aio.AioRpcError as e:
-                if (login and not relogged and token_refused(e.details() or "", True)
+                if (login and not relogged and token_refused(e.details() or "")
                         and self.forget_token(md)):
                     relogged = True
                     continue

@@ -201,7 +201,7 @@ class Watch:
         reason = resp.cancel_reason or "watch canceled by the server"
         if "no leader" in reason:
             return False  # resume on another member
-        if (resp.created and not self._relogged and token_refused(reason, True)
+        if (resp.created and not self._relogged and token_refused(reason)
                 and self.pool.forget_token(md)):
             self._relogged = True  # once per refusal: a fresh token that fails is an error
             return False  # re-created at once with a fresh token

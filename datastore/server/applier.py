@@ -146,22 +146,15 @@ class Applier:
         if self.alarms.nospace:
             raise errors.ErrNoSpace()
 
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to the lease (sorted; none for an unknown lease)."""
+        le = self.lessor.lookup(lease_id) if lease_id else None
+        return sorted(le.keys) if le is not None else []
+
     def _check_lease_puts(self, lease_id: int) -> None:
         """Writing every key attached to the lease (etcd: revoking it deletes them)."""
-        le = self.lessor.lookup(lease_id) if lease_id else None
-        if le is not None:
-            for k in sorted(le.keys):
-                self.auth.check_put(self._ai, k)
-
-    def _check_txn_lease_puts(self, rt: rpc.TxnRequest) -> None:
-        """A put in a txn (nested ones too) may attach a lease only as a plain put may:
-        etcd 3.5.30+/3.6 closed that way around the lease rule."""
-        for op in (*rt.success, *rt.failure):
-            kind = op.WhichOneof("request")
-            if kind == "request_put":
-                self._check_lease_puts(op.request_put.lease)
-            elif kind == "request_txn":
-                self._check_txn_lease_puts(op.request_txn)
+        for k in self._lease_keys(lease_id):
+            self.auth.check_put(self._ai, k)
 
     def _put(self, p: rpc.PutRequest, wb: WriteBatch, out: Applied) -> rpc.PutResponse:
         if self._ai is not None:
@@ -227,8 +220,7 @@ class Applier:
 
     def _txn(self, rt: rpc.TxnRequest, wb: WriteBatch, out: Applied) -> rpc.TxnResponse:
         if self._ai is not None:
-            self.auth.check_txn(self._ai, rt)
-            self._check_txn_lease_puts(rt)
+            self.auth.check_txn(self._ai, rt, self._lease_keys)
         path = self._compare_to_path(rt)
         writes = not is_txn_readonly(rt)
         if writes:
