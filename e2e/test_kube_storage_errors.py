@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from kube_util import kubectl, running
+from kube_util import kubectl, running, wait_for
 
 
 def _create_without_quorum(directory: Path, backend: str) -> tuple[int, str, float]:
@@ -16,8 +16,12 @@ def _create_without_quorum(directory: Path, backend: str) -> tuple[int, str, flo
     with running(directory, members=3, backend=backend, nodes=0) as cp:
         kubectl(cp, "create", "configmap", "with-quorum")
         prefix = "ds" if backend == "datastore" else "etcd"
-        for name in (f"{prefix}1", f"{prefix}2"):
-            os.kill(cp.daemon(name).pid, signal.SIGKILL)  # connections refused, not hung
+        killed = [cp.daemon(f"{prefix}{i}") for i in (1, 2)]
+        for daemon in killed:
+            os.kill(daemon.pid, signal.SIGKILL)  # connections refused, not hung
+        # A process blocked in fsync takes SIGKILL only when the disk answers; until it has
+        # exited its sockets stay open, and a create sent there is lost to a reset.
+        wait_for(lambda: not any(d.alive() for d in killed), 60, "the killed members to exit")
         t0 = time.monotonic()
         out = kubectl(cp, "create", "configmap", "without-quorum", "-v=6", check=False,
                       timeout=120)
