@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from browser_util import ARTIFACTS, Browser, Page
 from cluster_util import Cluster, wait_for
 
+from datastore.api.etcdserverpb import rpc_pb2 as pb
+from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.client import SyncClient
 from datastore.testing.certs import CertAuthority
 from datastore.testing.procs import ServerProc, datastore_proc, free_port, free_port_block
@@ -220,6 +223,34 @@ def test_console_over_https_is_tls_with_the_client_certificate(tmp_path: Path) -
         assert plain is None or plain[0] != 200
     finally:
         p.stop()
+
+
+def test_console_shows_peers_figures_with_auth_on(tmp_path: Path) -> None:
+    """With auth on, a member's client URL answers Status to users only; the console asks
+    its peers on their peer port instead, so every row keeps its figures."""
+    cluster = Cluster(tmp_path, 3)
+    port = free_port()
+    follower_name = cluster.procs[1].name
+    cluster.procs[1].argv.append(f"--listen-metrics-urls=http://127.0.0.1:{port}")
+    try:
+        cluster.start()
+        with grpc.insecure_channel(cluster.leader().endpoint) as ch:
+            a = rpc_pb2_grpc.AuthStub(ch)
+            a.RoleAdd(pb.AuthRoleAddRequest(name="root"), timeout=10)
+            a.UserAdd(pb.AuthUserAddRequest(name="root", password="rootpw"), timeout=10)
+            a.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            a.AuthEnable(pb.AuthEnableRequest(), timeout=10)
+
+        def every_row_has_figures() -> Any:
+            rows = snapshot(port)["members"]
+            return len(rows) == 3 and all(r["health"] == "healthy" and r.get("term") for r in rows)
+
+        try:
+            wait_for(every_row_has_figures, WAIT_S, f"{follower_name}'s console to show 3 healthy members")
+        except AssertionError:
+            raise AssertionError(snapshot(port)["members"]) from None
+    finally:
+        cluster.stop()
 
 
 # ---- the browser -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import grpc
 import pytest
 from cluster_util import FAST, Cluster, wait_for
 from e2e_util import Client
@@ -137,26 +138,36 @@ def corrupt_value(data_dir: Path, key: bytes, value: bytes) -> None:
         b.close()
 
 
+def fill_and_catch_up(leader: ServerProc, target: ServerProc) -> None:
+    """20 puts through ``leader``; returns once ``target`` has applied them all."""
+    with Client(leader) as c:
+        for i in range(20):
+            c.kv.Put(pb.PutRequest(key=f"k{i}".encode(), value=b"good"), timeout=10)
+        rev = c.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).header.revision
+
+    def caught_up() -> bool:
+        with Client(target) as c:
+            got = c.kv.Range(pb.RangeRequest(key=b"k0", serializable=True), timeout=2)
+            return got.header.revision >= rev
+
+    wait_for(caught_up, 60, "target caught up")
+
+
+def corrupted_and_refused(target: ServerProc) -> None:
+    """Stop ``target``, change one value behind its checksums: the check refuses it."""
+    assert target.stop() == 0
+    corrupt_value(target.data_dir, b"k5", b"evil")
+    log = refused(target, "found data inconsistency with peers")
+    assert "found different hash values from remote peer" in target.log_tail(40), log
+
+
 def test_initial_corrupt_check(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, 3, extra=["--experimental-initial-corrupt-check"])
     try:
         cluster.start()
         target = cluster.followers()[0]
-        with Client(cluster.leader()) as c:
-            for i in range(20):
-                c.kv.Put(pb.PutRequest(key=f"k{i}".encode(), value=b"good"), timeout=10)
-            rev = c.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).header.revision
-        # the target has applied everything before it stops
-        def caught_up() -> bool:
-            with Client(target) as c:
-                got = c.kv.Range(pb.RangeRequest(key=b"k0", serializable=True), timeout=2)
-                return got.header.revision >= rev
-
-        wait_for(caught_up, 60, "target caught up")
-        assert target.stop() == 0
-        corrupt_value(target.data_dir, b"k5", b"evil")
-        log = refused(target, "found data inconsistency with peers")
-        assert "found different hash values from remote peer" in target.log_tail(40), log
+        fill_and_catch_up(cluster.leader(), target)
+        corrupted_and_refused(target)
         # control: the same data dir without the check serves the corrupted value
         target.argv = [a for a in target.argv if a != "--experimental-initial-corrupt-check"]
         target.start(60)
@@ -167,20 +178,55 @@ def test_initial_corrupt_check(tmp_path: Path) -> None:
         cluster.stop()
 
 
+def test_initial_corrupt_check_with_auth_on(tmp_path: Path) -> None:
+    """With auth on, a peer's client URL answers HashKV to root only, and the check has no
+    user: it asks on the peer port, as etcd does (``/members/hashkv``). (A peer that
+    refuses only warns, so a check that asked the client URLs would let the corrupted
+    member start: the refusal shows the peers answered.)"""
+    cluster = Cluster(tmp_path, 3, extra=["--experimental-initial-corrupt-check"])
+    try:
+        cluster.start()
+        target = cluster.followers()[0]
+        fill_and_catch_up(cluster.leader(), target)
+        with Client(cluster.leader()) as c:
+            a = rpc_pb2_grpc.AuthStub(c.channel)
+            a.RoleAdd(pb.AuthRoleAddRequest(name="root"), timeout=10)
+            a.UserAdd(pb.AuthUserAddRequest(name="root", password="rootpw"), timeout=10)
+            a.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            a.AuthEnable(pb.AuthEnableRequest(), timeout=10)
+        peers = [p for p in cluster.procs if p is not target]
+
+        def refuses_anonymous(p: ServerProc) -> bool:
+            with Client(p) as c:
+                try:
+                    c.maint.HashKV(pb.HashKVRequest(), timeout=5)
+                except grpc.RpcError as e:
+                    return "user name is empty" in (e.details() or "")
+            return False
+
+        wait_for(lambda: all(refuses_anonymous(p) for p in peers), 60,
+                 "both peers to refuse HashKV without a user")
+        corrupted_and_refused(target)
+    finally:
+        cluster.stop()
+
+
 def test_initial_corrupt_check_over_tls(tmp_path: Path) -> None:
-    """The check asks peers for HashKV on their *client* URLs: with https client URLs
-    demanding client certificates it dials them with the member's client certificate.
-    (A peer it cannot reach only warns, so a check that failed to dial would let the
-    corrupted member start: the refusal shows the peers answered.)"""
+    """The check asks peers for HashKV on their peer URLs: with https peer URLs demanding
+    client certificates it dials them with the member's peer certificate (the client
+    URLs demand one too). A peer it cannot reach only warns, so a check that failed to
+    dial would let the corrupted member start: the refusal shows the peers answered."""
     ca = CertAuthority(tmp_path / "pki")
-    cert = ca.issue("member")  # serves the client URLs and presents itself to peers
+    cert = ca.issue("member")  # serves both URLs and presents itself to peers
     tls = ClientTLS(ca.cert, cert.cert, cert.key)
     flags = [*FAST, *cert.flags(), f"--trusted-ca-file={ca.cert}", "--client-cert-auth",
-             "--experimental-initial-corrupt-check"]
+             *cert.flags("peer-"), f"--peer-trusted-ca-file={ca.cert}",
+             "--peer-client-cert-auth", "--experimental-initial-corrupt-check"]
     ports = [(free_port(), free_port()) for _ in range(3)]
-    spec = ",".join(f"m{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
+    spec = ",".join(f"m{i}=https://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
     procs = [datastore_proc(tmp_path, f"m{i}", extra=flags, client_port=cp, peer_port=pp,
-                            initial_cluster=spec, client_scheme="https", tls=tls)
+                            initial_cluster=spec, client_scheme="https", peer_scheme="https",
+                            tls=tls)
              for i, (cp, pp) in enumerate(ports)]
     try:
         for p in procs:

@@ -22,6 +22,7 @@ import pytest
 from cluster_util import Cluster, hash_kv, put, status, values, wait_for
 from e2e_util import target_is_etcd
 from release_util import Release, previous_release, use_head
+from test_disk_faults_corruption import corrupt_value, fill_and_catch_up, refused
 
 from datastore.api.etcdserverpb import rpc_pb2 as pb
 from datastore.api.etcdserverpb import rpc_pb2_grpc
@@ -217,6 +218,27 @@ def test_rolling_upgrade_under_writes(tmp_path: Path, previous: Release) -> None
                  "the leader's warning about the previous-release member")
         assert all(peer_versions(p) == (RELEASE, NEW_LEVEL) for p in (m0, m1))
         restart(m2, None)
+    finally:
+        c.stop()
+
+
+def test_corrupt_check_asks_previous_release_peers_on_their_client_urls(
+        tmp_path: Path, previous: Release) -> None:
+    """A previous-release member has no HashKV on its peer port (UNIMPLEMENTED): an
+    upgraded member's start-up corruption check asks its client URL instead, and still
+    finds the difference (a peer that does not answer would only warn)."""
+    c = Cluster(tmp_path)
+    for p in c.procs:
+        previous.use(p)
+    c.start()
+    try:
+        target = c.followers()[0]
+        fill_and_catch_up(c.leader(), target)
+        assert target.stop() == 0
+        corrupt_value(target.data_dir, b"k5", b"evil")
+        use_head(target).argv.append("--experimental-initial-corrupt-check")
+        log = refused(target, "found data inconsistency with peers")
+        assert "found different hash values from remote peer" in target.log_tail(40), log
     finally:
         c.stop()
 

@@ -18,7 +18,6 @@ from datastore.api.internalpb.internal_pb2 import InternalRaftRequest
 from datastore.api.status import abort, respond
 from datastore.auth.grpcctx import require_admin, require_auth_info
 from datastore.mvcc.kvstore import crc32c
-from datastore.server.config import VERSION
 from datastore.server.etcdserver import EtcdServer
 from datastore.snapshot.etcd_export import export_checkpoint
 
@@ -40,16 +39,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self.s = server
 
     async def Status(self, r: rpc.StatusRequest, ctx: grpc.aio.ServicerContext) -> rpc.StatusResponse:
-        s = self.s
         await self._authenticated(ctx)
-        st = s.node.status()
-        return rpc.StatusResponse(
-            header=s.header(), version=VERSION, dbSize=s.backend.size() + s.wal.size(),
-            leader=s.leader_id, raftIndex=st.hard_state.commit, raftTerm=st.hard_state.term,
-            raftAppliedIndex=s.applier.applied_index, dbSizeInUse=s.backend.size_in_use(),
-            errors=[f"memberID:{a.memberID} alarm:{rpc.AlarmType.Name(a.alarm)} "
-                    for a in s.alarms.list()],
-            isLearner=s.member_id in s.storage.conf_state.learners)
+        return self.s.status_response()
 
     async def Alarm(self, r: rpc.AlarmRequest, ctx: grpc.aio.ServicerContext) -> rpc.AlarmResponse:
         if r.action == rpc.AlarmRequest.GET:
@@ -110,11 +101,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def HashKV(self, r: rpc.HashKVRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashKVResponse:
         await self._admin(ctx)
         try:
-            h, compact_rev, hash_rev = self.s.kv.hash_kv(r.revision)
+            return self.s.hash_kv_response(r.revision)
         except errors.EtcdError as e:
             await abort(ctx, e)
-        return rpc.HashKVResponse(header=self.s.header(), hash=h, compact_revision=compact_rev,
-                                  hash_revision=hash_rev)
 
     async def Snapshot(self, r: rpc.SnapshotRequest,
                        ctx: grpc.aio.ServicerContext) -> AsyncIterator[rpc.SnapshotResponse]:

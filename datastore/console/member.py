@@ -1,8 +1,8 @@
 """What a member's console shows: its cluster as this member sees it.
 
-- every member of the member list, with what its Status RPC says (asked on its client
-  URL with a short timeout, so a dead peer shows as unreachable rather than stalling
-  the page); this member answers for itself without a call;
+- every member of the member list, with what its Status RPC says (asked on its peer port,
+  which needs no user when auth is on, with a short timeout, so a dead peer shows as
+  unreachable rather than stalling the page); this member answers for itself;
 - the leader's replication progress per follower, when this member is the leader;
 - rates from counters sampled once a second (requests by method, watch events, applied
   entries, the WAL fsync's p99 over the last 10 s), kept for the last 5 minutes;
@@ -18,14 +18,13 @@ import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
-from datastore.api.etcdserverpb import rpc_pb2_grpc
 from datastore.errors import wants_credentials
+from datastore.server.peer_query import PeerQueries
 
 if TYPE_CHECKING:
     from datastore.api.internalpb.internal_pb2 import MemberRecord
@@ -136,7 +135,7 @@ class MemberView:
     def __init__(self, s: EtcdServer) -> None:
         self.s = s
         self.sampler = Sampler(s)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._peers = PeerQueries(s.cfg)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -147,51 +146,29 @@ class MemberView:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for ch in self._channels.values():
-            await ch.close()
-        self._channels.clear()
+        await self._peers.close()
 
     # ---- peers --------------------------------------------------------------------------
-    def _channel(self, url: str) -> grpc.aio.Channel:
-        ch = self._channels.get(url)
-        if ch is None:
-            u = urlparse(url)
-            target = f"{u.hostname}:{u.port}"
-            tls = self.s.cfg.client_tls
-            if u.scheme == "https":
-                def read(path: str) -> bytes | None:
-                    return open(path, "rb").read() if path else None
-                creds = grpc.ssl_channel_credentials(read(tls.trusted_ca_file or tls.cert_file),
-                                                     read(tls.key_file), read(tls.cert_file))
-                ch = grpc.aio.secure_channel(target, creds)
-            else:
-                ch = grpc.aio.insecure_channel(target)
-            self._channels[url] = ch
-        return ch
-
     async def _status(self, m: MemberRecord) -> rpc.StatusResponse | str:
         if not m.client_urls:
             return "not started yet"
         try:
-            stub = rpc_pb2_grpc.MaintenanceStub(self._channel(m.client_urls[0]))
-            return await stub.Status(rpc.StatusRequest(), timeout=PEER_TIMEOUT_S)
+            return cast(rpc.StatusResponse,
+                        await self._peers.call(list(m.peer_urls), list(m.client_urls), "Status",
+                                               rpc.StatusRequest(), PEER_TIMEOUT_S))
         except grpc.aio.AioRpcError as e:
-            if wants_credentials(e.details() or ""):  # it answered: with auth on, Status is for users only
+            # an older member asked on its client URL: with auth on, Status is for users only
+            if wants_credentials(e.details() or ""):
                 return AUTH_ON
             return e.code().name.lower().replace("_", " ")
         except (OSError, ValueError) as e:  # an unreadable certificate file, a bad URL
             return str(e)
 
-    def _forget_channels(self, urls: set[str]) -> None:
-        for url in set(self._channels) - urls:
-            ch = self._channels.pop(url)
-            asyncio.get_running_loop().create_task(ch.close())
-
     # ---- the view -----------------------------------------------------------------------
     async def view(self) -> dict[str, Any]:
         s = self.s
         records = sorted(s.members.members.values(), key=lambda m: (m.name or "~", m.ID))
-        self._forget_channels({m.client_urls[0] for m in records if m.client_urls})
+        await self._peers.forget({u for m in records for u in (*m.peer_urls[:1], *m.client_urls[:1])})
         others = [m for m in records if s.member_id != m.ID]
         answers = dict(zip([m.ID for m in others],
                            await asyncio.gather(*(self._status(m) for m in others)), strict=True))

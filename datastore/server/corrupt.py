@@ -1,7 +1,8 @@
 """etcd's ``--experimental-initial-corrupt-check``: compare HashKV with peers before serving.
 
 At start-up, before the member serves clients or joins raft, it hashes its key space at its
-current revision and asks every peer for HashKV at that same revision. A different hash
+current revision and asks every peer for HashKV at that same revision (on the peer port,
+which needs no user when auth is on; see ``peer_query``). A different hash
 with the same compact revision means this member's data differs from the cluster's: it
 refuses to start. Different compact revisions, a peer behind us (future revision), a peer
 that compacted past us, or an unreachable peer only produce warnings, as in etcd.
@@ -11,35 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
-from datastore.api.etcdserverpb import rpc_pb2_grpc
+from datastore.server.peer_query import PeerQueries
 from datastore.storage.backend import CORRUPT_ACTION, CorruptDataError
 
 if TYPE_CHECKING:
+    from datastore.api.internalpb.internal_pb2 import MemberRecord
     from datastore.server.etcdserver import EtcdServer
 
 log = logging.getLogger("datastore.server")
 
 
-async def _peer_hash(url: str, server: EtcdServer, rev: int,
+async def _peer_hash(queries: PeerQueries, m: MemberRecord, rev: int,
                      rpc_timeout: float) -> rpc.HashKVResponse | str:
-    from datastore.server.tlsutil import open_channel
-
     try:
-        if url.startswith("https://"):
-            ch = await open_channel(url, server.cfg.client_tls)
-        else:
-            ch = grpc.aio.insecure_channel(url.removeprefix("http://"))
-        async with ch:
-            return await rpc_pb2_grpc.MaintenanceStub(ch).HashKV(
-                rpc.HashKVRequest(revision=rev), timeout=rpc_timeout)
+        return cast(rpc.HashKVResponse,
+                    await queries.call(list(m.peer_urls), list(m.client_urls), "HashKV",
+                                       rpc.HashKVRequest(revision=rev), rpc_timeout))
     except grpc.RpcError as e:
         return f"{e.code().name}: {e.details()}"  # type: ignore[attr-defined]
-    except OSError as e:
+    except (OSError, ValueError) as e:
         return str(e)
 
 
@@ -50,9 +46,13 @@ async def initial_corrupt_check(server: EtcdServer, rpc_timeout: float = 5.0) ->
         "local_member_id": f"{server.member_id:x}", "revision": rev, "hash": h,
         "compact_revision": crev})
     peers = [m for m in server.members.members.values()
-             if server.member_id != m.ID and m.client_urls]
-    answers = await asyncio.gather(*(_peer_hash(m.client_urls[0], server, rev, rpc_timeout)
-                                     for m in peers))
+             if server.member_id != m.ID and (m.peer_urls or m.client_urls)]
+    queries = PeerQueries(server.cfg)
+    try:
+        answers = await asyncio.gather(*(_peer_hash(queries, m, rev, rpc_timeout)
+                                         for m in peers))
+    finally:
+        await queries.close()
     mismatch = []
     for m, ans in zip(peers, answers, strict=True):
         peer = f"{m.ID:x}"

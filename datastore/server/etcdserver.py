@@ -48,7 +48,7 @@ from datastore.server.alarms import AlarmStore
 from datastore.server.applier import Applier
 from datastore.server.cluster_ops import ClusterOps, join_existing
 from datastore.server.compactor import run_compactor
-from datastore.server.config import Config
+from datastore.server.config import VERSION, Config
 from datastore.server.failpoint import failpoint
 from datastore.server.features import ClusterVersion, DowngradeRefused, fatal_downgrade
 from datastore.server.membership import Membership, compute_cluster_id, compute_member_id
@@ -597,6 +597,23 @@ class EtcdServer:
         return rpc.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
                                   revision=self.kv.current_rev if rev is None else rev,
                                   raft_term=self.node.term)
+
+    def status_response(self) -> rpc.StatusResponse:
+        """Maintenance.Status's answer (asked by clients, and by peers over the peer port)."""
+        st = self.node.status()
+        return rpc.StatusResponse(
+            header=self.header(), version=VERSION, dbSize=self.backend.size() + self.wal.size(),
+            leader=self.leader_id, raftIndex=st.hard_state.commit, raftTerm=st.hard_state.term,
+            raftAppliedIndex=self.applier.applied_index, dbSizeInUse=self.backend.size_in_use(),
+            errors=[f"memberID:{a.memberID} alarm:{rpc.AlarmType.Name(a.alarm)} "
+                    for a in self.alarms.list()],
+            isLearner=self.member_id in self.storage.conf_state.learners)
+
+    def hash_kv_response(self, rev: int) -> rpc.HashKVResponse:
+        """Maintenance.HashKV's answer; raises etcd's compacted / future revision errors."""
+        h, compact_rev, hash_rev = self.kv.hash_kv(rev)
+        return rpc.HashKVResponse(header=self.header(), hash=h, compact_revision=compact_rev,
+                                  hash_revision=hash_rev)
 
     def fill(self, h: rpc.ResponseHeader) -> None:
         h.cluster_id = self.cluster_id

@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 import grpc
 
 from datastore import errors
+from datastore.api.etcdserverpb import rpc_pb2 as rpc
 from datastore.api.raftpb import raft_pb2 as pb
 from datastore.api.raftpb import raft_pb2_grpc
 from datastore.metrics.hist import Histogram, exponential_buckets
@@ -122,6 +123,10 @@ class PeerHost(Protocol):
     async def read_barrier(self) -> None: ...
 
     def lease_ttl_local(self, lease_id: int, keys: bool) -> pb.LeaseTimeToLiveResponse: ...
+
+    def status_response(self) -> rpc.StatusResponse: ...
+
+    def hash_kv_response(self, rev: int) -> rpc.HashKVResponse: ...
 
 
 def peer_target(url: str) -> str:
@@ -363,6 +368,17 @@ class _Service(raft_pb2_grpc.RaftTransportServicer):
         if not s.is_leader:
             return pb.LeaseTimeToLiveResponse(not_leader=True)
         return s.lease_ttl_local(r.ID, r.keys)
+
+    # Members ask each other here (datastore.server.peer_query), with no client auth.
+    async def HashKV(self, r: rpc.HashKVRequest, ctx: grpc.aio.ServicerContext) -> rpc.HashKVResponse:
+        try:
+            return self.t.server.hash_kv_response(r.revision)
+        except errors.EtcdError as e:
+            await ctx.abort(grpc.StatusCode[e.code], e.message)
+            raise AssertionError("unreachable") from None  # ctx.abort always raises
+
+    async def Status(self, r: rpc.StatusRequest, ctx: grpc.aio.ServicerContext) -> rpc.StatusResponse:
+        return self.t.server.status_response()
 
 
 class PeerTransport:

@@ -22,53 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from datastore.api.etcdserverpb import rpc_pb2 as datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x61tastore/api/raftpb/raft.proto\x12\x06raftpb\"S\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x1f\n\x04type\x18\x03 \x01(\x0e\x32\x11.raftpb.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\"V\n\x10SnapshotMetadata\x12%\n\nconf_state\x18\x01 \x01(\x0b\x32\x11.raftpb.ConfState\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\"D\n\x08Snapshot\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12*\n\x08metadata\x18\x02 \x01(\x0b\x32\x18.raftpb.SnapshotMetadata\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"`\n\nConfChange\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.raftpb.ConfChangeType\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\n\n\x02id\x18\x04 \x01(\x04\"\xea\x01\n\x07Message\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\n\n\x02to\x18\x02 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x1e\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\r.raftpb.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\"\n\x08snapshot\x18\t \x01(\x0b\x32\x10.raftpb.Snapshot\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\"E\n\x0cMessageBatch\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.raftpb.Message\"\t\n\x07SendAck\"\x10\n\x0eMembersRequest\"`\n\x0fMembersResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12\x0f\n\x07members\x18\x02 \x03(\x0c\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x17\n\x0f\x63luster_version\x18\x04 \x01(\t\"\x1f\n\x11LeaseRenewRequest\x12\n\n\x02ID\x18\x01 \x01(\x03\"5\n\x12LeaseRenewResponse\x12\x0b\n\x03TTL\x18\x01 \x01(\x03\x12\x12\n\nnot_leader\x18\x02 \x01(\x08\"2\n\x16LeaseTimeToLiveRequest\x12\n\n\x02ID\x18\x01 \x01(\x03\x12\x0c\n\x04keys\x18\x02 \x01(\x08\"]\n\x17LeaseTimeToLiveResponse\x12\x0b\n\x03TTL\x18\x01 \x01(\x03\x12\x13\n\x0bgranted_TTL\x18\x02 \x01(\x03\x12\x0c\n\x04keys\x18\x03 \x03(\x0c\x12\x12\n\nnot_leader\x18\x04 \x01(\x08\"\x86\x01\n\rSnapshotChunk\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12 \n\x07message\x18\x02 \x01(\x0b\x32\x0f.raftpb.Message\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\"\r\n\x0bSnapshotAck*1\n\tEntryType\x12\x0f\n\x0b\x45ntryNormal\x10\x00\x12\x13\n\x0f\x45ntryConfChange\x10\x01*y\n\x0e\x43onfChangeType\x12\x15\n\x11\x43onfChangeAddNode\x10\x00\x12\x18\n\x14\x43onfChangeRemoveNode\x10\x01\x12\x18\n\x14\x43onfChangeUpdateNode\x10\x02\x12\x1c\n\x18\x43onfChangeAddLearnerNode\x10\x03\x32\xdd\x02\n\rRaftTransport\x12\x31\n\x04Send\x12\x14.raftpb.MessageBatch\x1a\x0f.raftpb.SendAck\"\x00(\x01\x12>\n\x0cSendSnapshot\x12\x15.raftpb.SnapshotChunk\x1a\x13.raftpb.SnapshotAck\"\x00(\x01\x12<\n\x07Members\x12\x16.raftpb.MembersRequest\x1a\x17.raftpb.MembersResponse\"\x00\x12\x45\n\nLeaseRenew\x12\x19.raftpb.LeaseRenewRequest\x1a\x1a.raftpb.LeaseRenewResponse\"\x00\x12T\n\x0fLeaseTimeToLive\x12\x1e.raftpb.LeaseTimeToLiveRequest\x1a\x1f.raftpb.LeaseTimeToLiveResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x61tastore/api/raftpb/raft.proto\x12\x06raftpb\x1a$datastore/api/etcdserverpb/rpc.proto\"S\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x1f\n\x04type\x18\x03 \x01(\x0e\x32\x11.raftpb.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\"V\n\x10SnapshotMetadata\x12%\n\nconf_state\x18\x01 \x01(\x0b\x32\x11.raftpb.ConfState\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\"D\n\x08Snapshot\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12*\n\x08metadata\x18\x02 \x01(\x0b\x32\x18.raftpb.SnapshotMetadata\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"`\n\nConfChange\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.raftpb.ConfChangeType\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\n\n\x02id\x18\x04 \x01(\x04\"\xea\x01\n\x07Message\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\n\n\x02to\x18\x02 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x1e\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\r.raftpb.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\"\n\x08snapshot\x18\t \x01(\x0b\x32\x10.raftpb.Snapshot\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\"E\n\x0cMessageBatch\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.raftpb.Message\"\t\n\x07SendAck\"\x10\n\x0eMembersRequest\"`\n\x0fMembersResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12\x0f\n\x07members\x18\x02 \x03(\x0c\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x17\n\x0f\x63luster_version\x18\x04 \x01(\t\"\x1f\n\x11LeaseRenewRequest\x12\n\n\x02ID\x18\x01 \x01(\x03\"5\n\x12LeaseRenewResponse\x12\x0b\n\x03TTL\x18\x01 \x01(\x03\x12\x12\n\nnot_leader\x18\x02 \x01(\x08\"2\n\x16LeaseTimeToLiveRequest\x12\n\n\x02ID\x18\x01 \x01(\x03\x12\x0c\n\x04keys\x18\x02 \x01(\x08\"]\n\x17LeaseTimeToLiveResponse\x12\x0b\n\x03TTL\x18\x01 \x01(\x03\x12\x13\n\x0bgranted_TTL\x18\x02 \x01(\x03\x12\x0c\n\x04keys\x18\x03 \x03(\x0c\x12\x12\n\nnot_leader\x18\x04 \x01(\x08\"\x86\x01\n\rSnapshotChunk\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12 \n\x07message\x18\x02 \x01(\x0b\x32\x0f.raftpb.Message\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\"\r\n\x0bSnapshotAck*1\n\tEntryType\x12\x0f\n\x0b\x45ntryNormal\x10\x00\x12\x13\n\x0f\x45ntryConfChange\x10\x01*y\n\x0e\x43onfChangeType\x12\x15\n\x11\x43onfChangeAddNode\x10\x00\x12\x18\n\x14\x43onfChangeRemoveNode\x10\x01\x12\x18\n\x14\x43onfChangeUpdateNode\x10\x02\x12\x1c\n\x18\x43onfChangeAddLearnerNode\x10\x03\x32\xeb\x03\n\rRaftTransport\x12\x31\n\x04Send\x12\x14.raftpb.MessageBatch\x1a\x0f.raftpb.SendAck\"\x00(\x01\x12>\n\x0cSendSnapshot\x12\x15.raftpb.SnapshotChunk\x1a\x13.raftpb.SnapshotAck\"\x00(\x01\x12<\n\x07Members\x12\x16.raftpb.MembersRequest\x1a\x17.raftpb.MembersResponse\"\x00\x12\x45\n\nLeaseRenew\x12\x19.raftpb.LeaseRenewRequest\x1a\x1a.raftpb.LeaseRenewResponse\"\x00\x12T\n\x0fLeaseTimeToLive\x12\x1e.raftpb.LeaseTimeToLiveRequest\x1a\x1f.raftpb.LeaseTimeToLiveResponse\"\x00\x12\x45\n\x06HashKV\x12\x1b.etcdserverpb.HashKVRequest\x1a\x1c.etcdserverpb.HashKVResponse\"\x00\x12\x45\n\x06Status\x12\x1b.etcdserverpb.StatusRequest\x1a\x1c.etcdserverpb.StatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'datastore.api.raftpb.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYTYPE']._serialized_start=1310
-  _globals['_ENTRYTYPE']._serialized_end=1359
-  _globals['_CONFCHANGETYPE']._serialized_start=1361
-  _globals['_CONFCHANGETYPE']._serialized_end=1482
-  _globals['_ENTRY']._serialized_start=43
-  _globals['_ENTRY']._serialized_end=126
-  _globals['_CONFSTATE']._serialized_start=128
-  _globals['_CONFSTATE']._serialized_end=173
-  _globals['_SNAPSHOTMETADATA']._serialized_start=175
-  _globals['_SNAPSHOTMETADATA']._serialized_end=261
-  _globals['_SNAPSHOT']._serialized_start=263
-  _globals['_SNAPSHOT']._serialized_end=331
-  _globals['_HARDSTATE']._serialized_start=333
-  _globals['_HARDSTATE']._serialized_end=388
-  _globals['_CONFCHANGE']._serialized_start=390
-  _globals['_CONFCHANGE']._serialized_end=486
-  _globals['_MESSAGE']._serialized_start=489
-  _globals['_MESSAGE']._serialized_end=723
-  _globals['_MESSAGEBATCH']._serialized_start=725
-  _globals['_MESSAGEBATCH']._serialized_end=794
-  _globals['_SENDACK']._serialized_start=796
-  _globals['_SENDACK']._serialized_end=805
-  _globals['_MEMBERSREQUEST']._serialized_start=807
-  _globals['_MEMBERSREQUEST']._serialized_end=823
-  _globals['_MEMBERSRESPONSE']._serialized_start=825
-  _globals['_MEMBERSRESPONSE']._serialized_end=921
-  _globals['_LEASERENEWREQUEST']._serialized_start=923
-  _globals['_LEASERENEWREQUEST']._serialized_end=954
-  _globals['_LEASERENEWRESPONSE']._serialized_start=956
-  _globals['_LEASERENEWRESPONSE']._serialized_end=1009
-  _globals['_LEASETIMETOLIVEREQUEST']._serialized_start=1011
-  _globals['_LEASETIMETOLIVEREQUEST']._serialized_end=1061
-  _globals['_LEASETIMETOLIVERESPONSE']._serialized_start=1063
-  _globals['_LEASETIMETOLIVERESPONSE']._serialized_end=1156
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1159
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1293
-  _globals['_SNAPSHOTACK']._serialized_start=1295
-  _globals['_SNAPSHOTACK']._serialized_end=1308
-  _globals['_RAFTTRANSPORT']._serialized_start=1485
-  _globals['_RAFTTRANSPORT']._serialized_end=1834
+  _globals['_ENTRYTYPE']._serialized_start=1348
+  _globals['_ENTRYTYPE']._serialized_end=1397
+  _globals['_CONFCHANGETYPE']._serialized_start=1399
+  _globals['_CONFCHANGETYPE']._serialized_end=1520
+  _globals['_ENTRY']._serialized_start=81
+  _globals['_ENTRY']._serialized_end=164
+  _globals['_CONFSTATE']._serialized_start=166
+  _globals['_CONFSTATE']._serialized_end=211
+  _globals['_SNAPSHOTMETADATA']._serialized_start=213
+  _globals['_SNAPSHOTMETADATA']._serialized_end=299
+  _globals['_SNAPSHOT']._serialized_start=301
+  _globals['_SNAPSHOT']._serialized_end=369
+  _globals['_HARDSTATE']._serialized_start=371
+  _globals['_HARDSTATE']._serialized_end=426
+  _globals['_CONFCHANGE']._serialized_start=428
+  _globals['_CONFCHANGE']._serialized_end=524
+  _globals['_MESSAGE']._serialized_start=527
+  _globals['_MESSAGE']._serialized_end=761
+  _globals['_MESSAGEBATCH']._serialized_start=763
+  _globals['_MESSAGEBATCH']._serialized_end=832
+  _globals['_SENDACK']._serialized_start=834
+  _globals['_SENDACK']._serialized_end=843
+  _globals['_MEMBERSREQUEST']._serialized_start=845
+  _globals['_MEMBERSREQUEST']._serialized_end=861
+  _globals['_MEMBERSRESPONSE']._serialized_start=863
+  _globals['_MEMBERSRESPONSE']._serialized_end=959
+  _globals['_LEASERENEWREQUEST']._serialized_start=961
+  _globals['_LEASERENEWREQUEST']._serialized_end=992
+  _globals['_LEASERENEWRESPONSE']._serialized_start=994
+  _globals['_LEASERENEWRESPONSE']._serialized_end=1047
+  _globals['_LEASETIMETOLIVEREQUEST']._serialized_start=1049
+  _globals['_LEASETIMETOLIVEREQUEST']._serialized_end=1099
+  _globals['_LEASETIMETOLIVERESPONSE']._serialized_start=1101
+  _globals['_LEASETIMETOLIVERESPONSE']._serialized_end=1194
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1197
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1331
+  _globals['_SNAPSHOTACK']._serialized_start=1333
+  _globals['_SNAPSHOTACK']._serialized_end=1346
+  _globals['_RAFTTRANSPORT']._serialized_start=1523
+  _globals['_RAFTTRANSPORT']._serialized_end=2014
 # @@protoc_insertion_point(module_scope)

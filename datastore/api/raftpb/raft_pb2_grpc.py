@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from datastore.api.etcdserverpb import rpc_pb2 as datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2
 from datastore.api.raftpb import raft_pb2 as datastore_dot_api_dot_raftpb_dot_raft__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -59,6 +60,16 @@ class RaftTransportStub:
                 request_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.SerializeToString,
                 response_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
+        self.HashKV = channel.unary_unary(
+                '/raftpb.RaftTransport/HashKV',
+                request_serializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/raftpb.RaftTransport/Status',
+                request_serializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+                response_deserializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class RaftTransportServicer:
@@ -94,6 +105,21 @@ class RaftTransportServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HashKV(self, request, context):
+        """Members ask each other here, where client auth does not apply (etcd serves the
+        corruption check's hashes on its peer port too: /members/hashkv). Older members answer
+        UNIMPLEMENTED; the caller then asks the client URL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftTransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +147,16 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.LeaseTimeToLive,
                     request_deserializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.FromString,
                     response_serializer=datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.SerializeToString,
+            ),
+            'HashKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.HashKV,
+                    request_deserializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVRequest.FromString,
+                    response_serializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusRequest.FromString,
+                    response_serializer=datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +294,60 @@ class RaftTransport:
             '/raftpb.RaftTransport/LeaseTimeToLive',
             datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveRequest.SerializeToString,
             datastore_dot_api_dot_raftpb_dot_raft__pb2.LeaseTimeToLiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HashKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftpb.RaftTransport/HashKV',
+            datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+            datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.HashKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftpb.RaftTransport/Status',
+            datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+            datastore_dot_api_dot_etcdserverpb_dot_rpc__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
