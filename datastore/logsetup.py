@@ -27,6 +27,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER message key=value ...``: a line for people, with the fields that
+    ``extra=`` carries (which logging's own format drops)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
+                          for k, v in record.__dict__.items() if k not in _STD)
+        line = super().format(record)
+        return f"{line} {fields}" if fields else line
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class Operator:
         self.base = free_port_block(range(5 * 10))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "operator.log"
+        self.env: dict[str, str] = {}  # added to the operator's environment (its user)
 
     def set_size(self, n: int) -> None:
         doc = {"apiVersion": "datastore.dev/v1alpha1", "kind": "DatastoreCluster",
@@ -67,7 +69,7 @@ class Operator:
         os.replace(tmp, self.manifest)
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join(
             [str(REPO), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])}
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(
@@ -249,6 +251,15 @@ def check_cluster(op: Operator, writer: Writer) -> None:
     writer.resume()
 
 
+def handled(metrics_port: int, method: str) -> int:
+    """A member's count of finished ``method`` calls, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("grpc_server_handled_total{")
+                   and f'grpc_method="{method}"' in line))
+
+
 def member_ids(op: Operator) -> dict[str, str]:
     return {m["name"]: m["id"] for m in op.status().get("members", [])}
 
@@ -308,6 +319,45 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
         assert len(writer.acked) > 50, (len(writer.acked), writer.failed)
     finally:
         writer.close()
+
+
+@pytest.mark.timeout(600)
+def test_operator_local_with_auth_on(op: Operator) -> None:
+    """Auth turned on under the operator: without a user it changes nothing and says what
+    it needs; given root's name and password (env, as from a Secret) it scales 1 -> 3 ->
+    1, logging in once per endpoint list rather than on every call."""
+    wait_for(lambda: op.converged(1), "the first member", diag=op.diag)
+    ep = op.endpoint(0)
+    etcdctl(ep, "user", "add", "root:rootpw")
+    etcdctl(ep, "auth", "enable")
+    lines_before = len(op.log.read_text().splitlines())
+
+    def says_it_needs_a_user() -> bool:
+        c = {x["type"]: x for x in op.status().get("conditions", [])}
+        return "give the operator a user" in c.get("Progressing", {}).get("message", "")
+
+    wait_for(says_it_needs_a_user, "a condition saying the operator needs a user", diag=op.diag)
+    op.set_size(3)
+    wait_for(lambda: op.status().get("observedGeneration") == op.generation()
+             and says_it_needs_a_user(), "the operator to see size 3, still without a user",
+             diag=op.diag)
+    acted = [json.loads(line) for line in op.log.read_text().splitlines()[lines_before:]
+             if '"action"' in line and '"done"' in line]
+    assert not acted, acted  # nothing started, added or removed while it could not see
+
+    op.kill9()
+    op.env = {"KVOPERATOR_USER": "root", "KVOPERATOR_PASSWORD": "rootpw"}
+    op.start()
+    op.wait_converged(3, "scaled with a user")
+    out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
+    assert sorted(not m.get("isLearner", False) for m in out["members"]) == [True] * 3, out
+    # Dozens of calls so far; each login is a bcrypt check and a raft entry on the members.
+    logins = sum(handled(op.base + 10 * i + 2, "Authenticate") for i in range(3))
+    calls = sum(handled(op.base + 10 * i + 2, "Status") for i in range(3))
+    assert 1 <= logins <= 3 and calls >= 10, (logins, calls)
+    op.scale(1)
+    out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
+    assert len(out["members"]) == 1, out
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from cluster_util import wait_for
 
-from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, free_port
+from datastore.testing.procs import ServerProc, datastore_proc, etcd_proc, etcdctl, free_port
 from e2e.metrics_util import PROMTOOL, http_get, promtool_findings, raw_request, scrape, value
 
 PODS = """
@@ -107,6 +108,50 @@ def test_kvctl_and_scheduler_processes(tmp_path: Path, server: ServerProc) -> No
         watcher.wait(15)
         log.close()
     assert sched.returncode == 0  # SIGTERM is a clean shutdown
+
+
+@pytest.mark.timeout(120)
+def test_kvctl_and_scheduler_with_auth_on(tmp_path: Path, server: ServerProc) -> None:
+    """With auth on: without a user kvctl says what to give and the scheduler, which cannot
+    list, still stops on SIGTERM; with root's (kvctl: --user NAME:PASSWORD, scheduler:
+    --user NAME and the password from its env) both work."""
+    ep = server.endpoint
+    etcdctl(ep, "user", "add", "root:rootpw")
+    etcdctl(ep, "auth", "enable")
+    anon = cli("kvscheduler.kvctl", "--endpoints", ep, "create", "-f", "-", stdin=PODS)
+    assert anon.returncode == 1 and "user name is empty" in anon.stderr, anon
+    assert "the datastore has auth on: give --user" in anon.stderr and "Traceback" not in anon.stderr
+    log = tmp_path / "sched-anon.log"
+    with open(log, "w") as f:
+        sched = subprocess.Popen([sys.executable, "-m", "kvscheduler", "run", "--endpoints", ep],
+                                 stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "user name is empty" in log.read_text(), 60, "the refusal in the log")
+    finally:
+        sched.terminate()
+        sched.wait(15)
+    assert sched.returncode == 0 and "Traceback" not in log.read_text()
+
+    kvctl = ("kvscheduler.kvctl", "--endpoints", ep, "--user", "root:rootpw")
+    r = cli(*kvctl, "create", "-f", "-", stdin=PODS)
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "KVSCHEDULER_PASSWORD": "rootpw"}
+    sched = subprocess.Popen([sys.executable, "-m", "kvscheduler", "run", "--endpoints", ep,
+                              "--lease-ttl", "2", "--user", "root"], env=env,
+                             stderr=subprocess.DEVNULL)
+    try:
+        def rows() -> dict[str, list[str]]:
+            out = cli(*kvctl, "get", "pods").stdout.splitlines()[1:]
+            return {ln.split()[0]: ln.split()[1:3] for ln in out}
+        wait_for(lambda: rows() == {"big": ["Unschedulable", "<none>"], "small": ["Scheduled", "n1"]},
+                 60, "small scheduled and big unschedulable")
+    finally:
+        sched.terminate()
+        sched.wait(15)
+    assert sched.returncode == 0
+    nouser = cli("kvscheduler", "run", "--endpoints", ep, "--user", "root")
+    assert nouser.returncode == 2 and "no password; give --user root:PASSWORD or set " \
+        "KVSCHEDULER_PASSWORD" in nouser.stderr, nouser
 
 
 @pytest.mark.timeout(180)

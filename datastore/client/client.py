@@ -48,6 +48,11 @@ class Client:
     def endpoints(self) -> list[str]:
         return list(self.pool.endpoints)
 
+    def add_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Fail over to these members too (new members of the cluster, say); the token of a
+        client that logged in stays good on them."""
+        self.pool.add_endpoints(endpoints)
+
     async def __aenter__(self) -> Client:
         return self
 
@@ -139,9 +144,11 @@ class Client:
         return ka
 
     # ---- Cluster --------------------------------------------------------------------------
-    async def member_list(self, linearizable: bool = False) -> rpc.MemberListResponse:
+    async def member_list(self, linearizable: bool = False,
+                          endpoint: str | None = None) -> rpc.MemberListResponse:
+        """The member list as the current member, or ``endpoint``, sees it."""
         req = rpc.MemberListRequest(linearizable=linearizable)
-        return await self._unary(stubs.ClusterStub, "MemberList", req, Retry.REPEATABLE)
+        return await self._unary(stubs.ClusterStub, "MemberList", req, Retry.REPEATABLE, endpoint)
 
     async def member_add(self, peer_urls: Iterable[str], is_learner: bool = False) -> rpc.MemberAddResponse:
         req = rpc.MemberAddRequest(peerURLs=list(peer_urls), isLearner=is_learner)

@@ -146,6 +146,12 @@ class Pool:
     def current(self) -> str:
         return self.endpoints[self._index]
 
+    def add_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Append the endpoints not already here (the current one stays current)."""
+        for e in map(strip_scheme, endpoints):
+            if e not in self.endpoints:
+                self.endpoints.append(e)
+
     def channel(self, endpoint: str | None = None) -> grpc.aio.Channel:
         if self.closed:
             raise ClientClosedError()

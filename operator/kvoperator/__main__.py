@@ -10,6 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
+from datastore.client.credentials import credentials
+from kvoperator.etcdapi import PASSWORD_ENV, USER_ENV
+
 log = logging.getLogger("kvoperator")
 
 
@@ -34,7 +37,8 @@ def _local(ns: argparse.Namespace) -> int:
     from kvoperator.metrics import OperatorMetrics
 
     metrics = OperatorMetrics()
-    rec = Reconciler(platform, ClientClusterAPI(), interval=ns.interval, metrics=metrics)
+    api = ClientClusterAPI(user=ns.user, password=ns.password)
+    rec = Reconciler(platform, api, interval=ns.interval, metrics=metrics)
     log.info("operator started", extra={"platform": "local", "manifest": ns.manifest,
                                         "workdir": str(platform.workdir), "base_port": ns.base_port,
                                         "metrics_addr": ns.metrics_addr})
@@ -57,6 +61,7 @@ def _local(ns: argparse.Namespace) -> int:
             if server is not None:
                 server.close()
             await console.close()
+            await api.close()
     return asyncio.run(_run_until_signal(run))
 
 
@@ -72,7 +77,8 @@ def _kube(ns: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run_until_signal(
             lambda stop: run_kubernetes(stop, namespace=ns.namespace, kubeconfig=ns.kubeconfig,
-                                        interval=ns.interval, health_port=ns.health_port, tls=tls)))
+                                        interval=ns.interval, health_port=ns.health_port, tls=tls,
+                                        user=ns.user, password=ns.password)))
     except ConfigException as e:
         print(f"kvoperator: no Kubernetes API to talk to ({e}); run it in a cluster (in-cluster "
               "config) or pass --kubeconfig FILE", file=sys.stderr)
@@ -106,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cert-file", default=os.environ.get("KVOPERATOR_CERT_FILE"),
                      help="client certificate the operator presents (client-cert-auth)")
     run.add_argument("--key-file", default=os.environ.get("KVOPERATOR_KEY_FILE"))
+    for p in (loc, run):
+        p.add_argument("--user", default=os.environ.get(USER_ENV),
+                       help=f"NAME[:PASSWORD] for members with auth on (etcdctl's form; default "
+                       f"${USER_ENV}); without the password here it is read from ${PASSWORD_ENV}. "
+                       "Membership changes and MoveLeader need a user with the root role")
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        ns.user, ns.password = credentials(ns.user, PASSWORD_ENV)
+    except ValueError as e:
+        parser.error(str(e))
     setup_logging(ns.log_level)
     if ns.cmd == "local":
         from datastore.metrics.serve import split_addr

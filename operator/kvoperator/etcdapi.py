@@ -7,11 +7,13 @@ the Kubernetes side can stand in for them and the reconciler never touches gRPC.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from datastore.api.etcdserverpb import rpc_pb2 as rpc
 
 NOT_IN_SYNC = "can only promote a learner member which is in sync with leader"
+# The operator's user when the members have auth on (``--user`` and its default).
+USER_ENV, PASSWORD_ENV = "KVOPERATOR_USER", "KVOPERATOR_PASSWORD"
 
 
 class ClusterAPIError(Exception):
@@ -38,25 +40,56 @@ def host_port(url: str) -> str:
 
 
 class ClientClusterAPI:
-    """ClusterAPI over ``datastore.client.Client``: one short-lived client per call."""
+    """ClusterAPI over ``datastore.client.Client``.
 
-    def __init__(self, timeout: float = 3.0, tls: object | None = None) -> None:
+    Without a user, one short-lived client per call. With one (the members have auth on),
+    one client over every endpoint seen so far, kept: it logs in once (a login is a bcrypt
+    check and a raft entry on the members) at any voter, and its token is good on every
+    member, learners included, which cannot take a login themselves. Calls about one
+    member are sent to that member only."""
+
+    def __init__(self, timeout: float = 3.0, tls: object | None = None,
+                 user: str | None = None, password: str | None = None) -> None:
         self.timeout = timeout
         self.tls = tls
+        self.user, self.password = user, password
+        self._shared: Any = None  # with a user: the client, over every endpoint seen
+
+    def _client(self, eps: list[str]) -> Any:
+        from datastore.client import Client
+
+        return Client(eps, timeout=self.timeout, tls=self.tls,  # type: ignore[arg-type]
+                      user=self.user, password=self.password)
+
+    def _shared_client(self, eps: list[str]) -> Any:
+        if self._shared is None:
+            self._shared = self._client(eps)
+        else:
+            self._shared.add_endpoints(eps)
+        return self._shared
 
     async def _call(self, endpoints: Sequence[str], method: str, *args: object,
                     **kwargs: object) -> object:
-        from datastore.client import Client
         from datastore.client.errors import ClientError
 
         eps = [host_port(e) for e in endpoints]
         try:
-            async with Client(eps, timeout=self.timeout, tls=self.tls) as c:  # type: ignore[arg-type]
-                return await getattr(c, method)(*args, **kwargs)
+            if self.user is None:
+                async with self._client(eps) as c:
+                    return await getattr(c, method)(*args, **kwargs)
+            c = self._shared_client(eps)
+            if len(eps) == 1 and method in ("status", "member_list"):
+                kwargs["endpoint"] = eps[0]  # that member's own answer
+            return await getattr(c, method)(*args, **kwargs)
         except ClientError as e:
             raise ClusterAPIError(",".join(eps), e.details) from None
         except (OSError, TimeoutError) as e:
             raise ClusterAPIError(",".join(eps), str(e) or type(e).__name__) from None
+
+    async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.close()
+            self._shared = None
 
     async def status(self, endpoint: str) -> rpc.StatusResponse:
         return await self._call([endpoint], "status")  # type: ignore[return-value]

@@ -723,10 +723,12 @@ async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> as
 
 
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,
-                         interval: float = 5.0, health_port: int = 8080, tls: object | None = None) -> None:
+                         interval: float = 5.0, health_port: int = 8080, tls: object | None = None,
+                         user: str | None = None, password: str | None = None) -> None:
     from kvoperator.etcdapi import ClientClusterAPI
 
-    op = KubeOperator(real_clients(kubeconfig), ClientClusterAPI(tls=tls), namespace, interval)
+    api = ClientClusterAPI(tls=tls, user=user, password=password)
+    op = KubeOperator(real_clients(kubeconfig), api, namespace, interval)
     server = await serve_health(op, health_port)
     log.info("operator started", extra={"platform": "kubernetes", "namespace": namespace or "(all)",
                                         "health_port": health_port})
@@ -734,3 +736,4 @@ async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kube
         await op.run(stop)
     finally:
         server.close()
+        await api.close()

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kvoperator.etcdapi import NOT_IN_SYNC, ClusterAPI, ClusterAPIError
+from datastore.errors import wants_credentials
+from kvoperator.etcdapi import NOT_IN_SYNC, PASSWORD_ENV, USER_ENV, ClusterAPI, ClusterAPIError
 from kvoperator.planner import Action, ActionKind, Member, MemberStatus, Observed, Phase, Workload, plan
 from kvoperator.spec import ClusterSpec
 from kvoperator.status import build_status, same_status
@@ -57,11 +58,18 @@ def now_rfc3339() -> str:
 
 async def observe(api: ClusterAPI, p: Platform, spec: ClusterSpec) -> Observed:
     workloads = await p.workloads()
+    refused = ""  # a member's refusal for want of a user: auth is on
 
     async def one(i: int) -> tuple[int, MemberStatus | None]:
+        nonlocal refused
         try:
             r = await asyncio.wait_for(api.status(p.client_url(i)), STATUS_TIMEOUT_S)
-        except (ClusterAPIError, TimeoutError):
+        except ClusterAPIError as e:
+            if wants_credentials(e.details):
+                refused = (f"{e.details}: the members have auth on; give the operator a user "
+                           f"with --user NAME and {PASSWORD_ENV} (or {USER_ENV})")
+            return i, None
+        except TimeoutError:
             return i, None
         return i, MemberStatus(r.header.member_id, r.header.cluster_id, r.leader, r.raftIndex,
                                r.raftAppliedIndex, r.isLearner, tuple(r.errors))
@@ -85,7 +93,7 @@ async def observe(api: ClusterAPI, p: Platform, spec: ClusterSpec) -> Observed:
                         for m in r.members)
         break
     return Observed(spec.name, spec.size, spec.generation, members, cluster_id, statuses, workloads,
-                    error)
+                    error or refused)
 
 
 class Reconciler:

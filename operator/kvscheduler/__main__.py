@@ -9,17 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 from datastore.client import Client
+from datastore.client.credentials import credentials
 from datastore.console.web import Console
+from datastore.logsetup import TextFormatter
 from datastore.metrics.serve import metrics_route, serve_http, split_addr
 from kvscheduler import objects as obj
 from kvscheduler.console import scheduler_view
 from kvscheduler.metrics import scheduler_registry
 from kvscheduler.scheduler import ELECTION_PREFIX, Scheduler, default_identity
+
+# The scheduler's user when the datastore has auth on (``--user`` and its default).
+USER_ENV, PASSWORD_ENV = "KVSCHEDULER_USER", "KVSCHEDULER_PASSWORD"
 
 
 def _endpoints(s: str) -> list[str]:
@@ -34,7 +40,8 @@ async def _run(a: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Client(_endpoints(a.endpoints), timeout=a.timeout) as c:
+    async with Client(_endpoints(a.endpoints), timeout=a.timeout, user=a.user,
+                      password=a.password) as c:
         s = Scheduler(c, scheduler_name=a.scheduler_name, identity=a.identity, election=a.election,
                       lease_ttl=a.lease_ttl, max_inflight=a.max_inflight)
         server = None
@@ -67,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="leader lease TTL in seconds: how long a dead leader blocks scheduling")
     r.add_argument("--max-inflight", type=int, default=32, help="bind Txns in flight at once")
     r.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
+    r.add_argument("--user", default=os.environ.get(USER_ENV),
+                   help=f"NAME[:PASSWORD] when the datastore has auth on (etcdctl's form; default "
+                   f"${USER_ENV}); without the password here it is read from ${PASSWORD_ENV}")
     r.add_argument("--metrics-addr", default="",
                    help="HOST:PORT to serve /metrics (kube-scheduler's names), /healthz and the "
                         "console (/dashboard) on")
@@ -79,9 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "which kube-scheduler serves)")
     d.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    logging.basicConfig(level=a.log_level.upper(), handlers=[handler])
     if a.cmd == "run":
+        try:
+            a.user, a.password = credentials(a.user, PASSWORD_ENV)
+        except ValueError as e:
+            ap.error(str(e))
         if a.metrics_addr:
             try:
                 split_addr(a.metrics_addr, "--metrics-addr")

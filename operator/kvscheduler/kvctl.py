@@ -13,6 +13,7 @@ prints the table and then one row per change, as ``kubectl get -w`` does.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -23,11 +24,14 @@ import yaml
 from kubernetes import client as k8s
 
 from datastore.client import SyncClient
+from datastore.client.credentials import credentials
 from datastore.client.errors import ClientError
 from datastore.client.txn import Compare, op_put
+from datastore.errors import wants_credentials
 from kvscheduler import objects as obj
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
+USER_ENV, PASSWORD_ENV = "KVCTL_USER", "KVCTL_PASSWORD"  # --user's default, and its password
 
 
 def load_manifests(text: str) -> list[k8s.V1Pod | k8s.V1Node]:
@@ -187,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  description="Create, list and watch Pods and Nodes in the datastore.")
     ap.add_argument("--endpoints", default=DEFAULT_ENDPOINTS,
                     help="comma-separated HOST:PORT list (as etcdctl)")
+    ap.add_argument("--user", default=os.environ.get(USER_ENV),
+                    help=f"NAME[:PASSWORD] when the datastore has auth on (etcdctl's form; "
+                    f"default ${USER_ENV}); without the password here it is read from ${PASSWORD_ENV}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     cr = sub.add_parser("create", help="create Pods/Nodes from YAML")
     cr.add_argument("-f", "--filename", required=True, help="YAML file ('-' for stdin)")
@@ -200,9 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("name")
     d.add_argument("-n", "--namespace", default=obj.DEFAULT_NAMESPACE)
     a = ap.parse_args(argv)
+    try:
+        user, password = credentials(a.user, PASSWORD_ENV)
+    except ValueError as e:
+        ap.error(str(e))
     endpoints = [e.strip() for e in a.endpoints.split(",") if e.strip()]
     try:
-        with SyncClient(endpoints) as c:
+        with SyncClient(endpoints, user=user, password=password) as c:
             if a.cmd == "create":
                 if a.filename == "-":
                     text = sys.stdin.read()
@@ -217,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             return delete(c, a.kind, a.name, a.namespace)
     except ClientError as e:
-        print(f"kvctl: {e} (is a datastore reachable at {a.endpoints}?)", file=sys.stderr)
+        hint = (f"the datastore has auth on: give --user NAME[:PASSWORD] or set {USER_ENV} and "
+                f"{PASSWORD_ENV}" if wants_credentials(str(e))
+                else f"is a datastore reachable at {a.endpoints}?")
+        print(f"kvctl: {e} ({hint})", file=sys.stderr)
         return 1
     except (ValueError, yaml.YAMLError) as e:
         print(f"kvctl: invalid manifest: {e}", file=sys.stderr)

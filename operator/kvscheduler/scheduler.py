@@ -175,8 +175,14 @@ class Scheduler:
         await self.nodes_inf.start()
         await self.pods_inf.start()
         try:
-            await self.nodes_inf.wait_synced()
-            await self.pods_inf.wait_synced()
+            synced = asyncio.ensure_future(self._wait_synced())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not synced.done():  # stopped before the first list (say, refused by auth)
+                synced.cancel()
+                return
+            synced.result()
             logkv(logging.INFO, "informers_synced", nodes=len(self.cache.nodes), pods=len(self.cache.pods),
                   identity=self.identity)
             stopper = asyncio.ensure_future(stop.wait())
@@ -201,6 +207,10 @@ class Scheduler:
         finally:
             await self.nodes_inf.stop()
             await self.pods_inf.stop()
+
+    async def _wait_synced(self) -> None:
+        await self.nodes_inf.wait_synced()
+        await self.pods_inf.wait_synced()
 
     async def _term(self) -> None:
         """Campaign; once elected, schedule until the session is lost or a bind is fenced."""
