@@ -30,6 +30,12 @@ from datastore.storage.backend import Backend
 from datastore.util.protowire import varint
 
 META_APPLIED = b"applied_index"
+
+
+def applied_index(backend: Backend) -> int:
+    """The last log index the state has applied (0: a new or restored state)."""
+    raw = backend.get("meta", META_APPLIED)
+    return int.from_bytes(raw, "big") if raw else 0
 META_APPLIED_TERM = b"applied_term"
 
 Result = object  # a response message, or an errors.EtcdError
@@ -75,8 +81,7 @@ class Applier:
         self._ai: RequestHeader | None = None
         self._index = 0  # log index of the entry being applied (simple tokens name it)
         self._meta = backend.handle("meta")
-        raw = backend.get("meta", META_APPLIED)
-        self.applied_index = int.from_bytes(raw, "big") if raw else 0
+        self.applied_index = applied_index(backend)
         self._dispatch: dict[str, Callable[[object, WriteBatch, Applied], Result]] = {
             "put": self._put,
             "delete_range": self._delete_range,

@@ -24,6 +24,7 @@ GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request lim
 class Config:
     name: str = "default"
     data_dir: str = ""
+    wal_dir: str = ""  # the raft log's own directory (default: <data dir>/wal)
     listen_client_urls: tuple[str, ...] = ("http://localhost:2379",)
     advertise_client_urls: tuple[str, ...] = ("http://localhost:2379",)
     listen_peer_urls: tuple[str, ...] = ("http://localhost:2380",)
@@ -69,6 +70,10 @@ class Config:
     @property
     def resolved_data_dir(self) -> str:
         return self.data_dir or f"{self.name}.datastore"
+
+    @property
+    def resolved_wal_dir(self) -> str:
+        return self.wal_dir or str(Path(self.resolved_data_dir) / "wal")
 
     @property
     def election_ticks(self) -> int:
@@ -130,6 +135,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--name", default="default", help="human-readable name for this member")
     a("--data-dir", default="", help="path to the data directory (default: <name>.datastore)")
+    a("--wal-dir", default="", help="path to the dedicated raft log (WAL) directory, on a "
+      "disk of its own say (default: <data dir>/wal)")
     a("--listen-client-urls", default="http://localhost:2379")
     a("--advertise-client-urls", default="http://localhost:2379")
     a("--listen-peer-urls", default="http://localhost:2380")
@@ -297,6 +304,7 @@ def _config(ns: argparse.Namespace) -> Config:
     return Config(
         name=ns.name,
         data_dir=ns.data_dir,
+        wal_dir=ns.wal_dir,
         listen_client_urls=split_urls(ns.listen_client_urls, "--listen-client-urls"),
         advertise_client_urls=split_urls(ns.advertise_client_urls, "--advertise-client-urls"),
         listen_peer_urls=split_urls(ns.listen_peer_urls, "--listen-peer-urls"),

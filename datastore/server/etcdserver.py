@@ -45,7 +45,7 @@ from datastore.raft.types import (
     StateType,
 )
 from datastore.server.alarms import AlarmStore
-from datastore.server.applier import Applier
+from datastore.server.applier import Applier, applied_index
 from datastore.server.cluster_ops import ClusterOps, join_existing
 from datastore.server.compactor import run_compactor
 from datastore.server.config import VERSION, Config
@@ -87,6 +87,18 @@ def fatal_disk_error(what: str, err: BaseException) -> NoReturn:
     exit_now(1)
 
 
+def check_wal_dir(cfg: Config) -> Path:
+    """The raft log's directory; a data dir whose log is there refuses another --wal-dir
+    (the member would start with an empty log beside its state)."""
+    data = Path(cfg.resolved_data_dir)
+    wal_dir = Path(cfg.resolved_wal_dir)
+    own = data / "wal"
+    if cfg.wal_dir and (own / "CURRENT").exists() and own.resolve() != wal_dir.resolve():
+        raise ValueError(f"{own} holds this member's raft log, but --wal-dir is {cfg.wal_dir}: "
+                         f"with the member stopped, move {own} to {cfg.wal_dir}, or drop --wal-dir")
+    return wal_dir
+
+
 class EtcdServer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -94,8 +106,14 @@ class EtcdServer:
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
         self.data_dir = data
-        self.wal = Backend(data / "wal", WAL_FAMILIES, unsafe_no_fsync=cfg.unsafe_no_fsync)
+        wal_dir = check_wal_dir(cfg)
         self.backend = Backend(data / "state", unsafe_no_fsync=cfg.unsafe_no_fsync)
+        if not (wal_dir / "CURRENT").exists() and (applied := applied_index(self.backend)):
+            self.backend.close()
+            raise ValueError(
+                f"no raft log at {wal_dir}, but the state in {data} has entries applied up to "
+                f"{applied}: start the member with the --wal-dir its log is in")
+        self.wal = Backend(wal_dir, WAL_FAMILIES, unsafe_no_fsync=cfg.unsafe_no_fsync)
         recover_install(data, self.backend)  # an interrupted snapshot install, before any read
         self.clock = MonotonicClock()
         try:

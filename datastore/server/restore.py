@@ -7,8 +7,9 @@ cluster with the membership given on the command line, as ``etcdutl snapshot res
 does: the raft log starts empty and the applied index at zero, while MVCC revisions,
 leases, auth and the compaction point continue from the snapshot.
 
-Nothing is written unless the data dir is missing or empty, and a restore that fails
-leaves it as it found it.
+Nothing is written unless the data dir is missing or empty (and ``--wal-dir``, if given,
+missing: the member is then started with it), and a restore that fails leaves them as it
+found them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
             raise ValueError(f"data-dir {str(data)!r} not empty or could not be read")
     except OSError as e:
         raise ValueError(f"data-dir {str(data)!r} not empty or could not be read ({e})") from None
+    if cfg.wal_dir and Path(cfg.wal_dir).exists():  # etcdutl's words
+        raise ValueError(f'wal-dir "{cfg.wal_dir}" exists')
     if not src.is_file():
         raise ValueError(f"open {file}: no such file (the snapshot to restore)")
     on_bytes = None
@@ -105,6 +108,8 @@ def restore_snapshot(file: str, cfg: Config, skip_hash_check: bool = False,
                 else:
                     p.unlink(missing_ok=True)
         raise
+    if cfg.wal_dir:  # the raft log starts empty there: the member is started with it
+        Path(cfg.wal_dir).mkdir(parents=True, mode=0o700)
     if progress is not None:
         progress.close()  # before the log line, which shares the terminal
     if stats is not None:
