@@ -54,6 +54,15 @@ class ClientClusterAPI:
         self.tls = tls
         self.user, self.password = user, password
         self._shared: Any = None  # with a user: the client, over every endpoint seen
+        self._children: list[ClientClusterAPI] = []
+
+    def for_cluster(self) -> ClientClusterAPI:
+        """The same settings, for the calls about one cluster (the Kubernetes operator has
+        one per DatastoreCluster): a client that logs in must never fail over from one
+        cluster's members to another's."""
+        child = ClientClusterAPI(self.timeout, self.tls, self.user, self.password)
+        self._children.append(child)
+        return child
 
     def _client(self, eps: list[str]) -> Any:
         from datastore.client import Client
@@ -87,6 +96,9 @@ class ClientClusterAPI:
             raise ClusterAPIError(",".join(eps), str(e) or type(e).__name__) from None
 
     async def close(self) -> None:
+        children, self._children = self._children, []
+        for child in children:
+            await child.close()
         if self._shared is not None:
             await self._shared.close()
             self._shared = None

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kvoperator import spec as specmod
-from kvoperator.etcdapi import ClusterAPI
+from kvoperator.etcdapi import ClientClusterAPI, ClusterAPI
 from kvoperator.metrics import OperatorMetrics
 from kvoperator.planner import Action, ActionKind, Observed, Phase, Workload, quorum
 from kvoperator.reconcile import NotYet, Reconciler, now_rfc3339
@@ -667,13 +667,17 @@ class KubeOperator:
         keys = {ListWatch.key(o) for o in self.crs.items()}
         for key in list(self.reconcilers):
             if key not in keys:
-                del self.reconcilers[key]  # deleted: owner references clean up its objects
+                gone = self.reconcilers.pop(key)  # deleted: owner references clean up its objects
                 self.metrics.forget("/".join(key))
+                if isinstance(gone.api, ClientClusterAPI) and gone.api is not self.api:
+                    await gone.api.close()
         for key in sorted(keys):
             rec = self.reconcilers.get(key)
             if rec is None:
+                # each cluster's calls on a client of its own (stand-ins in tests are shared)
+                api = self.api.for_cluster() if isinstance(self.api, ClientClusterAPI) else self.api
                 rec = Reconciler(KubernetesPlatform(self.k, self.crs, self.pods, *key, urls=self.urls),
-                                 self.api, metrics=self.metrics, cluster="/".join(key))
+                                 api, metrics=self.metrics, cluster="/".join(key))
                 self.reconcilers[key] = rec
             try:
                 out[key] = await rec.reconcile_once()
@@ -725,8 +729,6 @@ async def serve_health(op: KubeOperator, port: int, host: str = "0.0.0.0") -> as
 async def run_kubernetes(stop: asyncio.Event, namespace: str | None = None, kubeconfig: str | None = None,
                          interval: float = 5.0, health_port: int = 8080, tls: object | None = None,
                          user: str | None = None, password: str | None = None) -> None:
-    from kvoperator.etcdapi import ClientClusterAPI
-
     api = ClientClusterAPI(tls=tls, user=user, password=password)
     op = KubeOperator(real_clients(kubeconfig), api, namespace, interval)
     server = await serve_health(op, health_port)
