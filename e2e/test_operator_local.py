@@ -323,9 +323,9 @@ def test_operator_local_scale_and_faults(op: Operator) -> None:
 
 @pytest.mark.timeout(600)
 def test_operator_local_with_auth_on(op: Operator) -> None:
-    """Auth turned on under the operator: without a user it changes nothing and says what
-    it needs; given root's name and password (env, as from a Secret) it scales 1 -> 3 ->
-    1, logging in once per endpoint list rather than on every call."""
+    """Auth turned on under the operator: without a user, or with a wrong password, it
+    changes nothing and says what it needs; given root's name and password (env, as from a
+    Secret) it scales 1 -> 3 -> 1, logging in once rather than on every call."""
     wait_for(lambda: op.converged(1), "the first member", diag=op.diag)
     ep = op.endpoint(0)
     etcdctl(ep, "user", "add", "root:rootpw")
@@ -345,8 +345,14 @@ def test_operator_local_with_auth_on(op: Operator) -> None:
              if '"action"' in line and '"done"' in line]
     assert not acted, acted  # nothing started, added or removed while it could not see
 
+    # a wrong password: the same wait, saying why
     op.kill9()
-    op.env = {"KVOPERATOR_USER": "root", "KVOPERATOR_PASSWORD": "rootpw"}
+    op.env = {"KVOPERATOR_USER": "root", "KVOPERATOR_PASSWORD": "wrong"}
+    op.start()
+    wait_for(lambda: says_it_needs_a_user() and "authentication failed" in json.dumps(op.status()),
+             "a condition saying the password was refused", diag=op.diag)
+    op.kill9()
+    op.env["KVOPERATOR_PASSWORD"] = "rootpw"
     op.start()
     op.wait_converged(3, "scaled with a user")
     out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)

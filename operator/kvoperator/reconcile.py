@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from datastore.errors import wants_credentials
+from datastore.errors import ErrAuthFailed, wants_credentials
 from kvoperator.etcdapi import NOT_IN_SYNC, PASSWORD_ENV, USER_ENV, ClusterAPI, ClusterAPIError
 from kvoperator.planner import Action, ActionKind, Member, MemberStatus, Observed, Phase, Workload, plan
 from kvoperator.spec import ClusterSpec
@@ -65,9 +65,9 @@ async def observe(api: ClusterAPI, p: Platform, spec: ClusterSpec) -> Observed:
         try:
             r = await asyncio.wait_for(api.status(p.client_url(i)), STATUS_TIMEOUT_S)
         except ClusterAPIError as e:
-            if wants_credentials(e.details):
+            if wants_credentials(e.details) or ErrAuthFailed.message in e.details:
                 refused = (f"{e.details}: the members have auth on; give the operator a user "
-                           f"with --user NAME and {PASSWORD_ENV} (or {USER_ENV})")
+                           f"with the root role: --user NAME and {PASSWORD_ENV} (or {USER_ENV})")
             return i, None
         except TimeoutError:
             return i, None
