@@ -251,13 +251,15 @@ def check_cluster(op: Operator, writer: Writer) -> None:
     writer.resume()
 
 
-def handled(metrics_port: int, method: str) -> int:
-    """A member's count of finished ``method`` calls, from its /metrics."""
+def handled(metrics_port: int, method: str, code: str = "") -> int:
+    """A member's count of finished ``method`` calls (answered with ``code`` if given),
+    from its /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("grpc_server_handled_total{")
-                   and f'grpc_method="{method}"' in line))
+                   and f'grpc_method="{method}"' in line
+                   and (not code or f'grpc_code="{code}"' in line)))
 
 
 def member_ids(op: Operator) -> dict[str, str]:
@@ -355,12 +357,12 @@ def test_operator_local_with_auth_on(op: Operator) -> None:
     op.env["KVOPERATOR_PASSWORD"] = "rootpw"
     op.start()
     op.wait_converged(3, "scaled with a user")
-    out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
-    assert sorted(not m.get("isLearner", False) for m in out["members"]) == [True] * 3, out
     # Dozens of calls so far; each login is a bcrypt check and a raft entry on the members.
-    logins = sum(handled(op.base + 10 * i + 2, "Authenticate") for i in range(3))
+    logins = sum(handled(op.base + 10 * i + 2, "Authenticate", "OK") for i in range(3))
     calls = sum(handled(op.base + 10 * i + 2, "Status") for i in range(3))
     assert 1 <= logins <= 3 and calls >= 10, (logins, calls)
+    out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
+    assert sorted(not m.get("isLearner", False) for m in out["members"]) == [True] * 3, out
     op.scale(1)
     out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
     assert len(out["members"]) == 1, out
