@@ -254,3 +254,53 @@ def test_operator_scales_heals_and_cleans_up(cp: ControlPlane) -> None:
              WAIT_S, "the cluster's objects collected")
     wait_for(lambda: not kjson(cp, "get", "pv")["items"], WAIT_S, "the released volumes deleted")
     assert not list((cp.directory / "agent" / "volumes").iterdir())
+
+
+@pytest.mark.timeout(900)
+def test_operator_logs_in_with_the_credentials_secret(cp: ControlPlane) -> None:
+    """Members with auth on: without a user the operator changes nothing and its status
+    says what to give; with the optional Secret its Deployment reads (kvoperator-credentials)
+    the new pod logs in and scales the cluster."""
+    name = "secure"
+    kubectl(cp, "apply", "-k", str(MANIFESTS))  # as the first test left it, or fresh
+    kubectl(cp, "-n", OPERATOR_NS, "rollout", "status", "deploy/kvoperator", "--timeout=180s")
+    kubectl(cp, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+    kubectl(cp, "apply", "-n", NS, "-f", "-", input=json.dumps({
+        "apiVersion": "datastore.dev/v1alpha1", "kind": "DatastoreCluster",
+        "metadata": {"name": name}, "spec": {"size": 1}}))
+
+    def status() -> dict[str, Any]:
+        return kjson(cp, "-n", NS, "get", "dsc", name).get("status") or {}
+
+    def converged(n: int) -> bool:
+        st = status()
+        conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+        return (st.get("readyMembers") == n and len(st.get("members") or []) == n
+                and not any(m.get("isLearner") for m in st["members"])
+                and conds == {"Available": "True", "Progressing": "False", "Degraded": "False"})
+
+    def progressing() -> str:
+        return next((c.get("message", "") for c in status().get("conditions") or []
+                     if c["type"] == "Progressing"), "")
+
+    try:
+        wait_for(lambda: converged(1), WAIT_S, f"{name} converged at 1 member")
+        (pod,) = [p for p in pods(cp, NS, f"datastore.dev/cluster={name}")]
+        ep = f"{pod['status']['podIP']}:2379"
+        etcdctl(ep, "user", "add", "root:rootpw")
+        etcdctl(ep, "auth", "enable")
+        wait_for(lambda: "give the operator a user" in progressing(), WAIT_S,
+                 "the status to say the operator needs a user")
+        kubectl(cp, "-n", OPERATOR_NS, "create", "secret", "generic", "kvoperator-credentials",
+                "--from-literal=user=root", "--from-literal=password=rootpw")
+        old = operator_pod(cp)["metadata"]["name"]
+        kubectl(cp, "-n", OPERATOR_NS, "delete", "pod", old, "--grace-period=1", "--wait=false")
+        wait_for(lambda: operator_pod(cp)["metadata"]["name"] != old, WAIT_S, "a new operator pod")
+        kubectl(cp, "-n", NS, "scale", f"dsc/{name}", "--replicas=3")
+        wait_for(lambda: converged(3), WAIT_S, f"{name} converged at 3 members, as root")
+        out = json.loads(etcdctl(ep, "--user", "root:rootpw", "member", "list", "-w", "json").stdout)
+        assert len(out["members"]) == 3 and not any(m.get("isLearner") for m in out["members"]), out
+    finally:
+        kubectl(cp, "-n", NS, "delete", "dsc", name, "--wait=false", check=False)
+        kubectl(cp, "-n", OPERATOR_NS, "delete", "secret", "kvoperator-credentials", check=False)
