@@ -286,9 +286,10 @@ def test_prometheus_evaluates_the_mixin(tmp_path: Path, cluster: tuple[Cluster, 
             for r in rules:
                 assert r["health"] == "ok", (r["name"], r.get("lastError"))
             firing = {r["name"] for r in rules if r["state"] != "inactive"}
-            # members starting one after another fail some sends at first: only the
-            # "members down" rule may be pending for that (its `for` is 10 minutes)
-            assert firing <= {"etcdMembersDown"}, firing
+            # members starting one after another fail some sends at first, and a loaded
+            # 2-core machine can take over 0.15 s for a p99 request: only those two rules
+            # may be pending (their `for` is 10 minutes)
+            assert firing <= {"etcdMembersDown", "etcdGRPCRequestsSlow"}, firing
             streams.close()
     finally:
         stop.set()
