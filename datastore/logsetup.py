@@ -27,6 +27,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def text_field(key: str, value: object) -> str:
+    """``key=value`` for a text log line; a string with a space, or empty, JSON-quoted."""
+    shown = json.dumps(value) if isinstance(value, str) and (" " in value or not value) else value
+    return f"{key}={shown}"
+
+
 class TextFormatter(logging.Formatter):
     """``TIME LEVEL LOGGER message key=value ...``: a line for people, with the fields that
     ``extra=`` carries (which logging's own format drops)."""
@@ -35,8 +41,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
-                          for k, v in record.__dict__.items() if k not in _STD)
+        fields = " ".join(text_field(k, v) for k, v in record.__dict__.items() if k not in _STD)
         line = super().format(record)
         return f"{line} {fields}" if fields else line
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -39,6 +38,7 @@ from datastore.client import Client
 from datastore.client.errors import ClientError
 from datastore.client.recipes import Election, Informer, Session
 from datastore.client.txn import Compare, op_get, op_put
+from datastore.logsetup import text_field
 from kvscheduler import objects as obj
 from kvscheduler.algorithm import schedule
 from kvscheduler.cache import Cache, PodState
@@ -56,8 +56,7 @@ RETRY_INITIAL, RETRY_MAX = 0.1, 2.0  # backoff of a bind whose outcome is unknow
 def logkv(level: int, event: str, **fields: Any) -> None:
     """One structured log line: ``event key=value ...`` (values JSON-quoted when needed)."""
     if log.isEnabledFor(level):
-        parts = [event] + [f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
-                           for k, v in fields.items()]
+        parts = [event] + [text_field(k, v) for k, v in fields.items()]
         log.log(level, " ".join(parts))
 
 
